@@ -1,0 +1,63 @@
+"""The ``deepfakemae`` command.
+
+Data tools are plain subcommands (``preprocess``, ``demo-data``, ``report``); training and
+evaluation are LightningCLI's ``fit`` / ``validate`` / ``test`` / ``predict`` driven by YAML configs
+in ``experiments/``. ``deepfakemae predict --video ...`` scores videos end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: subcommand -> (module, add-arguments function, run function, help)
+TOOLS = {
+    "preprocess": ("deepfakemae.faces.cli", "add_preprocess_arguments", "run_preprocess_command",
+                   "detect, align and cache faces of videos or a whole dataset"),
+    "demo-data": ("deepfakemae.synth.demo_data", "add_demo_data_arguments", "run_demo_data_command",
+                  "build the embedded FF++-layout demo dataset from the bundled GRID clips"),
+}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _tool_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    module_name, add_name, run_name, help_text = TOOLS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"deepfakemae {name}", description=help_text)
+    getattr(module, add_name)(parser)
+    return parser, getattr(module, run_name)
+
+
+def _usage() -> str:
+    lines = ["usage: deepfakemae <command> [options]", "", "commands:"]
+    for name in LIGHTNING_COMMANDS:
+        lines.append(f"  {name:<11} LightningCLI {name} (see `deepfakemae {name} --help`)")
+    for name, (_, _, _, help_text) in TOOLS.items():
+        lines.append(f"  {name:<11} {help_text}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``deepfakemae`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    command = args[0]
+    if command in TOOLS:
+        parser, run = _tool_parser(command)
+        return int(run(parser.parse_args(args[1:])) or 0)
+    if command in LIGHTNING_COMMANDS:
+        from deepfakemae.lightning_cli import run_lightning_cli
+
+        # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
+        run_lightning_cli(None if argv is None else args)
+        return 0
+    print(f"deepfakemae: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Constants shared across stages."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NUM_LANDMARKS = 68

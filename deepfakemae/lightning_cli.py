@@ -1,0 +1,50 @@
+"""LightningCLI wiring: omegaconf configs, the resolved config and run info saved with every run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from deepfakemae.runinfo import run_info
+
+
+class SaveConfigAndRunInfo(SaveConfigCallback):
+    """Saves ``config.yaml`` (LightningCLI) plus ``run_info.json`` and sends both to the logger."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        info = run_info()
+        log_dir = trainer.log_dir
+        if log_dir is not None and trainer.is_global_zero:
+            path = Path(log_dir) / "run_info.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(info, indent=2, default=str))
+        for logger in trainer.loggers:
+            config = self.parser.dump(self.config, skip_none=False, format="json")
+            logger.log_hyperparams({"config": json.loads(config), "run_info": info})
+
+
+class DeepfakeMAECLI(LightningCLI):
+    """LightningCLI with ``parser_mode="omegaconf"`` so configs can use ``${...}`` interpolation."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=SaveConfigAndRunInfo,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            args=list(args) if args is not None else None,
+            run=run,
+        )
+
+
+def run_lightning_cli(args: Sequence[str] | None = None) -> DeepfakeMAECLI:
+    """Run ``fit``/``validate``/``test``/``predict``; ``args`` None reads ``sys.argv``."""
+    return DeepfakeMAECLI(args=args)
