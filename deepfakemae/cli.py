@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 #: subcommand -> (module, add-arguments function, run function, help)
 TOOLS = {
-    "preprocess": ("deepfakemae.faces.cli", "add_preprocess_arguments", "run_preprocess_command",
+    "preprocess": ("deepfakemae.commands.preprocess", "add_preprocess_arguments", "run_preprocess_command",
                    "detect, align and cache faces of videos or a whole dataset"),
     "demo-data": ("deepfakemae.synth.demo_data", "add_demo_data_arguments", "run_demo_data_command",
                   "build the embedded FF++-layout demo dataset from the bundled GRID clips"),

@@ -1,0 +1,105 @@
+"""Training augmentation for face crops with 68 landmarks (albumentations 2.x).
+
+Geometric transforms move the landmarks with the pixels. A horizontal flip also swaps landmark
+*identity*: after mirroring, the point that was the subject's left-eye outer corner (45) sits
+where the right-eye outer corner (36) belongs, so the 68 rows are re-ordered with the iBUG
+mirror permutation ``FLIP_PERMUTATION`` and index 36 stays "the subject's right-eye outer corner".
+
+Clips get the same augmentation on every frame: the pipeline is re-seeded with the same seed
+before each frame, so every random draw (flip, angle, JPEG quality, noise field) repeats.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+
+from deepfakemae.constants import NUM_LANDMARKS  # noqa: E402
+
+
+def _mirror_permutation() -> np.ndarray:
+    """iBUG-300W 68-point left/right mirror pairs as a permutation (new row i = old row perm[i])."""
+    pairs = [(i, 16 - i) for i in range(8)]  # jaw 0-16 (8 is the chin)
+    pairs += [(17, 26), (18, 25), (19, 24), (20, 23), (21, 22)]  # brows
+    pairs += [(31, 35), (32, 34)]  # nostrils (27-30 bridge and 33 tip stay)
+    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
+    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lips (51, 57 stay)
+    pairs += [(60, 64), (61, 63), (65, 67)]  # inner lips (62, 66 stay)
+    perm = np.arange(NUM_LANDMARKS)
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+#: ``flipped[i] = mirrored(original[FLIP_PERMUTATION[i]])``; an involution.
+FLIP_PERMUTATION: np.ndarray = _mirror_permutation()
+
+
+class LandmarkHorizontalFlip(A.HorizontalFlip):
+    """Horizontal flip that mirrors the x coordinates *and* re-orders the 68 landmark rows.
+
+    Keypoints must arrive as whole faces: a multiple of 68 rows, one face after another.
+    """
+
+    def apply_to_keypoints(self, keypoints: np.ndarray, **params) -> np.ndarray:
+        flipped = super().apply_to_keypoints(keypoints, **params)  # (N, 2+) with x -> W-1-x
+        n = len(flipped)
+        if n % NUM_LANDMARKS:
+            raise ValueError(f"LandmarkHorizontalFlip needs groups of {NUM_LANDMARKS} keypoints, got {n}")
+        faces = flipped.reshape(n // NUM_LANDMARKS, NUM_LANDMARKS, -1)  # (F, 68, C)
+        return faces[:, FLIP_PERMUTATION].reshape(n, -1)
+
+
+def build_train_transform(
+    flip_p: float = 0.5,
+    affine_p: float = 0.3,
+    color_p: float = 0.3,
+    jpeg_p: float = 0.3,
+    noise_p: float = 0.2,
+    blur_p: float = 0.1,
+) -> A.Compose:
+    """The training pipeline: flip + mild affine (move landmarks), colour, JPEG, noise, blur."""
+    return A.Compose(
+        [
+            LandmarkHorizontalFlip(p=flip_p),
+            A.Affine(scale=(0.95, 1.05), translate_percent=(-0.03, 0.03), rotate=(-8, 8),
+                     border_mode=0, fill=0, p=affine_p),
+            A.OneOf([
+                A.ColorJitter(brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=(0.8, 1.2),
+                              hue=(-0.03, 0.03), p=1.0),
+                A.RandomBrightnessContrast(brightness_limit=(-0.2, 0.2),
+                                           contrast_limit=(-0.2, 0.2), p=1.0),
+            ], p=color_p),
+            A.ImageCompression(quality_range=(60, 100), p=jpeg_p),
+            A.GaussNoise(std_range=(0.01, 0.05), p=noise_p),
+            A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.3, 1.5), p=blur_p),
+        ],
+        keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+        seed=0,
+    )
+
+
+class FaceAugment:
+    """Applies one albumentations pipeline to a frame or a clip with its landmarks."""
+
+    def __init__(self, transform: A.Compose | None = None):
+        self.transform = transform if transform is not None else build_train_transform()
+
+    def __call__(self, crops: np.ndarray, landmarks: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``crops`` (T,H,W,3) uint8, ``landmarks`` (T,68,2) -> the same shapes, augmented.
+
+        Every frame is transformed with the pipeline seeded by ``seed``, so all T frames share
+        the same random parameters.
+        """
+        out_crops = np.empty_like(crops)
+        out_lms = np.empty(landmarks.shape, np.float32)
+        for t in range(len(crops)):
+            self.transform.set_random_seed(int(seed))
+            res = self.transform(image=crops[t], keypoints=landmarks[t].astype(np.float32))
+            out_crops[t] = res["image"]
+            out_lms[t] = np.asarray(res["keypoints"], np.float32)[:, :2]
+        return out_crops, out_lms

@@ -1,0 +1,196 @@
+"""``DeepfakeDataModule``: face-cache sources -> training, validation and test loaders.
+
+Training (``mode``): ``"frame"`` yields single frames with landmarks (MAE pre-training with
+``real_only=True``; Mapping Network with domain labels), ``"clip"`` yields ``clip_len``
+consecutive cached frames of a video (Finetuning Network). An epoch visits each training video
+once (one random frame / clip each, drawn from ``seed`` and the epoch), or with
+``balanced=True`` ``2 x #real videos`` samples, half real, half fake across methods.
+
+Evaluation (``eval_mode``, default ``mode``) is deterministic and covers every cached frame:
+``"frame"`` yields each frame; ``"clip"`` yields consecutive T-frame windows tiling the video.
+Each named val / test source gets its own loader, in order (``val_set_names``,
+``test_set_names``), so modules can log ``test/<name>/auc``. Under DDP Lightning shards these
+loaders with a padded ``DistributedSampler``; samples carry ``video_key`` and ``frame_index``
+so that the repeated ones can be dropped before computing metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from data_modules.augment import FaceAugment
+from data_modules.datasets import (
+    DataError,
+    FaceClipDataset,
+    SourceSpec,
+    VideoItem,
+    build_domain_map,
+    select_videos,
+)
+from data_modules.records import REAL, REAL_METHOD
+from data_modules.samplers import BalancedRealFakeSampler, VideoEpochSampler
+
+
+class DeepfakeDataModule(L.LightningDataModule):
+    """Loaders over face caches built by ``deepfakemae preprocess``.
+
+    Args:
+        train / val / test: sources (``SourceSpec``); ``None`` disables that stage.
+        mode: training samples, ``"frame"`` or ``"clip"``.
+        eval_mode: evaluation samples, ``"frame"`` or ``"clip"`` (default: ``mode``).
+        real_only: keep only real training videos (MAE pre-training).
+        batch_size / eval_batch_size: loader batch sizes (eval default: ``batch_size``).
+        num_workers: DataLoader workers.
+        img_size: crops are resized to this size when the cache stores another.
+        clip_len: frames per clip (the paper averages 5).
+        balanced: balanced real/fake training sampler.
+        domains: fake methods in domain-id order (ids 1..n; real = 0); default sorted training
+            fake methods. Evaluation methods outside the map get domain -1.
+        augment: training augmentation (flip, affine, colour, JPEG, noise, blur).
+        seed: seed of the training frame / video choice.
+    """
+
+    def __init__(
+        self,
+        train: list[SourceSpec] | None = None,
+        val: list[SourceSpec] | None = None,
+        test: list[SourceSpec] | None = None,
+        mode: Literal["frame", "clip"] = "frame",
+        eval_mode: Literal["frame", "clip"] | None = None,
+        real_only: bool = False,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        img_size: int = 224,
+        clip_len: int = 5,
+        balanced: bool = False,
+        domains: list[str] | None = None,
+        augment: bool = True,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        for name, value in (("mode", mode), ("eval_mode", eval_mode or mode)):
+            if value not in ("frame", "clip"):
+                raise DataError(f"{name} must be 'frame' or 'clip', got {value!r}")
+        if clip_len < 1:
+            raise DataError(f"clip_len must be >= 1, got {clip_len}")
+        if balanced and real_only:
+            raise DataError("balanced=True needs fake videos but real_only=True keeps only reals")
+        self.train_sources = list(train or [])
+        self.val_sources = list(val or [])
+        self.test_sources = list(test or [])
+        for stage, sources in (("val", self.val_sources), ("test", self.test_sources)):
+            names = [s.name for s in sources]
+            if len(set(names)) != len(names):
+                raise DataError(f"{stage} source names must be unique, got {names}")
+        self.mode = mode
+        self.eval_mode = eval_mode or mode
+        self.real_only = real_only
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.img_size = img_size
+        self.clip_len = clip_len
+        self.balanced = balanced
+        self.domains = domains
+        self.augment = augment
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.domain_map: dict[str, int] | None = None
+        self.train_dataset: FaceClipDataset | None = None
+        self.val_datasets: list[FaceClipDataset] = []
+        self.test_datasets: list[FaceClipDataset] = []
+
+    # -- selection ---------------------------------------------------------------------------
+    @property
+    def val_set_names(self) -> list[str]:
+        return [s.name for s in self.val_sources]
+
+    @property
+    def test_set_names(self) -> list[str]:
+        return [s.name for s in self.test_sources]
+
+    def _train_videos(self) -> list[VideoItem]:
+        videos: list[VideoItem] = []
+        for spec in self.train_sources:
+            videos += select_videos(spec)
+        if self.real_only:
+            videos = [v for v in videos if v.method == REAL_METHOD]
+            if not videos:
+                raise DataError(f"real_only=True but the training sources "
+                                f"{[s.name for s in self.train_sources]} select no real video")
+        else:
+            n_real = sum(v.label == REAL for v in videos)
+            if n_real == 0 or n_real == len(videos):
+                raise DataError(
+                    f"training needs real and fake videos, but the training sources "
+                    f"{[s.name for s in self.train_sources]} select {n_real} real and "
+                    f"{len(videos) - n_real} fake; add the missing class (e.g. methods: "
+                    f"[real, ...]) or set real_only=True for pre-training")
+        return videos
+
+    def _eval_dataset(self, spec: SourceSpec) -> FaceClipDataset:
+        assert self.domain_map is not None
+        clip_len = self.clip_len if self.eval_mode == "clip" else 1
+        return FaceClipDataset(select_videos(spec), self.domain_map, self.img_size,
+                               clip_len=clip_len, windows="tile", test_set_key=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Select videos and build datasets for ``stage`` (fit / validate / test / predict).
+
+        The domain map comes from ``domains`` or, when unset, from the training sources, which
+        are then read for every stage so that ids agree between training and evaluation.
+        """
+        fit = stage in (None, "fit")
+        need_train = bool(self.train_sources) and (
+            (fit and self.train_dataset is None) or (self.domain_map is None and self.domains is None))
+        train_videos = self._train_videos() if need_train else []
+        if self.domain_map is None:
+            self.domain_map = build_domain_map([v.method for v in train_videos], self.domains)
+        if fit and train_videos and self.train_dataset is None:
+            clip_len = self.clip_len if self.mode == "clip" else 1
+            self.train_dataset = FaceClipDataset(
+                train_videos, self.domain_map, self.img_size, clip_len=clip_len, windows="all",
+                augment=FaceAugment() if self.augment else None)
+        if stage in (None, "fit", "validate") and not self.val_datasets:
+            self.val_datasets = [self._eval_dataset(s) for s in self.val_sources]
+        if stage in (None, "test", "predict") and not self.test_datasets:
+            self.test_datasets = [self._eval_dataset(s) for s in self.test_sources]
+
+    # -- loaders -----------------------------------------------------------------------------
+    def train_sampler(self) -> VideoEpochSampler | BalancedRealFakeSampler:
+        """The training sampler (DDP-aware; a ``DistributedSampler`` Lightning keeps)."""
+        if self.train_dataset is None:
+            raise DataError("no training data: pass `train` sources and call setup('fit')")
+        cls = BalancedRealFakeSampler if self.balanced else VideoEpochSampler
+        return cls(self.train_dataset, seed=self.seed)
+
+    def _loader(self, dataset: FaceClipDataset, batch_size: int, **kw) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0, **kw)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        sampler = self.train_sampler()
+        # drop a ragged last batch (BatchNorm, balanced pairs) unless it is the only one
+        return self._loader(self.train_dataset, self.batch_size, sampler=sampler,
+                            drop_last=len(sampler) > self.batch_size)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        if not self.val_datasets:
+            self.setup("validate")
+        return [self._loader(d, self.eval_batch_size, shuffle=False) for d in self.val_datasets]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        if not self.test_datasets:
+            self.setup("test")
+        return [self._loader(d, self.eval_batch_size, shuffle=False) for d in self.test_datasets]
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self.test_dataloader()

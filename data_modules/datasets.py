@@ -1,0 +1,265 @@
+"""Datasets over face caches: video selection by manifest fields, frame and clip samples.
+
+A *source* (``SourceSpec``) names one face cache root and the videos it contributes (dataset,
+split, methods). ``select_videos`` reads the cache manifest and returns the ``ok`` videos that
+match, or raises a ``DataError`` that names the cache and what to run or change.
+
+``FaceClipDataset`` indexes *windows* of ``clip_len`` consecutive cached frames
+(``clip_len=1``: single frames). Two layouts:
+
+- ``windows="all"``: every start 0..n-T of every video; training samplers pick one window per
+  video per epoch from this pool (see ``samplers.py``), so the dataset itself holds no epoch state.
+- ``windows="tile"``: windows at 0, T, 2T, ... plus, when T does not divide n, one last window
+  ending at the last frame, so that every cached frame is covered (evaluation).
+
+A video with fewer than T cached frames yields one window, padded by repeating its last frame
+(positions ``0,1,..,n-1,n-1,..``), deterministically.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data_modules.augment import FaceAugment
+from data_modules.records import FAKE, REAL, REAL_METHOD
+from deepfakemae.constants import IMAGENET_MEAN, IMAGENET_STD
+from deepfakemae.faces.cache import FaceCache
+
+SPLITS = ("train", "val", "test", "all")
+UNKNOWN_DOMAIN = -1
+
+
+class DataError(ValueError):
+    """A data configuration that cannot work (the message names the path and the fix)."""
+
+
+@dataclass
+class SourceSpec:
+    """One named source of videos: a face cache and the manifest fields that select from it.
+
+    ``name`` names the set in logs (``test/<name>/auc``); ``dataset`` filters the manifest's
+    ``dataset`` field (None: any); ``split`` is train/val/test or ``all``; ``methods`` lists the
+    method names to keep, ``"real"`` included (None: all methods).
+    """
+
+    name: str
+    cache: str
+    dataset: str | None = None
+    split: str = "all"
+    methods: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One selected video of a cache: where it lives and its labels."""
+
+    key: str
+    cache_root: str
+    num_frames: int
+    label: int
+    method: str
+    dataset: str
+    split: str
+    source: str  # SourceSpec.name
+
+
+def _status_counts(records: list[dict]) -> str:
+    counts = Counter(r.get("status", "?") for r in records)
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+def _values(records: list[dict], field: str) -> list[str]:
+    return sorted({str(r.get(field)) for r in records})
+
+
+def _num_frames(cache: FaceCache, record: dict) -> int:
+    """Cached frames of an ``ok`` record (``num_faces``; else counted in the entry)."""
+    if "num_faces" in record:
+        return int(record["num_faces"])
+    with np.load(cache.entry_path(record["key"]), allow_pickle=False) as npz:
+        return len(npz["frame_indices"])
+
+
+def select_videos(spec: SourceSpec) -> list[VideoItem]:
+    """The ``ok`` videos of ``spec.cache`` matching its dataset / split / methods, sorted by key."""
+    if spec.split not in SPLITS:
+        raise DataError(f"source {spec.name!r}: split must be one of {SPLITS}, got {spec.split!r}")
+    root = Path(spec.cache)
+    run = (f"run `deepfakemae preprocess --dataset {spec.dataset or '<dataset>'} "
+           f"--output {root}`")
+    if not root.is_dir():
+        raise DataError(f"source {spec.name!r}: no face cache at {root}: {run}")
+    cache = FaceCache(root)
+    records = cache.manifest()
+    if not records:
+        raise DataError(f"source {spec.name!r}: face cache {root} is empty "
+                        f"({cache.manifest_path} lists no videos): {run}")
+    ok = [r for r in records if r.get("status") == "ok"]
+    ok_frames = [(r, _num_frames(cache, r)) for r in ok]
+    ok_frames = [(r, n) for r, n in ok_frames if n > 0]
+    if not ok_frames:
+        raise DataError(f"source {spec.name!r}: face cache {root} has no usable video "
+                        f"(statuses: {_status_counts(records)}; ok entries with zero faces: "
+                        f"{len(ok)}); check the inputs and {run}")
+    chosen = ok_frames
+    for field, wanted in (("dataset", spec.dataset),
+                          ("split", None if spec.split == "all" else spec.split)):
+        if wanted is None:
+            continue
+        kept = [(r, n) for r, n in chosen if r.get(field) == wanted]
+        if not kept:
+            raise DataError(f"source {spec.name!r}: no ok video in {root} has {field}={wanted!r}; "
+                            f"available: {_values([r for r, _ in chosen], field)}")
+        chosen = kept
+    if spec.methods is not None:
+        wanted_m = set(spec.methods)
+        available = _values([r for r, _ in chosen], "method")
+        missing = sorted(wanted_m - set(available))
+        if missing:
+            raise DataError(f"source {spec.name!r}: methods {missing} not found in {root} "
+                            f"(dataset={spec.dataset!r}, split={spec.split!r}); available: {available}")
+        chosen = [(r, n) for r, n in chosen if r.get("method") in wanted_m]
+    items = []
+    for r, n in sorted(chosen, key=lambda rn: rn[0]["key"]):
+        method = str(r.get("method", REAL_METHOD))
+        label = int(r.get("label", REAL if method == REAL_METHOD else FAKE))
+        items.append(VideoItem(key=r["key"], cache_root=str(root), num_frames=n, label=label,
+                               method=method, dataset=str(r.get("dataset")),
+                               split=str(r.get("split")), source=spec.name))
+    return items
+
+
+def build_domain_map(train_methods: list[str], domains: list[str] | None = None) -> dict[str, int]:
+    """Method -> domain id: real = 0, fake methods 1..n (``domains`` order, else sorted)."""
+    fakes = [m for m in (domains if domains is not None else sorted(set(train_methods)))
+             if m != REAL_METHOD]
+    if len(set(fakes)) != len(fakes):
+        raise DataError(f"domains lists a method twice: {fakes}")
+    unknown = sorted(set(train_methods) - set(fakes) - {REAL_METHOD})
+    if unknown:
+        raise DataError(f"training methods {unknown} are missing from `domains` {fakes}; "
+                        "add them or leave `domains` unset")
+    return {REAL_METHOD: 0, **{m: i + 1 for i, m in enumerate(fakes)}}
+
+
+def window_positions(num_frames: int, clip_len: int, windows: str) -> list[np.ndarray]:
+    """Cached-frame positions (each (clip_len,)) of the windows of one video."""
+    n, t = num_frames, clip_len
+    if n < t:
+        return [np.minimum(np.arange(t), n - 1)]  # pad by repeating the last frame
+    if windows == "all":
+        starts = list(range(n - t + 1))
+    elif windows == "tile":
+        starts = list(range(0, n - t + 1, t))
+        if starts[-1] + t < n:
+            starts.append(n - t)
+    else:
+        raise ValueError(f"windows must be 'all' or 'tile', got {windows!r}")
+    return [np.arange(s, s + t) for s in starts]
+
+
+def to_tensor(crops: np.ndarray) -> torch.Tensor:
+    """(T,H,W,3) uint8 RGB -> (T,3,H,W) float32, ImageNet-normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def resize_faces(crops: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize (T,S,S,3) crops to (T,size,size,3); landmarks scale about pixel centres."""
+    s = crops.shape[1]
+    if s == size and crops.shape[2] == size:
+        return crops, landmarks
+    interp = cv2.INTER_AREA if size < s else cv2.INTER_LINEAR
+    out = np.stack([cv2.resize(c, (size, size), interpolation=interp) for c in crops])
+    scale = np.array([size / crops.shape[2], size / s], np.float32)
+    return out, ((landmarks + 0.5) * scale - 0.5).astype(np.float32)
+
+
+class FaceClipDataset(Dataset):
+    """Samples of ``clip_len`` consecutive cached frames (``clip_len=1``: frame samples).
+
+    Sample dict: ``image`` (3,H,W) or (T,3,H,W) float32, ``landmarks`` (68,2) or (T,68,2),
+    ``label``, ``domain`` (long), ``video_key`` (str), ``frame_index`` () or (T,) long, and
+    ``test_set`` (str) when ``test_set_key`` is on (evaluation).
+    """
+
+    def __init__(
+        self,
+        videos: list[VideoItem],
+        domain_map: dict[str, int],
+        img_size: int,
+        clip_len: int = 1,
+        windows: str = "tile",
+        augment: FaceAugment | None = None,
+        test_set_key: bool = False,
+    ):
+        if not videos:
+            raise DataError("FaceClipDataset needs at least one video")
+        self.videos = videos
+        self.domain_map = domain_map
+        self.img_size = img_size
+        self.clip_len = clip_len
+        self.augment = augment
+        self.test_set_key = test_set_key
+        self._caches: dict[str, FaceCache] = {}
+        positions, owners = [], []
+        for v_idx, video in enumerate(videos):
+            for pos in window_positions(video.num_frames, clip_len, windows):
+                positions.append(pos)
+                owners.append(v_idx)
+        self.positions = np.stack(positions)  # (N, T) cached-frame positions
+        self.video_of = np.asarray(owners, np.int64)  # (N,) sample -> video index
+        bounds = np.searchsorted(self.video_of, np.arange(len(videos) + 1))
+        #: sample indices of each video: ``range(samples_of[v][0], samples_of[v][1])``
+        self.sample_ranges = np.stack([bounds[:-1], bounds[1:]], 1)  # (V, 2)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(V,) label of each video."""
+        return np.asarray([v.label for v in self.videos], np.int64)
+
+    def _cache(self, root: str) -> FaceCache:
+        if root not in self._caches:
+            self._caches[root] = FaceCache(root)
+        return self._caches[root]
+
+    def __getitem__(self, index: int) -> dict:
+        video = self.videos[int(self.video_of[index])]
+        pos = self.positions[index]  # (T,)
+        uniq, inverse = np.unique(pos, return_inverse=True)  # decode padded frames once
+        entry = self._cache(video.cache_root).read(video.key, frames=uniq)
+        crops = entry.crops[inverse]  # (T, S, S, 3)
+        lms = entry.landmarks[inverse].astype(np.float32)  # (T, 68, 2)
+        crops, lms = resize_faces(crops, lms, self.img_size)
+        if self.augment is not None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())  # per-worker torch RNG
+            crops, lms = self.augment(crops, lms, seed)
+        image = to_tensor(crops)  # (T, 3, H, W)
+        landmarks = torch.from_numpy(np.ascontiguousarray(lms))  # (T, 68, 2)
+        frame_index = torch.from_numpy(entry.frame_indices[inverse].astype(np.int64))  # (T,)
+        if self.clip_len == 1:
+            image, landmarks, frame_index = image[0], landmarks[0], frame_index[0]
+        sample = {
+            "image": image,
+            "landmarks": landmarks,
+            "label": torch.tensor(video.label, dtype=torch.long),
+            "domain": torch.tensor(self.domain_map.get(video.method, UNKNOWN_DOMAIN),
+                                   dtype=torch.long),
+            "video_key": video.key,
+            "frame_index": frame_index,
+        }
+        if self.test_set_key:
+            sample["test_set"] = video.source
+        return sample

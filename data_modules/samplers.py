@@ -1,0 +1,139 @@
+"""Training samplers: one random window per chosen video, deterministic from seed + epoch.
+
+Both samplers subclass ``torch.utils.data.DistributedSampler`` so that Lightning leaves them in
+place under DDP (it only injects its own sampler when the loader's sampler is *not* a
+``DistributedSampler``); no Trainer flag is needed. ``num_replicas`` / ``rank`` default to the
+initialised ``torch.distributed`` process group (1 / 0 without one), every rank yields the same
+number of indices, and Lightning calls ``set_epoch`` at each epoch start.
+
+Indices refer to ``FaceClipDataset`` samples built with ``windows="all"``: the sampler first
+picks videos, then one window (a frame, or a T-frame clip) of each picked video.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+from data_modules.datasets import DataError, FaceClipDataset
+from data_modules.records import REAL
+
+
+def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    live = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if live else 1
+    if rank is None:
+        rank = dist.get_rank() if live else 0
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+    return num_replicas, rank
+
+
+class _VideoWindowSampler(DistributedSampler):
+    """Shared machinery: epoch RNG, video -> random window, rank sharding."""
+
+    def __init__(self, dataset: FaceClipDataset, num_replicas: int | None = None,
+                 rank: int | None = None, seed: int = 0):
+        num_replicas, rank = _world(num_replicas, rank)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.ranges = dataset.sample_ranges  # (V, 2)
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def _windows(self, videos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        lo, hi = self.ranges[videos, 0], self.ranges[videos, 1]
+        return lo + (rng.random(len(videos)) * (hi - lo)).astype(np.int64)  # uniform in [lo, hi)
+
+    def _video_order(self, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        rng = self._rng()
+        videos = self._video_order(rng)  # same on every rank
+        return iter(self._windows(videos, rng)[self.rank::self.num_replicas].tolist())
+
+
+class VideoEpochSampler(_VideoWindowSampler):
+    """Each video once per epoch in a random order; one random window per video.
+
+    Length per rank is ``ceil(V / num_replicas)``: the order is padded by repeating its start.
+    """
+
+    def __init__(self, dataset: FaceClipDataset, num_replicas: int | None = None,
+                 rank: int | None = None, seed: int = 0):
+        super().__init__(dataset, num_replicas, rank, seed)
+        self.num_samples = math.ceil(len(self.ranges) / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def _video_order(self, rng: np.random.Generator) -> np.ndarray:
+        order = rng.permutation(len(self.ranges))
+        return np.resize(order, self.total_size)  # pad by cycling
+
+
+class BalancedRealFakeSampler(_VideoWindowSampler):
+    """Equal numbers of real and fake videos per epoch and per rank.
+
+    An epoch is ``num_pairs`` (real, fake) pairs, default = the number of real videos: every
+    real video appears once; fakes rotate over the manipulation methods (a shuffled method
+    order, cycled) and, within a method, over its videos without repetition until exhausted.
+    Pairs are shuffled and dealt to ranks whole (padding by cycling), and the two members of a
+    pair sit next to each other in random order: each rank yields ``2 * ceil(num_pairs /
+    num_replicas)`` indices, exactly half of them real, and every even-sized batch that starts
+    at an even offset is exactly balanced.
+    """
+
+    def __init__(self, dataset: FaceClipDataset, num_replicas: int | None = None,
+                 rank: int | None = None, seed: int = 0, num_pairs: int | None = None):
+        super().__init__(dataset, num_replicas, rank, seed)
+        labels = dataset.labels
+        self.real = np.flatnonzero(labels == REAL)
+        fakes = np.flatnonzero(labels != REAL)
+        if len(self.real) == 0 or len(fakes) == 0:
+            raise DataError(f"balanced sampling needs real and fake videos; the training set has "
+                            f"{len(self.real)} real and {len(fakes)} fake")
+        methods: dict[str, list[int]] = {}
+        for v in fakes:
+            methods.setdefault(dataset.videos[v].method, []).append(int(v))
+        self.fakes_by_method = {m: np.asarray(v) for m, v in sorted(methods.items())}
+        self.num_pairs = int(num_pairs) if num_pairs is not None else len(self.real)
+        self.pairs_per_rank = math.ceil(self.num_pairs / self.num_replicas)
+        self.num_samples = 2 * self.pairs_per_rank
+        self.total_size = self.num_samples * self.num_replicas
+
+    def _fake_draws(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        names = list(self.fakes_by_method)
+        order = [names[i] for i in rng.permutation(len(names))]
+        pools = {m: rng.permutation(v) for m, v in self.fakes_by_method.items()}
+        cursor = dict.fromkeys(names, 0)
+        out = np.empty(count, np.int64)
+        for i in range(count):
+            m = order[i % len(order)]
+            pool = pools[m]
+            out[i] = pool[cursor[m] % len(pool)]
+            cursor[m] += 1
+        return out
+
+    def _video_order(self, rng: np.random.Generator) -> np.ndarray:
+        reals = np.resize(rng.permutation(self.real), self.num_pairs)
+        fakes = self._fake_draws(rng, self.num_pairs)
+        pairs = np.stack([reals, fakes], 1)  # (P, 2)
+        pairs = pairs[rng.permutation(len(pairs))]
+        swap = rng.random(len(pairs)) < 0.5
+        pairs[swap] = pairs[swap, ::-1]
+        pairs = np.resize(pairs, (self.pairs_per_rank * self.num_replicas, 2))  # pad by cycling
+        # deal whole pairs: rank r gets pairs r, r+R, ... -> rows (P_r, 2) flattened
+        per_rank = pairs.reshape(self.pairs_per_rank, self.num_replicas, 2).transpose(1, 0, 2)
+        return per_rank.reshape(-1)  # rank-major: rank r's block is contiguous
+
+    def __iter__(self) -> Iterator[int]:
+        rng = self._rng()
+        videos = self._video_order(rng)  # (R * num_samples,), rank-major
+        windows = self._windows(videos, rng)
+        start = self.rank * self.num_samples
+        return iter(windows[start:start + self.num_samples].tolist())

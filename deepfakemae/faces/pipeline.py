@@ -1,0 +1,299 @@
+"""One video -> aligned faces (:class:`FacePipeline`), and many videos -> a face cache
+(:func:`run_preprocess`: resume, shards, worker processes, progress bar, summary)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data_modules.records import VideoRecord
+from deepfakemae.faces.align import DEFAULT_MARGIN, align_face
+from deepfakemae.faces.cache import JPEG_QUALITY, FaceCache, FaceEntry, validate_key
+from deepfakemae.faces.detect import FaceDetector
+from deepfakemae.faces.landmarks import build_landmarks
+from deepfakemae.faces.video import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    VideoError,
+    list_frame_images,
+    read_sampled,
+)
+
+
+class FaceError(RuntimeError):
+    """A video that yields no usable face; ``status`` is a cache failure status."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class FaceConfig:
+    """Settings of the face pipeline (every field is a ``deepfakemae preprocess`` option)."""
+
+    frames: int = 32  # frames sampled uniformly per video
+    size: int = 224  # side of the square aligned crop
+    landmarks: str = "dlib"  # dlib | fan
+    device: str = "cpu"  # torch device of the FAN backend
+    detect_max_side: int = 640  # frames are downscaled to this longest side for detection
+    track: bool = True  # search near the previous frame's face before the whole frame
+    margin: float = DEFAULT_MARGIN  # background around the face, fraction of the crop side
+    jpeg_quality: int = JPEG_QUALITY
+    decord_threads: int = 1
+
+
+class FacePipeline:
+    """Detects, landmarks and aligns the sampled frames of one video (models load once)."""
+
+    def __init__(self, config: FaceConfig | None = None):
+        self.config = config or FaceConfig()
+        self.detector = FaceDetector(max_side=self.config.detect_max_side, track=self.config.track)
+        self.landmarks = build_landmarks(self.config.landmarks, self.config.device)
+
+    def process(self, record: VideoRecord) -> FaceEntry:
+        """Aligned faces of ``record``; raises :class:`FaceError` when there are none."""
+        cfg = self.config
+        try:
+            frames, indices, total, fps = read_sampled(record.path, cfg.frames, cfg.decord_threads)
+        except VideoError as exc:
+            raise FaceError(exc.status, str(exc)) from exc
+        crops, marks, kept, scores, boxes = [], [], [], [], []
+        previous = None
+        for frame, index in zip(frames, indices, strict=True):
+            found = self.detector(frame, previous)
+            if found is None:
+                continue  # frames without a face are dropped from the entry
+            lm = self.landmarks(frame, found.box[None])[0]  # (68, 2) source px
+            crop, lm_crop = align_face(frame, lm, cfg.size, cfg.margin)
+            crops.append(crop)
+            marks.append(lm_crop)
+            kept.append(int(index))
+            scores.append(found.score)
+            boxes.append(found.box)
+            previous = found.box
+        if not crops:
+            raise FaceError("no_face", f"{record.path}: no face found in {len(frames)} "
+                                       "sampled frames")
+        meta = dict(record.as_meta(), num_frames_total=int(total), fps=float(fps),
+                    landmarks=self.landmarks.name, size=cfg.size, frames_sampled=len(indices))
+        return FaceEntry(
+            key=record.key,
+            crops=np.stack(crops),  # (T, S, S, 3)
+            landmarks=np.stack(marks).astype(np.float32),  # (T, 68, 2)
+            frame_indices=np.asarray(kept, np.int64),  # (T,)
+            scores=np.asarray(scores, np.float32),  # (T,)
+            boxes=np.stack(boxes).astype(np.float32),  # (T, 4)
+            meta=meta,
+        )
+
+
+# -- many videos -------------------------------------------------------------------------------
+
+@dataclass
+class PreprocessSummary:
+    """What one :func:`run_preprocess` call did."""
+
+    total: int = 0  # inputs in this shard
+    skipped: int = 0  # already in the cache (resume)
+    ok: int = 0
+    failed: dict[str, int] = field(default_factory=dict)  # status -> count
+    faces: int = 0  # aligned faces written
+    frames: int = 0  # frames sampled from the processed videos
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)  # "key: status: message"
+
+    @property
+    def num_failed(self) -> int:
+        return sum(self.failed.values())
+
+    def as_dict(self) -> dict:
+        return dict(asdict(self), num_failed=self.num_failed)
+
+    def format(self) -> str:
+        """A human-readable multi-line summary."""
+        rate = self.faces / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"inputs {self.total}: ok {self.ok}, failed {self.num_failed}, "
+                 f"already done {self.skipped}; {self.faces} faces from {self.frames} frames "
+                 f"in {self.seconds:.1f} s ({rate:.1f} faces/s)"]
+        lines += [f"  {status}: {n}" for status, n in sorted(self.failed.items())]
+        lines += [f"  {e}" for e in self.errors[:20]]
+        if len(self.errors) > 20:
+            lines.append(f"  ... and {len(self.errors) - 20} more (see manifest.jsonl)")
+        return "\n".join(lines)
+
+
+def shard_records(records: Iterable[VideoRecord], shard: tuple[int, int] = (0, 1)
+                  ) -> list[VideoRecord]:
+    """Records of shard ``i`` of ``n``: the ``i``-th of every ``n`` in sorted-key order.
+
+    The shards of ``0..n-1`` are disjoint and together cover every record.
+    """
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
+    ordered = sorted(records, key=lambda r: r.key)
+    keys = [r.key for r in ordered]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
+        raise ValueError(f"duplicate video keys {dup}; keys must be unique")
+    return ordered[index::count]
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(config: FaceConfig, output: str) -> None:
+    """Pool initializer: load the detector and landmark models once per process."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    _WORKER["pipeline"] = FacePipeline(config)
+    _WORKER["cache"] = FaceCache(output)
+
+
+def _process_one(record: VideoRecord) -> dict:
+    """Process and store one record in a worker; returns a small result dict."""
+    pipeline: FacePipeline = _WORKER["pipeline"]
+    cache: FaceCache = _WORKER["cache"]
+    meta = dict(record.as_meta(), landmarks=pipeline.config.landmarks, size=pipeline.config.size)
+    try:
+        entry = pipeline.process(record)
+    except FaceError as exc:
+        cache.write_failure(record.key, exc.status, str(exc), meta)
+        return {"key": record.key, "status": exc.status, "error": str(exc), "faces": 0,
+                "frames": 0}
+    except Exception as exc:  # a bug or an unexpected decoder failure: record, keep going
+        detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        cache.write_failure(record.key, "error", detail, meta)
+        return {"key": record.key, "status": "error", "error": f"{type(exc).__name__}: {exc}",
+                "faces": 0, "frames": 0}
+    cache.write(entry, quality=pipeline.config.jpeg_quality)
+    return {"key": record.key, "status": "ok", "error": "", "faces": len(entry),
+            "frames": int(entry.meta["frames_sampled"])}
+
+
+def run_preprocess(records: list[VideoRecord], output: Path, config: FaceConfig | None = None,
+                   workers: int = 1, shard: tuple[int, int] = (0, 1), progress: bool = True
+                   ) -> PreprocessSummary:
+    """Fill the face cache at ``output`` with the records of one shard.
+
+    Keys already finished or failed in the cache are skipped, so an interrupted run resumes.
+    Each result is written atomically as soon as it is ready; ``manifest.jsonl`` is rebuilt at
+    the end. ``workers > 1`` uses a spawn-context process pool whose initializer loads the
+    models once per process.
+    """
+    config = config or FaceConfig()
+    start = time.perf_counter()
+    cache = FaceCache(output)
+    cache.entries_dir.mkdir(parents=True, exist_ok=True)
+    mine = shard_records(records, shard)
+    for r in mine:
+        validate_key(r.key)
+    todo = [r for r in mine if not cache.is_done(r.key)]
+    summary = PreprocessSummary(total=len(mine), skipped=len(mine) - len(todo))
+    failed: Counter = Counter()
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="video", desc=f"preprocess {shard[0]}/{shard[1]}")
+
+    def consume(results: Iterable[dict]) -> None:
+        for res in results:
+            if res["status"] == "ok":
+                summary.ok += 1
+            else:
+                failed[res["status"]] += 1
+                summary.errors.append(f"{res['key']}: {res['status']}: {res['error']}")
+            summary.faces += res["faces"]
+            summary.frames += res["frames"]
+            if bar is not None:
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                done = summary.ok + sum(failed.values())
+                bar.set_postfix(videos_s=f"{done / elapsed:.2f}",
+                                frames_s=f"{summary.frames / elapsed:.1f}",
+                                faces=summary.faces,
+                                failed=sum(failed.values()), refresh=False)
+                bar.update(1)
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            _init_worker(config, str(output))
+            try:
+                consume(_process_one(r) for r in todo)
+            finally:
+                _WORKER.clear()
+        elif todo:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
+                          initargs=(config, str(output))) as pool:
+                consume(pool.imap_unordered(_process_one, todo, chunksize=1))
+    finally:
+        if bar is not None:
+            bar.close()
+    cache.rebuild_manifest()
+    summary.failed = dict(sorted(failed.items()))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+# -- plain inputs ------------------------------------------------------------------------------
+
+def _record(path: Path, key: str) -> VideoRecord:
+    return VideoRecord(key=validate_key(key), path=str(path), label=-1, dataset="files",
+                       method="unknown", split="test")
+
+
+def _key_for(path: Path, root: Path) -> str:
+    rel = path.relative_to(root)
+    return (rel.with_suffix("") if path.is_file() else rel).as_posix()
+
+
+def records_from_inputs(input: Path) -> list[VideoRecord]:
+    """Records for a video file, a folder of videos and/or frame folders, or a ``.txt`` list.
+
+    Keys are the paths relative to the input folder without suffix (POSIX); a single file's key
+    is its stem; list entries are keyed relative to the list file's folder when inside it.
+    Raises ``FileNotFoundError`` / ``ValueError`` with the offending path.
+    """
+    input = Path(input)
+    if not input.exists():
+        raise FileNotFoundError(f"input {input} does not exist")
+    if input.is_file() and input.suffix.lower() == ".txt":
+        base = input.parent
+        records = []
+        for line in input.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            path = Path(line) if Path(line).is_absolute() else base / line
+            try:
+                key = _key_for(path, base) if path.exists() else Path(line).with_suffix("").as_posix()
+            except ValueError:  # outside the list's folder: key by the path without anchor
+                key = path.with_suffix("").as_posix().lstrip("/")
+            records.append(_record(path, key))
+        return records
+    if input.is_file():
+        return [_record(input, input.stem)]
+    records = []
+    for path in sorted(input.rglob("*")):
+        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            records.append(_record(path, _key_for(path, input)))
+        elif path.is_dir() and not any(
+                p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES for p in path.iterdir()):
+            records.append(_record(path, _key_for(path, input)))  # a leaf frame folder
+    if not records and list_frame_images(input):
+        records.append(_record(input, input.name))  # the input itself is one frame folder
+    if not records:
+        raise ValueError(f"{input} holds no videos {VIDEO_SUFFIXES} and no frame folders "
+                         f"{IMAGE_SUFFIXES}")
+    return records

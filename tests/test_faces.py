@@ -1,0 +1,196 @@
+"""Face pipeline pieces on real faces: decoding, detection, landmarks, alignment, cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from face_assets import CLIPS, grid_frames, write_video
+
+from data_modules.records import VideoRecord
+from deepfakemae.faces.align import align_face, five_points, similarity_transform, template_points
+from deepfakemae.faces.cache import FaceCache
+from deepfakemae.faces.detect import FaceDetector, box_iou, select_face
+from deepfakemae.faces.landmarks import DlibLandmarks, LandmarkError, build_landmarks
+from deepfakemae.faces.pipeline import FaceConfig, FacePipeline
+from deepfakemae.faces.video import (
+    DecordSource,
+    PyAVSource,
+    VideoError,
+    open_video,
+    read_sampled,
+    sample_indices,
+)
+
+CLIP = CLIPS[0]
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def dlib_landmarks() -> DlibLandmarks:
+    return DlibLandmarks()
+
+
+@pytest.fixture(scope="module")
+def astronaut_face(detector, dlib_landmarks):
+    image = skimage.data.astronaut()  # (512, 512, 3) uint8 RGB
+    found = detector(image)
+    assert found is not None
+    return image, found, dlib_landmarks(image, found.box[None])[0]
+
+
+def test_sample_indices_uniform_and_deterministic():
+    assert sample_indices(10, 4).tolist() == [1, 3, 6, 8]
+    assert sample_indices(3, 32).tolist() == [0, 1, 2]
+    assert sample_indices(0, 4).size == 0
+    idx = sample_indices(300, 32)
+    assert len(np.unique(idx)) == 32 and idx.min() >= 0 and idx.max() < 300
+    assert np.array_equal(idx, sample_indices(300, 32))
+
+
+@pytest.fixture(scope="module")
+def grid_mp4(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("mp4") / "grid.mp4", grid_frames(CLIP)[:30])
+
+
+def test_decord_reads_only_sampled_frames(grid_mp4):
+    source = open_video(grid_mp4)
+    assert isinstance(source, DecordSource)
+    assert source.num_frames == 30 and source.fps == pytest.approx(25.0)
+    frames, indices, total, fps = read_sampled(grid_mp4, 4)
+    assert indices.tolist() == [3, 11, 18, 26] and total == 30
+    assert len(frames) == 4 and frames[0].shape == (288, 360, 3) and frames[0].dtype == np.uint8
+    sequential = grid_frames(grid_mp4)
+    for i, frame in zip(indices, frames, strict=True):  # the very frames a full sequential decode gives
+        assert np.array_equal(frame, sequential[i])
+
+
+def test_pyav_seeking_matches_sequential_decode(grid_mp4):
+    for path in (grid_mp4, CLIP):  # MPEG-PS seeks overshoot: must still land on the right frame
+        sequential = grid_frames(path)
+        idx = np.array([0, 9, 23, len(sequential) - 1])
+        source = PyAVSource(path)
+        assert source.num_frames == len(sequential)
+        got = source.read(idx)
+        assert len(got) == 4
+        for i, frame in zip(idx, got, strict=True):
+            assert np.array_equal(frame, sequential[i])
+
+
+def test_mpeg_program_stream_uses_pyav():
+    # decord drops the first GOP of MPEG-1 program streams, so .mpg goes through PyAV
+    assert isinstance(open_video(CLIP), PyAVSource)
+    frames, indices, total, _ = read_sampled(CLIP, 4)
+    assert total == 75 and indices.tolist() == [9, 28, 46, 65]
+    sequential = grid_frames(CLIP)
+    assert all(np.array_equal(f, sequential[i]) for f, i in zip(frames, indices, strict=True))
+
+
+def test_frame_folder_sorted_numerically(tmp_path):
+    import cv2
+
+    frames = grid_frames(CLIP)[:12]
+    for i, frame in enumerate(frames):  # frame_2 must come before frame_10
+        cv2.imwrite(str(tmp_path / f"frame_{i}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    got, indices, total, _ = read_sampled(tmp_path, 12)
+    assert total == 12 and indices.tolist() == list(range(12))
+    for a, b in zip(frames, got, strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("content,status", [(b"", "empty"), (b"not a video\n" * 20, "unreadable")])
+def test_bad_files_raise_status(tmp_path, content, status):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(VideoError) as err:
+        read_sampled(path, 4)
+    assert err.value.status == status and "bad.mp4" in str(err.value)
+
+
+def test_astronaut_landmarks(astronaut_face):
+    image, found, lm = astronaut_face
+    assert lm.shape == (68, 2) and lm.dtype == np.float32
+    x0, y0, x1, y1 = found.box
+    assert 60 < x1 - x0 < 200  # the astronaut's face (dlib boxes are tight)
+    inside = (lm[:, 0] > x0 - 20) & (lm[:, 0] < x1 + 20) & (lm[:, 1] > y0 - 40) & (lm[:, 1] < y1 + 20)
+    assert inside.all()
+
+
+def test_aligned_crop_geometry(astronaut_face):
+    image, _, lm = astronaut_face
+    crop, lm_crop = align_face(image, lm, size=112)
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    assert (lm_crop > 0).all() and (lm_crop < 112).all()
+    eyes_y = lm_crop[36:48, 1].mean()
+    nose_y = lm_crop[30, 1]
+    mouth_y = lm_crop[48:68, 1].mean()
+    assert eyes_y < nose_y < mouth_y
+    # the face fills most of the crop but brows and chin keep a margin
+    assert lm_crop[17:27, 1].min() > 5 and lm_crop[8, 1] < 107
+    assert lm_crop[:, 0].max() - lm_crop[:, 0].min() > 0.6 * 112
+    # the 5 points land on the template (to within 8% of the side: a smile widens the mouth)
+    assert np.abs(five_points(lm_crop) - template_points(112)).max() < 0.08 * 112
+
+
+def test_similarity_transform_recovers_known_transform():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    angle, scale, shift = 0.3, 1.7, np.array([12.0, -4.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = src @ (scale * rot).T + shift
+    mat = similarity_transform(src, dst)
+    assert np.allclose(mat[:, :2], scale * rot) and np.allclose(mat[:, 2], shift)
+
+
+def test_select_face_follows_previous_box():
+    boxes = np.array([[0, 0, 200, 200], [300, 300, 380, 380]], float)
+    scores = np.array([1.0, 0.5])
+    assert select_face(boxes, scores, None).box[0] == 0  # largest
+    follow = select_face(boxes, scores, np.array([290, 290, 370, 370.0]))
+    assert follow.box[0] == 300  # same person as before, although smaller
+    assert box_iou(boxes[0], boxes).tolist()[0] == pytest.approx(1.0)
+
+
+def test_tracking_agrees_with_full_detection(detector):
+    frames = [grid_frames(CLIP)[i] for i in sample_indices(75, 6)]
+    plain = FaceDetector(track=False)
+    previous = None
+    for frame in frames:
+        tracked = detector(frame, previous)
+        full = plain(frame)
+        assert tracked is not None and full is not None
+        assert box_iou(full.box, tracked.box[None])[0] > 0.6
+        previous = tracked.box
+
+
+def test_crop_round_trip_through_cache(tmp_path):
+    record = VideoRecord("grid/bbaf2n", str(CLIP), 0, "grid", "real", "test")
+    entry = FacePipeline(FaceConfig(frames=4, size=112)).process(record)
+    assert len(entry) == 4 and entry.crops.shape == (4, 112, 112, 3)
+    cache = FaceCache(tmp_path)
+    cache.write(entry)
+    back = cache.read(record.key)
+    assert np.array_equal(back.landmarks, entry.landmarks)  # bit-exact
+    assert np.array_equal(back.frame_indices, entry.frame_indices)
+    assert np.array_equal(back.boxes, entry.boxes)
+    # JPEG quality 95: mean absolute pixel error stays below 3 grey levels
+    assert np.abs(back.crops.astype(int) - entry.crops.astype(int)).mean() < 3
+    meta = back.meta
+    assert meta["num_frames_total"] == 75 and meta["fps"] == pytest.approx(25.0)
+    assert meta["landmarks"] == "dlib" and meta["size"] == 112 and meta["label"] == 0
+
+
+def test_unknown_backend_and_fan_error():
+    with pytest.raises(ValueError, match="dlib"):
+        build_landmarks("nope")
+    # offline or without face-alignment's deps: a clear error that points to --landmarks dlib
+    try:
+        build_landmarks("fan")
+    except LandmarkError as exc:
+        assert "--landmarks dlib" in str(exc)
