@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from deepfakemae.runinfo import run_info
+from deepfakemae.visualize import local_log_dir
 
 
 class SaveConfigAndRunInfo(SaveConfigCallback):
@@ -17,9 +18,8 @@ class SaveConfigAndRunInfo(SaveConfigCallback):
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         info = run_info()
-        log_dir = trainer.log_dir
-        if log_dir is not None and trainer.is_global_zero:
-            path = Path(log_dir) / "run_info.json"
+        if trainer.is_global_zero:  # only rank 0 gets here: no collectives (trainer.log_dir is one)
+            path = local_log_dir(trainer) / "run_info.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(info, indent=2, default=str))
         for logger in trainer.loggers:
@@ -31,6 +31,7 @@ class DeepfakeMAECLI(LightningCLI):
     """LightningCLI with ``parser_mode="omegaconf"`` so configs can use ``${...}`` interpolation."""
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+        """``args`` None reads ``sys.argv``; ``run`` False only parses and instantiates."""
         super().__init__(
             LightningModule,
             LightningDataModule,
@@ -46,5 +47,22 @@ class DeepfakeMAECLI(LightningCLI):
 
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> DeepfakeMAECLI:
-    """Run ``fit``/``validate``/``test``/``predict``; ``args`` None reads ``sys.argv``."""
-    return DeepfakeMAECLI(args=args)
+    """Run ``fit``/``validate``/``test``/``predict``; ``args`` None reads ``sys.argv``.
+
+    Several runs in one process (``make demo``, tests) each get their own W&B run: the one a run
+    opened is finished when it returns.
+    """
+    saved_argv = sys.argv
+    if args is not None:  # let LightningCLI read them as if typed (it warns when given both)
+        sys.argv = [saved_argv[0] if saved_argv else "deepfakemae", *args]
+    try:
+        return DeepfakeMAECLI()
+    finally:
+        sys.argv = saved_argv
+        _finish_wandb()
+
+
+def _finish_wandb() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

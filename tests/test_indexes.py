@@ -69,8 +69,8 @@ def test_safe_join_keeps_inside_paths(tmp_path):
     assert safe_join(tmp_path, "./x.mp4") == tmp_path / "x.mp4"
 
 
-def test_registry_lists_the_four_datasets():
-    assert list_indexes() == ["celebdf", "dfdc", "ffpp", "wilddeepfake"]
+def test_registry_lists_the_four_datasets_and_the_demo():
+    assert list_indexes() == ["celebdf", "demo", "dfdc", "ffpp", "wilddeepfake"]
     assert set(INDEXES) == set(list_indexes())
     assert "compression" in index_options("ffpp")
     with pytest.raises(ValueError, match="unknown dataset"):

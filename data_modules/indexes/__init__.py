@@ -21,7 +21,7 @@ from collections.abc import Callable
 from data_modules.indexes.celebdf import index_celebdf
 from data_modules.indexes.common import DatasetError, DatasetWarning, safe_join
 from data_modules.indexes.dfdc import index_dfdc
-from data_modules.indexes.ffpp import index_ffpp, load_split_pairs, pair_videos
+from data_modules.indexes.ffpp import index_demo, index_ffpp, load_split_pairs, pair_videos
 from data_modules.indexes.wilddeepfake import extract_archive, index_wilddeepfake
 from data_modules.records import VideoRecord
 
@@ -33,6 +33,7 @@ INDEXES: dict[str, IndexFn] = {
     "celebdf": index_celebdf,
     "wilddeepfake": index_wilddeepfake,
     "dfdc": index_dfdc,
+    "demo": index_demo,
 }
 
 

@@ -41,7 +41,9 @@ DATASET = "ffpp"
 DEFAULT_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 DFD = "DeepFakeDetection"
 OPTIONAL_METHODS = ("FaceShifter", DFD)
-KNOWN_METHODS = DEFAULT_METHODS + OPTIONAL_METHODS
+#: the four methods of the embedded demo set (`deepfakemae demo-data`), in FF++ layout
+DEMO_METHODS = ("FaceSwapWarp", "LipsSwap", "EyesSwap", "SelfBlend")
+KNOWN_METHODS = DEFAULT_METHODS + OPTIONAL_METHODS + DEMO_METHODS
 COMPRESSIONS = ("raw", "c23", "c40")
 LAYOUT = ("original_sequences/youtube/<comp>/videos/NNN.mp4 and "
           "manipulated_sequences/<Method>/<comp>/videos/T_S.mp4")
@@ -214,3 +216,12 @@ def _dfd_records(root: Path, compression: str, split: str,
                                    path=str(path), label=label, dataset=DATASET,
                                    method=method, split=split))
     return out
+
+
+def index_demo(root: str | os.PathLike, split: str = "all", compression: str = "c23",
+               methods: Sequence[str] | str | None = None,
+               allow_missing: bool = False) -> list[VideoRecord]:
+    """The embedded demo set: FF++ layout with its own methods and ``<root>/splits/*.json``."""
+    return index_ffpp(root, split=split, compression=compression,
+                      methods=methods or DEMO_METHODS, splits_dir=Path(root) / "splits",
+                      allow_missing=allow_missing)

@@ -1,0 +1,300 @@
+"""Facial-part masking for stage 1 (paper §3.1, Algorithm 1, §4.4).
+
+Landmarks → three patch sets (eyes, cheek & nose, lips) → a boolean patch mask (True = masked).
+
+Conventions
+-----------
+* Landmarks are (B, 68, 2) float ``(x, y)`` in crop pixels, dlib/iBUG 68-point order, 0-based:
+  jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67.
+* Patches are in raster order: token ``l`` covers row ``l // g`` and column ``l % g`` of the
+  ``g × g`` grid, ``g = img_size // patch_size`` (14 × 14 = 196 for the paper's 224/16).
+* Part index: ``0`` eyes, ``1`` cheek & nose, ``2`` lips (``PART_NAMES``).
+* The masking ratio is relative to the selected part, as §4.4 defines it: ``ratio = 0.5`` masks
+  half of that part's patches. The count is ``floor(ratio * |set| + 0.5)`` (round half up), at
+  least 1 and at most ``|set|``. The ``random`` strategy (MAE's RP, Table 5) applies the ratio to
+  all ``L`` patches instead and keeps at least one patch visible.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+PART_NAMES: tuple[str, str, str] = ("eyes", "cheek_nose", "lips")
+VARIANTS: tuple[str, str] = ("algorithm1", "region")
+STRATEGIES: tuple[str, ...] = ("facial_part", "eyes", "cheek_nose", "lips", "random")
+
+# Mean frontal face in normalised crop coordinates (x, y in [0, 1]), 68 iBUG points. Derived once
+# from a dlib 68-point detection on skimage's `astronaut()` image, made left-right symmetric and
+# placed in a square crop of 1.6 × the landmark width. Used for degenerate-landmark fallback and
+# for `synthetic_landmarks` (benchmarks, tests); real crops come with detected landmarks.
+MEAN_FACE_68: tuple[tuple[float, float], ...] = (
+    (0.188, 0.375), (0.198, 0.456), (0.208, 0.530), (0.221, 0.610), (0.248, 0.684), (0.292, 0.748),
+    (0.356, 0.802), (0.423, 0.849), (0.500, 0.859), (0.577, 0.849), (0.644, 0.802), (0.708, 0.748),
+    (0.752, 0.684), (0.779, 0.610), (0.792, 0.530), (0.802, 0.456), (0.813, 0.375), (0.235, 0.311),
+    (0.272, 0.267), (0.325, 0.261), (0.379, 0.267), (0.433, 0.284), (0.567, 0.284), (0.621, 0.267),
+    (0.675, 0.261), (0.728, 0.267), (0.765, 0.311), (0.500, 0.348), (0.500, 0.409), (0.500, 0.462),
+    (0.500, 0.516), (0.433, 0.546), (0.466, 0.556), (0.500, 0.563), (0.534, 0.556), (0.567, 0.546),
+    (0.298, 0.355), (0.332, 0.328), (0.379, 0.328), (0.416, 0.368), (0.372, 0.372), (0.329, 0.372),
+    (0.584, 0.368), (0.621, 0.328), (0.668, 0.328), (0.702, 0.355), (0.671, 0.372), (0.628, 0.372),
+    (0.349, 0.603), (0.403, 0.600), (0.460, 0.600), (0.500, 0.610), (0.540, 0.600), (0.597, 0.600),
+    (0.651, 0.603), (0.601, 0.674), (0.544, 0.704), (0.500, 0.711), (0.456, 0.704), (0.399, 0.674),
+    (0.369, 0.614), (0.460, 0.624), (0.500, 0.630), (0.540, 0.624), (0.631, 0.614), (0.540, 0.671),
+    (0.500, 0.677), (0.460, 0.671),
+)
+
+# Left-right mirror permutation of the 68 iBUG points (point i ↔ MIRROR_68[i] under a flip).
+MIRROR_68: tuple[int, ...] = (
+    *range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31,
+    45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
+    54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65,
+)
+
+_EYES = list(range(36, 48))
+_BROW_EYE_LEFT = list(range(17, 22)) + list(range(36, 42))
+_BROW_EYE_RIGHT = list(range(22, 27)) + list(range(42, 48))
+_NOSE = list(range(27, 36))
+_MOUTH = list(range(48, 68))
+_NOSE_BASE = 33
+
+
+def template_landmarks(img_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Mean-face landmarks for a square crop of ``img_size`` pixels. Returns (68, 2) float32."""
+    return torch.tensor(MEAN_FACE_68, dtype=torch.float32, device=device) * img_size
+
+
+def synthetic_landmarks(
+    batch_size: int,
+    img_size: int,
+    generator: torch.Generator | None = None,
+    max_rotation_deg: float = 10.0,
+    max_scale: float = 0.1,
+    max_shift: float = 0.05,
+    point_noise: float = 0.01,
+) -> torch.Tensor:
+    """Plausible face landmarks: the mean face under a random similarity transform plus noise.
+
+    Rotation ±``max_rotation_deg``, scale 1 ± ``max_scale``, shift ± ``max_shift`` · size,
+    per-point Gaussian noise of ``point_noise`` · size. For benchmarks and tests. Returns (B, 68, 2).
+    """
+    tpl = template_landmarks(img_size) - img_size / 2  # (68, 2) centred
+    u = torch.rand(batch_size, 4, generator=generator) * 2 - 1  # (B, 4) in [-1, 1]
+    angle = u[:, 0] * math.radians(max_rotation_deg)
+    scale = 1 + u[:, 1] * max_scale
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
+    pts = torch.einsum("bij,nj->bni", rot, tpl)  # (B, 68, 2)
+    pts = pts + img_size / 2 + u[:, None, 2:] * max_shift * img_size
+    noise = torch.randn(batch_size, 68, 2, generator=generator) * point_noise * img_size
+    return pts + noise
+
+
+def _grid(img_size: int, patch_size: int) -> int:
+    if img_size % patch_size:
+        raise ValueError(
+            f"deepfakemae/masking.py: img_size {img_size} is not a multiple of patch_size {patch_size}"
+        )
+    g = img_size // patch_size
+    if g < 3:
+        raise ValueError(
+            f"deepfakemae/masking.py: a {g}x{g} patch grid cannot hold three facial parts; "
+            "use img_size >= 3 * patch_size"
+        )
+    return g
+
+
+def sanitize_landmarks(landmarks: torch.Tensor, img_size: int, patch_size: int) -> torch.Tensor:
+    """Replace degenerate samples by the mean-face template.
+
+    A sample is degenerate when any coordinate is non-finite, or its landmark bounding box is
+    narrower or shorter than one patch (e.g. all-zero landmarks from a failed detection).
+    Returns (B, 68, 2) float32.
+    """
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (68, 2):
+        raise ValueError(
+            f"deepfakemae/masking.py: landmarks must be (B, 68, 2), got {tuple(landmarks.shape)}"
+        )
+    lm = landmarks.float()
+    finite = torch.isfinite(lm).flatten(1).all(1)  # (B,)
+    safe = torch.where(torch.isfinite(lm), lm, torch.zeros_like(lm))
+    extent = safe.amax(1) - safe.amin(1)  # (B, 2)
+    ok = finite & (extent >= patch_size).all(1)  # (B,)
+    tpl = template_landmarks(img_size, lm.device).expand_as(lm)
+    return torch.where(ok[:, None, None], safe, tpl)
+
+
+def _algorithm1_sets(lm: torch.Tensor, g: int, patch_size: int) -> torch.Tensor:
+    """Horizontal bands of Algorithm 1. lm: (B, 68, 2) sanitised. Returns (B, 3, L)."""
+    rows = torch.arange(g * g, device=lm.device) // g  # (L,) patch row of each token
+    eye_bottom = lm[:, _EYES, 1].amax(1)  # (B,) lowest eye-contour point (lower eyelids)
+    nose_base = lm[:, _NOSE_BASE, 1]  # (B,) subnasale
+    r_eye = torch.floor(eye_bottom / patch_size).long().clamp(0, g - 3)  # (B,)
+    r_nose = torch.floor(nose_base / patch_size).long()
+    r_nose = torch.maximum(r_nose, r_eye + 1).clamp(max=g - 2)  # (B,)
+    eyes = rows[None] <= r_eye[:, None]  # (B, L)
+    lips = rows[None] > r_nose[:, None]
+    cheek = ~eyes & ~lips
+    return torch.stack([eyes, cheek, lips], 1)
+
+
+def _boxes_to_patches(boxes: torch.Tensor, g: int, patch_size: int, dilation: float) -> torch.Tensor:
+    """Patches overlapping any box. boxes: (B, K, 4) x0, y0, x1, y1 px. Returns (B, L) bool."""
+    idx = torch.arange(g, device=boxes.device, dtype=boxes.dtype)
+    lo, hi = idx * patch_size, (idx + 1) * patch_size  # (g,) patch pixel extents
+    b = boxes + boxes.new_tensor([-dilation, -dilation, dilation, dilation])
+    # strict inequalities: a box that only touches a patch edge does not select it
+    in_x = (lo[None, None] < b[..., 2:3]) & (hi[None, None] > b[..., 0:1])  # (B, K, g) columns
+    in_y = (lo[None, None] < b[..., 3:4]) & (hi[None, None] > b[..., 1:2])  # (B, K, g) rows
+    hit = in_y[..., :, None] & in_x[..., None, :]  # (B, K, g_row, g_col)
+    return hit.any(1).flatten(1)  # (B, L) raster order
+
+
+def _bbox(lm: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    pts = lm[:, idx]  # (B, n, 2)
+    return torch.cat([pts.amin(1), pts.amax(1)], -1)  # (B, 4)
+
+
+def _region_sets(lm: torch.Tensor, g: int, patch_size: int, dilation: float) -> torch.Tensor:
+    """Landmark-region part sets. lm: (B, 68, 2) sanitised. Returns (B, 3, L)."""
+    eyes = _boxes_to_patches(
+        torch.stack([_bbox(lm, _BROW_EYE_LEFT), _bbox(lm, _BROW_EYE_RIGHT)], 1), g, patch_size, dilation
+    )
+    lips = _boxes_to_patches(_bbox(lm, _MOUTH)[:, None], g, patch_size, dilation) & ~eyes
+    # cheeks: horizontally between the upper jaw contour on both sides, vertically from the lower
+    # eyelids down to the mouth corners; the nose box adds the bridge between the eyes.
+    cheek_box = torch.stack(
+        [
+            lm[:, 1:4, 0].amin(1),
+            lm[:, _EYES, 1].amax(1),
+            lm[:, 13:16, 0].amax(1),
+            lm[:, [48, 54], 1].amax(1),
+        ],
+        -1,
+    )  # (B, 4)
+    cheek = _boxes_to_patches(
+        torch.stack([cheek_box, _bbox(lm, _NOSE)], 1), g, patch_size, dilation
+    )
+    cheek = cheek & ~eyes & ~lips
+    return torch.stack([eyes, cheek, lips], 1)
+
+
+def part_sets(
+    landmarks: torch.Tensor,
+    img_size: int = 224,
+    patch_size: int = 16,
+    variant: str = "algorithm1",
+    dilation: float | None = None,
+) -> torch.Tensor:
+    """Partition the patch grid into eyes / cheek & nose / lips. Returns BoolTensor (B, 3, L).
+
+    ``algorithm1`` (paper, Algorithm 1): three horizontal bands in raster order. The paper's
+    boundaries, "the landmark of 17th" and "the 16th", cannot be literal iBUG indices: 1-based 17th
+    / 16th (0-based 16 / 15) are jaw points at ear height, only ~one patch row apart, and 0-based
+    17 / 16 are the outer brow end / jaw end, above or beside the eyes — none yields an eyes band
+    followed by a cheek & nose band and a lips band. We read the boundaries as the rows containing
+    the landmarks that close each part, keeping the band structure the algorithm describes:
+
+    * eyes: rows 0 … ``r_eye`` (inclusive), ``r_eye`` = row of the lowest eye landmark
+      (max y over 36-47, the lower eyelids) — so forehead, brows and both eyes are in it;
+    * cheek & nose: rows ``r_eye + 1`` … ``r_nose``, ``r_nose`` = row of the nose base (point 33);
+    * lips: rows ``r_nose + 1`` … last row (mouth and chin).
+
+    Rows are ``floor(y / patch_size)``; ``r_eye`` is clamped to ``[0, g-3]`` and ``r_nose`` to
+    ``[r_eye+1, g-2]`` so each band keeps at least one full row (deterministic, never empty).
+
+    ``region``: patches overlapping landmark boxes dilated by ``dilation`` pixels (default
+    ``patch_size / 8``): eyes = one box per brow + eye (17-21 ∪ 36-41, 22-26 ∪ 42-47); lips =
+    the mouth box (48-67); cheek & nose = the nose box (27-35) ∪ a cheek box (x from jaw points
+    1-3 to 13-15, y from the lower eyelids to the mouth corners), minus eyes and lips. Sets are
+    disjoint but need not cover the grid (background is in none). A set left empty (face partly
+    outside the crop) takes the ``algorithm1`` band for that part and sample.
+
+    Degenerate landmarks (non-finite, or spread smaller than a patch) are replaced by the mean
+    face template for that sample (`sanitize_landmarks`), for both variants.
+    """
+    g = _grid(img_size, patch_size)
+    lm = sanitize_landmarks(landmarks, img_size, patch_size)
+    bands = _algorithm1_sets(lm, g, patch_size)
+    if variant == "algorithm1":
+        return bands
+    if variant == "region":
+        d = patch_size / 8 if dilation is None else float(dilation)
+        sets = _region_sets(lm, g, patch_size, d)
+        empty = ~sets.any(-1, keepdim=True)  # (B, 3, 1)
+        return torch.where(empty, bands, sets)
+    raise ValueError(f"deepfakemae/masking.py: unknown part-set variant {variant!r}; use one of {VARIANTS}")
+
+
+class MaskOutput(NamedTuple):
+    """Result of `FacialPartMasker`: ``mask`` (B, L) bool, True = masked; ``part`` (B,) long,
+    the part index masked per sample (0 eyes, 1 cheek & nose, 2 lips; -1 for ``random``)."""
+
+    mask: torch.Tensor
+    part: torch.Tensor
+
+
+def _mask_k_of(selectable: torch.Tensor, k: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Mask ``k[b]`` patches chosen uniformly among ``selectable[b]``. (B, L) bool, (B,) → (B, L)."""
+    B, L = selectable.shape
+    scores = torch.rand(B, L, generator=generator, device=selectable.device)  # (B, L) in [0, 1)
+    scores = scores.masked_fill(~selectable, 2.0)  # non-selectable patches sort last
+    ids = scores.argsort(1)  # (B, L): selectable patches in random order first
+    take = torch.arange(L, device=selectable.device)[None] < k[:, None]  # (B, L)
+    return torch.zeros_like(selectable).scatter(1, ids, take)
+
+
+class FacialPartMasker:
+    """Draws stage-1 masks from landmarks (vectorised over the batch and the patches).
+
+    strategy: ``facial_part`` (paper's RA: one of the three parts uniformly at random per sample),
+    ``eyes`` / ``cheek_nose`` / ``lips`` (Table 5 single-part columns), ``random`` (MAE's RP:
+    random patches over the whole image, ``ratio`` of all L patches).
+    ratio: masking ratio M_r relative to the selected part (Table 4: 0.25 / 0.5 / 0.75).
+    variant: part-set construction, ``algorithm1`` or ``region`` (see `part_sets`).
+    """
+
+    def __init__(
+        self,
+        strategy: str = "facial_part",
+        ratio: float = 0.5,
+        variant: str = "algorithm1",
+        img_size: int = 224,
+        patch_size: int = 16,
+        dilation: float | None = None,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"deepfakemae/masking.py: unknown strategy {strategy!r}; use one of {STRATEGIES}")
+        if variant not in VARIANTS:
+            raise ValueError(f"deepfakemae/masking.py: unknown variant {variant!r}; use one of {VARIANTS}")
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"deepfakemae/masking.py: ratio must be in (0, 1], got {ratio}")
+        self.strategy, self.ratio, self.variant = strategy, float(ratio), variant
+        self.img_size, self.patch_size, self.dilation = img_size, patch_size, dilation
+        self.grid = _grid(img_size, patch_size)
+        self.num_patches = self.grid**2
+
+    def part_sets(self, landmarks: torch.Tensor) -> torch.Tensor:
+        """(B, 68, 2) → (B, 3, L) bool part sets for this masker's geometry."""
+        return part_sets(landmarks, self.img_size, self.patch_size, self.variant, self.dilation)
+
+    def __call__(self, landmarks: torch.Tensor, generator: torch.Generator | None = None) -> MaskOutput:
+        """Draw masks for a batch. landmarks (B, 68, 2) crop px; ``generator`` must live on
+        ``landmarks.device``. Returns `MaskOutput` (mask (B, L) bool, part (B,) long)."""
+        B, dev, L = landmarks.shape[0], landmarks.device, self.num_patches
+        if self.strategy == "random":
+            k = min(max(math.floor(self.ratio * L + 0.5), 1), L - 1)
+            everything = torch.ones(B, L, dtype=torch.bool, device=dev)
+            mask = _mask_k_of(everything, torch.full((B,), k, device=dev), generator)
+            return MaskOutput(mask, torch.full((B,), -1, dtype=torch.long, device=dev))
+        sets = self.part_sets(landmarks)  # (B, 3, L)
+        if self.strategy == "facial_part":
+            part = torch.randint(0, 3, (B,), generator=generator, device=dev)  # (B,)
+        else:
+            part = torch.full((B,), PART_NAMES.index(self.strategy), dtype=torch.long, device=dev)
+        selected = sets[torch.arange(B, device=dev), part]  # (B, L)
+        n = selected.sum(1)  # (B,) ≥ 1 by construction of part_sets
+        k = torch.floor(self.ratio * n.double() + 0.5).long()
+        k = torch.minimum(k.clamp(min=1), n)  # (B,)
+        return MaskOutput(_mask_k_of(selected, k, generator), part)

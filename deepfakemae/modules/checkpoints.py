@@ -1,0 +1,65 @@
+"""Loading stage-1 / stage-2 checkpoints safely (``weights_only=True``) with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deepfakemae.models.mae import MaskedAutoencoderViT, create_mae
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or not the kind the caller needs."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train the stage that writes it "
+                              "first (see README: make pretrain / make train-stage2)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle with code, truncated zip, not a torch file at all
+        raise CheckpointError(f"cannot load {path} as a weights-only checkpoint ({exc}); only "
+                              "checkpoints written by DeepfakeMAE's Lightning runs are accepted"
+                              ) from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
+    return ckpt
+
+
+def sub_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Entries of ``state`` under ``prefix`` with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str,
+              allow_missing: tuple[str, ...] = ()) -> None:
+    """Strictly load ``state`` into ``module``; name missing/unexpected keys in the error."""
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(allow_missing)]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source} does not fit {type(module).__name__}: missing keys {missing[:8]} "
+            f"({len(missing)}), unexpected keys {result.unexpected_keys[:8]} "
+            f"({len(result.unexpected_keys)}); was it written with another preset?")
+
+
+def load_stage1_mae(path: str | Path, preset: str | None = None) -> MaskedAutoencoderViT:
+    """The MAE of a stage-1 (``MAEPretrainModule``) checkpoint, with its own preset by default."""
+    ckpt = read_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters", {})
+    preset = preset or hparams.get("preset")
+    if preset is None:
+        raise CheckpointError(f"{path} records no MAE preset; is it a stage-1 checkpoint? "
+                              "(pass the preset explicitly)")
+    state = sub_state_dict(ckpt["state_dict"], "model.")
+    if not state:
+        raise CheckpointError(f"{path} holds no 'model.*' weights: it is not a stage-1 "
+                              "MAEPretrainModule checkpoint")
+    mae = create_mae(preset, norm_pix_loss=bool(hparams.get("norm_pix_loss", False)))
+    load_into(mae, state, str(path))
+    return mae

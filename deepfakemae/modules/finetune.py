@@ -1,0 +1,75 @@
+"""Stage 2, branch (a): the Finetuning Network (paper §3.2.1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+
+from deepfakemae.models.classifier import FinetuneClassifier
+from deepfakemae.models.mae import create_mae
+from deepfakemae.modules.checkpoints import load_stage1_mae
+from deepfakemae.modules.evaluation import VideoEvaluation
+from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
+
+DECODER_PARTS = ("decoder_embed", "decoder_blocks", "decoder_norm", "decoder_pred", "mask_token")
+
+
+def drop_decoder(mae: torch.nn.Module) -> torch.nn.Module:
+    """Remove the MAE decoder in place (the Finetuning Network uses the encoder only)."""
+    for name in DECODER_PARTS:
+        if hasattr(mae, name):
+            delattr(mae, name)
+    return mae
+
+
+class FinetuneModule(VideoEvaluation, LightningModule):
+    """The stage-1 encoder on full, unmasked faces; 5-frame clips; cross-entropy.
+
+    Batches are clips (``image`` (B,T,3,H,W)); each frame is encoded, mean-pooled over patch
+    tokens (see :class:`~deepfakemae.models.classifier.FinetuneClassifier`), averaged over the T
+    frames and classified. AdamW, lr 1e-3 (paper), warmup + cosine per step. Evaluation scores a
+    clip's fake probability and gives it to each of its frames.
+
+    ``mae_checkpoint``: a stage-1 checkpoint (required for real runs; ``None`` starts from a
+    randomly initialised ``preset``, for tests and ablations).
+    """
+
+    primary_branch = "F"
+
+    def __init__(self, mae_checkpoint: str | None = None, preset: str = "mae_vit_base_patch16",
+                 pooling: str = "mean", lr: float = 1e-3, weight_decay: float = 0.05,
+                 warmup_fraction: float = 0.05, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        mae = load_stage1_mae(mae_checkpoint) if mae_checkpoint else create_mae(preset)
+        self.classifier = FinetuneClassifier(drop_decoder(mae), pooling=pooling)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips (B,T,3,H,W) → logits (B,2)."""
+        return self.classifier(clips)
+
+    def fake_probability(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B,T,3,H,W) → (B,) probability of the fake class."""
+        return self.classifier(clips).float().softmax(-1)[:, 1]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.classifier(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
+        acc = (logits.argmax(-1) == batch["label"]).float().mean()
+        size = batch["label"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/acc", acc, batch_size=size)
+        return loss
+
+    def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"F": self.fake_probability(batch["image"])}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(decay_param_groups(self.classifier, hp.weight_decay),
+                                      lr=hp.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = warmup_cosine(optimizer, int(hp.warmup_fraction * total), total)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,80 @@
+"""Stage 1: facial-part masked autoencoder pretraining on real faces (paper §3.1, Algorithm 1)."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningModule
+
+from deepfakemae.masking import FacialPartMasker
+from deepfakemae.models.mae import create_mae, load_timm_mae_encoder
+from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
+from deepfakemae.visualize import log_image, reconstruction_grid
+
+
+class MAEPretrainModule(LightningModule):
+    """Trains :class:`~deepfakemae.models.mae.MaskedAutoencoderViT` with facial-part masking.
+
+    Batches follow the batch contract (``image`` (B,3,H,W), ``landmarks`` (B,68,2)); the
+    datamodule runs in real-only frame mode. Paper defaults: ViT-B/16 at 224, mask ratio 0.5 of
+    the selected part, AdamW lr 1.5e-4, betas (0.9, 0.95), weight decay 0.05 (none on norms,
+    biases, tokens), linear warmup then cosine decay per step.
+    """
+
+    def __init__(self, preset: str = "mae_vit_base_patch16", mask_strategy: str = "facial_part",
+                 mask_ratio: float = 0.5, part_variant: str = "algorithm1",
+                 norm_pix_loss: bool = False, lr: float = 1.5e-4,
+                 betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05,
+                 warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0,
+                 image_log_every_n_steps: int = 200, timm_init: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_mae(preset, norm_pix_loss=norm_pix_loss)
+        if timm_init:
+            load_timm_mae_encoder(self.model, timm_init)
+        self.masker = FacialPartMasker(strategy=mask_strategy, ratio=mask_ratio,
+                                       variant=part_variant, img_size=self.model.img_size,
+                                       patch_size=self.model.patch_size)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor):
+        return self.model(images, mask)
+
+    def _masked_step(self, batch: dict, generator: torch.Generator | None = None):
+        mask = self.masker(batch["landmarks"], generator=generator).mask
+        loss, pred, mask = self.model(batch["image"], mask)
+        return loss, pred, mask
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, pred, mask = self._masked_step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.log("train/masked_fraction", mask.float().mean(), batch_size=batch["image"].shape[0])
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        every = self.hparams.image_log_every_n_steps
+        if every and self.global_step % every == 0:
+            self._log_grid("train/reconstruction", batch["image"], mask)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        generator = torch.Generator().manual_seed(batch_idx)  # same masks every validation
+        loss, _, mask = self._masked_step(batch, generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True,
+                 batch_size=batch["image"].shape[0])
+        if batch_idx == 0:
+            self._log_grid("val/reconstruction", batch["image"], mask)
+
+    @torch.no_grad()
+    def _log_grid(self, key: str, images: torch.Tensor, mask: torch.Tensor) -> None:
+        if self.trainer is None or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        recon = self.model.reconstruct(images[:8], mask[:8])
+        grid = reconstruction_grid(images[:8], mask[:8], recon, self.model.patch_size)
+        log_image(self.trainer, key, grid, self.global_step)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(decay_param_groups(self.model, hp.weight_decay), lr=hp.lr,
+                                      betas=tuple(hp.betas))
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = warmup_cosine(optimizer, int(hp.warmup_fraction * total), total,
+                                  hp.min_lr_ratio)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,388 @@
+"""Build the miniature demo dataset from the ten bundled GRID clips, in the FF++ on-disk layout.
+
+Layout written under ``output`` (what the FF++ index reads, unchanged)::
+
+    original_sequences/youtube/c23/videos/NNN.mp4          real clips, ids 000..009
+    manipulated_sequences/<Method>/c23/videos/T_S.mp4      fakes: target T, source S
+    splits/{train,val,test}.json                           [["000","001"], ...] id pairs
+    demo_sources.json                                      id -> GRID clip, seed, attribution
+    .demo_cache/landmarks/<clip>.npz                       dlib landmarks per real clip
+
+The clips sorted by name get the ids 000..; consecutive ids form the split pairs (3/1/1 pairs =
+6/2/2 speakers), so splits are identity-disjoint. A pair [a, b] owns the fakes ``a_b`` and
+``b_a`` of every method. Methods (all made by :mod:`deepfakemae.synth.swap`, frame i of the
+source onto frame i of the target):
+
+- ``FaceSwapWarp`` whole-face swap between two speakers;
+- ``LipsSwap`` / ``EyesSwap`` the same swap restricted to the mouth / eyes-and-brows region;
+- ``SelfBlend`` the target's face blended onto a moved, recoloured copy of itself (the source
+  id only names the file and seeds the parameters).
+
+Videos are H.264 at CRF 23 ("c23"), written atomically (temp file + rename): a rerun reuses
+finished files. The same seed gives the same decoded frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import importlib.util
+import json
+import os
+import sys
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_modules.indexes.ffpp import DEMO_METHODS
+from deepfakemae.synth.swap import SelfBlendParams, SwapParams, self_blend, swap_region
+
+ATTRIBUTION = ("GRID audio-visual sentence corpus, M. Cooke, J. Barker, S. Cunningham, X. Shao "
+               "(2006), CC BY 4.0.")
+COMPRESSION = "c23"
+CRF = 23
+SOURCES_FILE = "demo_sources.json"
+CACHE_DIR = ".demo_cache"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DemoMethod:
+    """One fake-making method: a region swap between two speakers, or a self-blend."""
+
+    name: str
+    region: str | None  # swap region (face, mouth, eyes); None = self-blend
+
+    def make(self, target: np.ndarray, target_points: np.ndarray, source: np.ndarray,
+             source_points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Fake clip (T,H,W,3) uint8 from target/source clips (T,H,W,3) and landmarks (T,68,2)."""
+        count = min(len(target), len(source))
+        if self.region is None:
+            blend = SelfBlendParams.sample(rng)
+            frames = [self_blend(target[i], target_points[i], blend) for i in range(count)]
+        else:
+            swap = SwapParams.sample(self.region, rng)
+            frames = [swap_region(target[i], target_points[i], source[i], source_points[i], swap)
+                      for i in range(count)]
+        return np.stack(frames)
+
+
+_REGIONS = {"FaceSwapWarp": "face", "LipsSwap": "mouth", "EyesSwap": "eyes", "SelfBlend": None}
+METHODS: dict[str, DemoMethod] = {name: DemoMethod(name, _REGIONS[name]) for name in DEMO_METHODS}
+ALL_METHODS: tuple[str, ...] = tuple(METHODS)
+
+
+class DemoDataError(RuntimeError):
+    """The demo dataset cannot be built (the message names the cause and the fix)."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def grid_clip_paths(directory: str | Path | None = None) -> list[Path]:
+    """The GRID clips (sorted by name) from ``directory``, default the package's ``assets/grid``."""
+    if directory is None:
+        directory = Path(str(importlib.resources.files("deepfakemae") / "assets" / "grid"))
+    paths = sorted(Path(directory).glob("*.mpg"))
+    if len(paths) < 2 or len(paths) % 2:
+        raise DemoDataError(f"{directory} holds {len(paths)} .mpg clips; the demo needs an even "
+                            "number >= 2 (reinstall deepfakemae to restore its assets/grid)")
+    return paths
+
+
+def read_video_frames(path: str | Path, max_frames: int | None = None) -> np.ndarray:
+    """Decode ``path`` with PyAV into (T,H,W,3) uint8 RGB, at most ``max_frames`` frames."""
+    import av
+
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except av.FFmpegError as exc:
+        raise DemoDataError(f"cannot decode {path}: {exc}") from exc
+    if not frames:
+        raise DemoDataError(f"{path} has no video frames")
+    return np.stack(frames)
+
+
+def demo_splits(ids: Sequence[str]) -> dict[str, list[list[str]]]:
+    """Identity-disjoint FF++-style split pairs: consecutive ids pair up, 60/20/20 of the pairs."""
+    pairs = [[ids[i], ids[i + 1]] for i in range(0, len(ids) - 1, 2)]
+    held_out = max(1, round(0.2 * len(pairs))) if len(pairs) >= 3 else 0
+    train = len(pairs) - 2 * held_out
+    return {"train": pairs[:train], "val": pairs[train:train + held_out],
+            "test": pairs[train + held_out:]}
+
+
+# ----------------------------------------------------------------------------- landmarks
+
+def shape_predictor_path() -> Path:
+    """dlib's 68-point model from the ``face_recognition_models`` package.
+
+    Found through the package's import spec, so its ``__init__`` (which imports the deprecated
+    ``pkg_resources``) never runs.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise DemoDataError("package face_recognition_models is not installed; run "
+                            "`pip install face-recognition-models`")
+    path = (Path(next(iter(spec.submodule_search_locations))) / "models"
+            / "shape_predictor_68_face_landmarks.dat")
+    if not path.is_file():
+        raise DemoDataError(f"{path} is missing; reinstall face-recognition-models")
+    return path
+
+
+class ClipLandmarker:
+    """dlib frontal detector + 68-point predictor over every frame of a clip."""
+
+    def __init__(self) -> None:
+        import dlib
+
+        self.detector = dlib.get_frontal_face_detector()
+        self.predictor = dlib.shape_predictor(str(shape_predictor_path()))
+        self._rectangle = dlib.rectangle
+
+    def __call__(self, frames: np.ndarray, name: str = "clip") -> tuple[np.ndarray, np.ndarray]:
+        """Landmarks (T,68,2) float32 and detected (T,) bool; missed frames reuse the nearest box."""
+        boxes: list[tuple[int, int, int, int] | None] = []
+        for frame in frames:
+            rects = self.detector(frame, 0) or self.detector(frame, 1)
+            if rects:
+                r = max(rects, key=lambda r: r.width() * r.height())
+                boxes.append((r.left(), r.top(), r.right(), r.bottom()))
+            else:
+                boxes.append(None)
+        found = np.array([b is not None for b in boxes])
+        if not found.any():
+            raise DemoDataError(f"no face found in any frame of {name}")
+        hits = np.flatnonzero(found)
+        points = np.zeros((len(frames), 68, 2), np.float32)  # (T, 68, 2)
+        for i, frame in enumerate(frames):
+            box = boxes[i] or boxes[hits[np.abs(hits - i).argmin()]]
+            shape = self.predictor(frame, self._rectangle(*box))
+            points[i] = [(p.x, p.y) for p in shape.parts()]
+        return points, found
+
+
+class _ClipStore:
+    """Decoded clips and their landmarks (memory for the current pair, .npz on disk)."""
+
+    def __init__(self, clips: dict[str, Path], cache_dir: Path, max_frames: int | None):
+        self.clips, self.cache_dir, self.max_frames = clips, cache_dir, max_frames
+        self._frames: dict[str, np.ndarray] = {}
+        self._points: dict[str, np.ndarray] = {}
+        self._landmarker: ClipLandmarker | None = None
+
+    def keep_only(self, ids: Iterable[str]) -> None:
+        keep = set(ids)
+        self._frames = {k: v for k, v in self._frames.items() if k in keep}
+
+    def frames(self, vid: str) -> np.ndarray:
+        if vid not in self._frames:
+            self._frames[vid] = read_video_frames(self.clips[vid], self.max_frames)
+        return self._frames[vid]
+
+    def points(self, vid: str) -> np.ndarray:
+        if vid in self._points:
+            return self._points[vid]
+        frames = self.frames(vid)
+        path = self.cache_dir / f"{self.clips[vid].stem}.npz"
+        points = None
+        if path.is_file():
+            with np.load(path) as data:
+                if len(data["landmarks"]) >= len(frames):
+                    points = data["landmarks"][: len(frames)]
+        if points is None:
+            if self._landmarker is None:
+                self._landmarker = ClipLandmarker()
+            points, found = self._landmarker(frames, name=str(self.clips[vid]))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, landmarks=points, detected=found)
+            os.replace(tmp, path)
+        self._points[vid] = points
+        return points
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def video_encoder() -> str:
+    """``h264`` when PyAV has libx264, else ``mp4v`` (OpenCV)."""
+    import av
+
+    return "h264" if "libx264" in av.codecs_available else "mp4v"
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, crf: int = CRF) -> None:
+    """Encode (T,H,W,3) uint8 RGB ``frames`` to mp4 at ``path`` atomically (temp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
+    frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # yuv420p: even
+    try:
+        if video_encoder() == "h264":
+            _write_h264(tmp, frames, fps, crf)
+        else:
+            _write_mp4v(tmp, frames, fps)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_h264(path: Path, frames: np.ndarray, fps: int, crf: int) -> None:
+    import av
+
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        # Byte-reproducible output: one thread, and no macroblock-tree rate control, whose
+        # assembly made the bytes vary from run to run in a process that had used dlib.
+        stream.options = {"crf": str(crf), "preset": "medium", "x264-params": "mbtree=0"}
+        stream.codec_context.thread_count = 1
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _write_mp4v(path: Path, frames: np.ndarray, fps: int) -> None:
+    import cv2
+
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise DemoDataError(f"OpenCV cannot write {path}; install PyAV with libx264 (`pip install av`)")
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame[..., ::-1]))
+    writer.release()
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def real_video_path(root: Path, vid: str) -> Path:
+    """``root/original_sequences/youtube/c23/videos/<vid>.mp4``."""
+    return root / "original_sequences" / "youtube" / COMPRESSION / "videos" / f"{vid}.mp4"
+
+
+def fake_video_path(root: Path, method: str, target: str, source: str) -> Path:
+    """``root/manipulated_sequences/<method>/c23/videos/<target>_<source>.mp4``."""
+    return (root / "manipulated_sequences" / method / COMPRESSION / "videos"
+            / f"{target}_{source}.mp4")
+
+
+def _check_methods(methods: Iterable[str]) -> list[str]:
+    chosen = list(dict.fromkeys(methods))
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise DemoDataError(f"unknown or no methods {unknown or chosen}; choose from {ALL_METHODS}")
+    return chosen
+
+
+def _check_config(path: Path, seed: int, frames: int | None, clips: dict[str, Path],
+                  methods: list[str]) -> dict:
+    """Read or start ``demo_sources.json``; refuse a folder built with another seed/length."""
+    sources = {vid: p.name for vid, p in clips.items()}
+    config = {"dataset": "deepfakemae GRID demo (FaceForensics++ layout)",
+              "attribution": ATTRIBUTION, "seed": seed, "frames": frames,
+              "compression": COMPRESSION, "encoder": video_encoder(), "methods": methods,
+              "sources": sources}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        for key in ("seed", "frames", "sources"):
+            if old.get(key) != config[key]:
+                raise DemoDataError(
+                    f"{path} was built with {key}={old.get(key)!r}, not {config[key]!r}; rerun "
+                    f"with the same --seed/--frames, or choose a new --output (or delete "
+                    f"{path.parent})")
+        config["methods"] = list(dict.fromkeys(list(old.get("methods", [])) + methods))
+    return config
+
+
+def build_demo_dataset(output: str | Path, seed: int = 0, methods: Sequence[str] = ALL_METHODS,
+                       frames: int | None = None, progress: bool = True,
+                       clips_dir: str | Path | None = None) -> Path:
+    """Build (or finish) the GRID demo dataset under ``output`` and return its root.
+
+    ``frames`` keeps only the first frames of every clip (fast tests); ``clips_dir`` replaces the
+    bundled GRID clips. Finished videos are reused, so a rerun after an interruption only writes
+    what is missing. The same ``seed`` gives the same decoded frames.
+    """
+    from tqdm.auto import tqdm
+
+    if frames is not None and frames < 1:
+        raise DemoDataError(f"--frames must be >= 1, got {frames}")
+    root = Path(output)
+    chosen = _check_methods(methods)
+    paths = grid_clip_paths(clips_dir)
+    clips = {f"{i:03d}": p for i, p in enumerate(paths)}
+    ids = list(clips)
+    config = _check_config(root / SOURCES_FILE, seed, frames, clips, chosen)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_json(root / SOURCES_FILE, config)
+    splits = demo_splits(ids)
+    for name in SPLITS:
+        _write_json(root / "splits" / f"{name}.json", splits[name])
+
+    store = _ClipStore(clips, root / CACHE_DIR / "landmarks", frames)
+    jobs = [(vid, None, None) for vid in ids]
+    for name in SPLITS:
+        for a, b in splits[name]:
+            jobs += [(t, s, m) for t, s in ((a, b), (b, a)) for m in chosen]
+    bar = tqdm(jobs, desc="demo-data", unit="video", disable=not progress)
+    for target, source, method in bar:
+        if method is None:
+            path = real_video_path(root, target)
+            if not path.is_file():
+                store.keep_only([target])
+                write_video(path, store.frames(target))
+            continue
+        path = fake_video_path(root, method, target, source)
+        if path.is_file():
+            continue
+        store.keep_only([target, source])
+        rng = np.random.default_rng([seed, zlib.crc32(method.encode()), int(target), int(source)])
+        fake = METHODS[method].make(store.frames(target), store.points(target),
+                                    store.frames(source), store.points(source), rng)
+        write_video(path, fake)
+    bar.close()
+    return root
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_demo_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``deepfakemae demo-data`` options to ``parser``."""
+    parser.add_argument("--output", type=Path, required=True,
+                        help="folder to write the FF++-layout demo dataset into")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fake parameters")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="keep only the first N frames of every clip (default: all 75)")
+    parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS,
+                        metavar="METHOD", help=f"fake methods to build (default: all of "
+                                               f"{', '.join(ALL_METHODS)})")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def run_demo_data_command(args: argparse.Namespace) -> int:
+    """Run ``deepfakemae demo-data`` with parsed ``args``; returns the exit code."""
+    try:
+        root = build_demo_dataset(args.output, seed=args.seed, methods=args.methods,
+                                  frames=args.frames, progress=not args.no_progress)
+    except DemoDataError as exc:
+        print(f"demo-data: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"demo dataset ready: {root} (FF++ layout, {len(args.methods)} methods, "
+          f"splits in {root / 'splits'})")
+    return 0

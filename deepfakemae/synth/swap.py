@@ -1,0 +1,253 @@
+"""Landmark-driven face manipulations on single RGB frames (the demo dataset's fake methods).
+
+Every function works on one frame: ``(H,W,3) uint8 RGB`` images and ``(68,2) float`` landmarks in
+the iBUG-300W order (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67).
+
+- :func:`swap_region` — warp a source face onto a target's geometry (Delaunay triangulation of the
+  target landmarks, one affine map per triangle), match its colour to the target in LAB, and
+  blend it with a feathered mask restricted to a region: the whole face, the mouth or the eyes.
+- :func:`self_blend` — blend a face onto a slightly moved, rescaled and recoloured copy of the
+  same frame (boundary and colour artefacts without an identity change).
+
+Randomness lives only in the parameter objects (:class:`SwapParams`, :class:`SelfBlendParams`),
+drawn once per video from a seeded generator, so a fake video is deterministic and temporally
+steady.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.spatial import Delaunay
+
+JAW = tuple(range(0, 17))
+BROWS = tuple(range(17, 27))
+RIGHT_EYE_AREA = tuple(range(17, 22)) + tuple(range(36, 42))  # brow + eye on the image's left
+LEFT_EYE_AREA = tuple(range(22, 27)) + tuple(range(42, 48))
+OUTER_LIPS = tuple(range(48, 60))
+INNER_MOUTH = tuple(range(60, 68))
+
+# region name -> groups of landmark indices; the mask is the union of each group's convex hull.
+REGIONS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "face": (JAW + BROWS,),
+    "mouth": (OUTER_LIPS,),
+    "eyes": (RIGHT_EYE_AREA, LEFT_EYE_AREA),
+    "inner_mouth": (INNER_MOUTH,),  # the mouth opening: always kept from the target
+    "eyeballs": (tuple(range(36, 42)), tuple(range(42, 48))),  # left out of colour statistics
+}
+SWAP_REGIONS = ("face", "mouth", "eyes")
+
+
+@dataclass(frozen=True)
+class SwapParams:
+    """Per-video settings of :func:`swap_region` (lengths are fractions of the face width)."""
+
+    region: str = "face"
+    grow: float = -0.03  # mask dilation (> 0) or erosion (< 0) before feathering
+    feather: float = 0.04  # Gaussian sigma of the mask edge
+    color_transfer: bool = True  # match LAB mean/std of the warped source to the target
+
+    @classmethod
+    def sample(cls, region: str, rng: np.random.Generator) -> SwapParams:
+        """Draw settings for ``region`` (``face``, ``mouth`` or ``eyes``)."""
+        if region not in SWAP_REGIONS:
+            raise ValueError(f"unknown region {region!r}; choose one of {SWAP_REGIONS}")
+        if region == "face":  # stay inside the landmark hull, which the warp covers
+            grow = float(rng.uniform(-0.05, -0.02))
+        else:  # facial parts: include a margin of skin around the part
+            grow = float(rng.uniform(0.05, 0.09))
+        return cls(region=region, grow=grow, feather=float(rng.uniform(0.025, 0.05)))
+
+
+@dataclass(frozen=True)
+class SelfBlendParams:
+    """Per-video settings of :func:`self_blend` (lengths are fractions of the face width)."""
+
+    scale: tuple[float, float] = (1.03, 0.98)  # x, y scale of the moved copy about the face centre
+    shift: tuple[float, float] = (0.02, -0.01)  # x, y translation of the moved copy
+    hue: float = 4.0  # OpenCV hue units (0..180)
+    saturation: float = 1.08
+    brightness: float = 10.0  # added to every RGB channel
+    contrast: float = 1.05
+    grow: float = 0.0  # hull dilation (> 0) or erosion (< 0)
+    feather: float = 0.04
+    opacity: float = 0.9  # peak alpha of the blended face
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> SelfBlendParams:
+        """Draw a visible but small transformation; each change has a random sign."""
+
+        def signed(low: float, high: float) -> float:
+            return float(rng.choice((-1.0, 1.0)) * rng.uniform(low, high))
+
+        return cls(
+            scale=(1.0 + signed(0.02, 0.05), 1.0 + signed(0.02, 0.05)),
+            shift=(signed(0.01, 0.03), signed(0.01, 0.03)),
+            hue=signed(1.0, 3.0),
+            saturation=1.0 + signed(0.03, 0.10),
+            brightness=signed(6.0, 14.0),
+            contrast=1.0 + signed(0.04, 0.10),
+            grow=float(rng.uniform(-0.04, 0.04)),
+            feather=float(rng.uniform(0.03, 0.06)),
+            opacity=float(rng.uniform(0.75, 1.0)),
+        )
+
+
+def face_width(points: np.ndarray) -> float:
+    """Distance between the jaw ends (landmarks 0 and 16), at least 1 px."""
+    return max(float(np.linalg.norm(points[16] - points[0])), 1.0)
+
+
+def region_mask(points: np.ndarray, region: str, shape: tuple[int, int],
+                grow_px: float = 0.0) -> np.ndarray:
+    """Binary mask (H,W) uint8 {0,1} of ``region``'s landmark hulls, grown or shrunk by ``grow_px``."""
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; choose one of {tuple(REGIONS)}")
+    mask = np.zeros(shape, np.uint8)  # (H, W)
+    for group in REGIONS[region]:
+        hull = cv2.convexHull(np.round(points[list(group)]).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 1)
+    radius = int(round(abs(grow_px)))
+    if radius > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        op = cv2.dilate if grow_px > 0 else cv2.erode
+        mask = op(mask, kernel)
+    return mask
+
+
+def triangulate(points: np.ndarray) -> np.ndarray:
+    """Delaunay triangles (K,3) int of the landmarks (duplicate points are left out).
+
+    No joggling ("QJ"): qhull's joggle draws from a process-wide random state, which would make
+    the triangles depend on earlier calls.
+    """
+    return Delaunay(np.asarray(points, np.float64)).simplices.astype(np.int64)
+
+
+def warp_triangles(source: np.ndarray, source_points: np.ndarray, target_points: np.ndarray,
+                   triangles: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise-affine warp of ``source`` so its landmarks land on ``target_points``.
+
+    Returns ``(warped (H,W,3) uint8, covered (H,W) uint8 {0,1})``; pixels outside every target
+    triangle are 0 in both.
+    """
+    height, width = shape
+    warped = np.zeros((height, width, 3), np.uint8)  # (H, W, 3)
+    covered = np.zeros((height, width), np.uint8)  # (H, W)
+    src = np.asarray(source_points, np.float32)
+    dst = np.asarray(target_points, np.float32)
+    for tri in triangles:
+        d = dst[tri]  # (3, 2) target corners
+        (ax, ay), (bx, by) = d[1] - d[0], d[2] - d[0]
+        area = 0.5 * abs(float(ax * by - ay * bx))
+        if area < 0.5:
+            continue
+        x0, y0 = np.floor(d.min(0)).astype(int)
+        x1, y1 = np.ceil(d.max(0)).astype(int) + 1
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        local = d - np.array([x0, y0], np.float32)
+        # Map target-patch pixels back to source pixels: valid even when the source is degenerate.
+        inverse = cv2.getAffineTransform(local, src[tri])
+        patch = cv2.warpAffine(source, inverse, (x1 - x0, y1 - y0),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REFLECT_101)
+        inside = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillConvexPoly(inside, np.round(local).astype(np.int32), 1)
+        sel = inside.astype(bool)
+        warped[y0:y1, x0:x1][sel] = patch[sel]
+        covered[y0:y1, x0:x1][sel] = 1
+    return warped, covered
+
+
+def match_color_lab(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift ``source``'s LAB mean/std inside ``mask`` to ``target``'s; returns (H,W,3) uint8."""
+    sel = mask.astype(bool)
+    if sel.sum() < 16:
+        return source
+    src = cv2.cvtColor(source, cv2.COLOR_RGB2LAB).astype(np.float32)
+    tgt = cv2.cvtColor(target, cv2.COLOR_RGB2LAB).astype(np.float32)
+    mu_s, sd_s = src[sel].mean(0), src[sel].std(0) + 1e-3
+    mu_t, sd_t = tgt[sel].mean(0), tgt[sel].std(0) + 1e-3
+    out = (src - mu_s) * np.clip(sd_t / sd_s, 0.5, 2.0) + mu_t
+    return cv2.cvtColor(np.clip(out + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def feathered_alpha(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Soft alpha (H,W) float32 in [0,1]: ``mask`` shrunk by ~2 sigma, then Gaussian-blurred.
+
+    Shrinking first keeps the alpha at ~0 on the mask's border, so nothing outside the mask
+    (where a warp may have no pixels) leaks in.
+    """
+    sigma = max(float(sigma), 0.5)
+    radius = int(round(2 * sigma))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    core = cv2.erode(mask.astype(np.uint8), kernel).astype(np.float32)
+    alpha = cv2.GaussianBlur(core, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    return alpha * mask.astype(np.float32)
+
+
+def alpha_blend(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``alpha * foreground + (1 - alpha) * background`` for (H,W,3) uint8 and alpha (H,W)."""
+    a = alpha[..., None]
+    out = a * foreground.astype(np.float32) + (1.0 - a) * background.astype(np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def swap_region(target: np.ndarray, target_points: np.ndarray, source: np.ndarray,
+                source_points: np.ndarray, params: SwapParams) -> np.ndarray:
+    """Replace ``params.region`` of ``target`` by the same region of ``source``.
+
+    The source face is warped onto the target's landmark geometry, colour-matched to the target
+    (LAB statistics over the skin of the face: the face hull without eyeballs and mouth opening)
+    and feather-blended inside the grown region mask; pixels outside it are unchanged. The
+    target's mouth opening (teeth, tongue) is kept: a closed source mouth has no pixels for it.
+    ``target``/``source`` (H,W,3) uint8 RGB (sizes may differ), points (68,2). Returns (H,W,3).
+    """
+    shape = target.shape[:2]
+    width = face_width(target_points)
+    warped, covered = warp_triangles(source, source_points, target_points,
+                                     triangulate(target_points), shape)
+    mask = region_mask(target_points, params.region, shape, params.grow * width) & covered
+    if params.color_transfer:
+        skin = region_mask(target_points, "face", shape, -0.05 * width) & covered
+        skin &= 1 - region_mask(target_points, "eyeballs", shape, 0.02 * width)
+        skin &= 1 - region_mask(target_points, "inner_mouth", shape, 0.02 * width)
+        warped = match_color_lab(warped, target, skin)
+    opening = region_mask(target_points, "inner_mouth", shape).astype(np.float32)
+    opening = cv2.GaussianBlur(opening, (0, 0), sigmaX=1.0)
+    alpha = feathered_alpha(mask, params.feather * width) * (1.0 - opening)
+    return alpha_blend(warped, target, alpha)
+
+
+def _jitter_colors(image: np.ndarray, params: SelfBlendParams) -> np.ndarray:
+    """Hue/saturation shift, then contrast and brightness change; (H,W,3) uint8 RGB."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = np.mod(hsv[..., 0] + params.hue, 180.0)
+    hsv[..., 1] = np.clip(hsv[..., 1] * params.saturation, 0, 255)
+    rgb = cv2.cvtColor(np.clip(hsv + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+    out = (rgb.astype(np.float32) - 128.0) * params.contrast + 128.0 + params.brightness
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def self_blend(frame: np.ndarray, points: np.ndarray, params: SelfBlendParams) -> np.ndarray:
+    """Blend a transformed copy of ``frame`` back onto itself inside the face hull.
+
+    The copy is recoloured and scaled/shifted about the landmark centroid; it enters through the
+    feathered convex hull of the jaw and brows. (H,W,3) uint8 RGB, points (68,2) -> (H,W,3).
+    """
+    height, width = frame.shape[:2]
+    fw = face_width(points)
+    cx, cy = points.mean(0)
+    sx, sy = params.scale
+    matrix = np.array([[sx, 0.0, (1 - sx) * cx + params.shift[0] * fw],
+                       [0.0, sy, (1 - sy) * cy + params.shift[1] * fw]], np.float32)
+    moved = cv2.warpAffine(_jitter_colors(frame, params), matrix, (width, height),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    mask = region_mask(points, "face", (height, width), params.grow * fw)
+    alpha = feathered_alpha(mask, params.feather * fw) * params.opacity
+    return alpha_blend(moved, frame, alpha)
+

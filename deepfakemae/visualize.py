@@ -1,0 +1,102 @@
+"""Pictures for people: reconstruction grids, ROC curves, activation overlays; and logging them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from deepfakemae.constants import IMAGENET_MEAN, IMAGENET_STD
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """ImageNet-normalised (B,3,H,W) tensor → (B,H,W,3) uint8 RGB."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    pixels = (images.detach().float() * std + mean).clamp(0, 1) * 255
+    return pixels.round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def mask_to_pixels(mask: torch.Tensor, img_size: int, patch_size: int) -> np.ndarray:
+    """(B,L) bool patch mask → (B,H,W) bool pixel mask."""
+    grid = img_size // patch_size
+    m = mask.detach().view(-1, grid, grid).float()
+    m = m.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
+    return m.bool().cpu().numpy()
+
+
+def reconstruction_grid(original: torch.Tensor, mask: torch.Tensor, reconstruction: torch.Tensor,
+                        patch_size: int, max_rows: int = 8) -> np.ndarray:
+    """Rows of ``original | masked | reconstruction`` as one uint8 RGB image."""
+    n = min(max_rows, original.shape[0])
+    orig, recon = to_uint8(original[:n]), to_uint8(reconstruction[:n])
+    pix = mask_to_pixels(mask[:n], original.shape[-1], patch_size)
+    masked = orig.copy()
+    masked[pix] = (masked[pix] * 0.25 + np.array([40, 40, 40]) * 0.75).astype(np.uint8)
+    rows = [np.concatenate([o, m, r], axis=1) for o, m, r in zip(orig, masked, recon, strict=True)]
+    return np.concatenate(rows, axis=0)
+
+
+def heatmap_overlay(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend a [0,1] heat map (any size) over an RGB uint8 image with the JET colour map."""
+    heat = cv2.resize(heat.astype(np.float32), image_rgb.shape[1::-1])
+    heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-8)
+    colour = cv2.cvtColor(cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET),
+                          cv2.COLOR_BGR2RGB)
+    return (image_rgb * (1 - alpha) + colour * alpha).astype(np.uint8)
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
+    """Plot ROC curves ``{name: (fpr, tpr, auc)}`` and return the figure as an RGB uint8 array."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+def save_png(image_rgb: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB uint8 image as PNG (creating folders)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def local_log_dir(trainer) -> Path:
+    """``trainer.log_dir`` without its broadcast, so rank 0 alone may call it under DDP."""
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        kind = type(logger).__name__
+        path = logger.log_dir if kind in ("TensorBoardLogger", "CSVLogger") else logger.save_dir
+        if path is not None:
+            return Path(path)
+    return Path(trainer.default_root_dir)
+
+
+def log_image(trainer, key: str, image_rgb: np.ndarray, step: int) -> None:
+    """Send an image to every logger that takes images and save it as PNG under the log dir."""
+    for logger in trainer.loggers:
+        name = type(logger).__name__
+        if "Wandb" in name:
+            logger.log_image(key=key, images=[image_rgb], step=step)
+        elif "TensorBoard" in name:
+            logger.experiment.add_image(key, image_rgb, step, dataformats="HWC")
+    if trainer.is_global_zero:
+        save_png(image_rgb, local_log_dir(trainer) / "figures" / f"{key.replace('/', '_')}_{step:07d}.png")

@@ -1,0 +1,215 @@
+"""Metrics: hand-computed AUC/AP/EER/ACC, references on random data, video level, DDP deduplication."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from deepfakemae.metrics import (
+    ScoreCollector,
+    compute_metrics,
+    deduplicate,
+    eer_from_roc,
+    frame_and_video_metrics,
+    key_to_id,
+    keys_to_ids,
+    roc_curve,
+    video_level,
+)
+
+
+def test_hand_computed_case() -> None:
+    # positives 0.9, 0.6; negatives 0.6, 0.2
+    scores = [0.9, 0.6, 0.6, 0.2]
+    labels = [1, 1, 0, 0]
+    m = compute_metrics(scores, labels)
+    # AUC: pairs (pos > neg) = 1 + 1 + ½ (tie) + 1 over 4
+    assert m["auc"] == pytest.approx(3.5 / 4)
+    # AP: thresholds 0.9 (P=1, R=½) and 0.6 (P=⅔, R=1) → ½·1 + ½·⅔
+    assert m["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # ROC (0,0) (0,½) (½,1) (1,1): FPR - FNR goes -½ → +½ on the middle segment, crossing at its
+    # midpoint (¼, ¾), so EER = ¼
+    assert m["eer"] == pytest.approx(0.25)
+    # ACC@0.5: 0.9→1 ✓, 0.6→1 ✓, 0.6→1 ✗, 0.2→0 ✓
+    assert m["acc"] == pytest.approx(0.75)
+
+
+def test_eer_exact_vertex_and_perfect() -> None:
+    # ROC (0,0) (0,½) (½,½) (½,1) (1,1): FPR = FNR = ½ at a vertex
+    assert compute_metrics([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])["eer"] == pytest.approx(0.5)
+    perfect = compute_metrics([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])
+    assert perfect["auc"] == 1.0 and perfect["eer"] == 0.0 and perfect["ap"] == 1.0
+    inverted = compute_metrics([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1])
+    assert inverted["auc"] == 0.0 and inverted["eer"] == 1.0
+    # interpolation on a hand-made curve (0,0) (0.2,0.6) (1,1): FPR - FNR = -0.2 at the middle vertex
+    # and +1 at (1,1), so the crossing is 1/6 of the way along the last segment: FPR = 0.2 + 0.8/6
+    # = 1/3 and FNR = 0.4 - 0.4/6 = 1/3
+    assert eer_from_roc(np.array([0.0, 0.2, 1.0]), np.array([0.0, 0.6, 1.0])) == pytest.approx(1 / 3)
+
+
+def _auc_pairs(s: np.ndarray, y: np.ndarray) -> float:
+    pos, neg = s[y == 1], s[y == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+def _ap_steps(s: np.ndarray, y: np.ndarray) -> float:
+    ap, prev_r = 0.0, 0.0
+    for t in np.unique(s)[::-1]:
+        pred = s >= t
+        tp = (pred & (y == 1)).sum()
+        r = tp / (y == 1).sum()
+        ap += (r - prev_r) * tp / pred.sum()
+        prev_r = r
+    return float(ap)
+
+
+def _eer_brute(s: np.ndarray, y: np.ndarray) -> float:
+    # FPR and FNR along a fine threshold sweep; EER where |FPR - FNR| is smallest (approximate)
+    best, out = 2.0, 0.0
+    for t in np.unique(np.concatenate([s, [np.inf]])):
+        fpr = ((s >= t) & (y == 0)).sum() / (y == 0).sum()
+        fnr = ((s < t) & (y == 1)).sum() / (y == 1).sum()
+        if abs(fpr - fnr) < best:
+            best, out = abs(fpr - fnr), (fpr + fnr) / 2
+    return float(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_against_reference_formulas(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 400)
+    s = np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1).round(2)  # rounding creates ties
+    m = compute_metrics(s, y)
+    assert m["auc"] == pytest.approx(_auc_pairs(s, y), abs=1e-6)
+    assert m["ap"] == pytest.approx(_ap_steps(s, y), abs=1e-6)
+    assert m["acc"] == pytest.approx(float(((s > 0.5).astype(int) == y).mean()), abs=1e-6)
+    assert m["eer"] == pytest.approx(_eer_brute(s, y), abs=0.02)
+    fpr, tpr, thr = roc_curve(s, y)
+    assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert m["eer"] == pytest.approx(eer_from_roc(fpr, tpr))
+
+
+def test_single_class_and_bad_input() -> None:
+    m = compute_metrics([0.2, 0.7], [1, 1])
+    assert math.isnan(m["auc"]) and math.isnan(m["eer"]) and m["acc"] == 0.5
+    with pytest.raises(ValueError, match="labels must be 0"):
+        compute_metrics([0.2, 0.7], [0, 2])
+    with pytest.raises(ValueError, match="empty|no scores"):
+        compute_metrics([], [])
+    with pytest.raises(ValueError, match="differ"):
+        compute_metrics([0.1, 0.2], [0])
+
+
+def test_video_level_mean_and_label_check() -> None:
+    scores = torch.tensor([0.2, 0.4, 0.9, 0.6, 0.0])
+    labels = torch.tensor([0, 0, 1, 1, 0])
+    keys = ["a", "a", "b", "b", "c"]
+    vs, vl, vk = video_level(scores, labels, keys)
+    assert vk == ["a", "b", "c"]
+    torch.testing.assert_close(vs, torch.tensor([0.3, 0.75, 0.0]))
+    assert vl.tolist() == [0, 1, 0]
+    # integer key ids work the same way
+    vs2, _, vk2 = video_level(scores, labels, keys_to_ids(keys))
+    torch.testing.assert_close(vs2, vs)
+    assert vk2 == [key_to_id(k) for k in ["a", "b", "c"]]
+    with pytest.raises(ValueError, match="different labels"):
+        video_level(scores, torch.tensor([0, 1, 1, 1, 0]), keys)
+    m = frame_and_video_metrics(scores, labels, keys, prefix="val/")
+    assert m["val/video/auc"] == 1.0 and "val/frame/eer" in m
+
+
+def test_deduplicate_keeps_first_occurrence() -> None:
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.1, 0.5])
+    labels = torch.tensor([0, 0, 1, 0, 1])
+    keys = ["a", "a", "b", "a", "b"]
+    frames = torch.tensor([0, 8, 0, 0, 16])
+    s, y, k, f = deduplicate(scores, labels, keys, frames)
+    assert k == ["a", "a", "b", "b"] and f.tolist() == [0, 8, 0, 16]
+    torch.testing.assert_close(s, torch.tensor([0.1, 0.2, 0.3, 0.5]))
+    s2, _, k2, _ = deduplicate(scores, labels, keys_to_ids(keys), frames)
+    torch.testing.assert_close(s2, s)
+    assert k2.tolist() == [key_to_id(x) for x in k]
+
+
+def test_key_ids_are_stable_int64() -> None:
+    assert key_to_id("ffpp/c23/Deepfakes/000_003") == key_to_id("ffpp/c23/Deepfakes/000_003")
+    ids = keys_to_ids([f"ffpp/c23/Deepfakes/{i:03d}" for i in range(500)])
+    assert ids.dtype == torch.int64 and ids.unique().numel() == 500
+
+
+def test_score_collector_matches_direct_metrics_with_padding_duplicates() -> None:
+    rng = np.random.default_rng(0)
+    n = 30
+    keys = [f"vid{i // 3}" for i in range(n)]  # 10 videos × 3 frames
+    labels = torch.tensor([(i // 3) % 2 for i in range(n)])
+    frames = torch.tensor([i % 3 for i in range(n)])
+    scores = torch.tensor(np.clip(rng.normal(0.3 + 0.4 * labels.numpy(), 0.25), 0, 1), dtype=torch.float32)
+
+    col = ScoreCollector()
+    for lo in range(0, n, 7):
+        col.update(scores[lo : lo + 7], labels[lo : lo + 7], keys[lo : lo + 7], frames[lo : lo + 7])
+    # what DistributedSampler padding does: the first samples come around again
+    col.update(scores[:2], labels[:2], keys[:2], frames[:2])
+    out = col.compute()
+    assert out["scores"].numel() == n
+    got = col.metrics(prefix="test/")
+    want = frame_and_video_metrics(scores, labels, keys, prefix="test/")
+    assert got == pytest.approx(want)
+    assert col.key_name(out["key_ids"][0]) == "vid0"
+    assert col.key_name(123).startswith("id:")
+    col.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torchmetrics: compute() before update()
+        assert col.compute()["scores"].numel() == 0
+
+
+def _ddp_worker(rank: int, world: int, port: int, result_path: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    scores, labels, keys, frames = _ddp_data()
+    n = len(keys)
+    # DistributedSampler(shuffle=False) order: rank r takes r, r+world, ...; padded to equal length
+    total = -(-n // world) * world
+    idx = [i % n for i in range(total)][rank::world]
+    col = ScoreCollector()
+    for lo in range(0, len(idx), 4):
+        sel = idx[lo : lo + 4]
+        col.update(scores[sel], labels[sel], [keys[i] for i in sel], frames[sel])
+    metrics = col.metrics()
+    if rank == 0:
+        torch.save({"metrics": metrics, "n": col.compute()["scores"].numel()}, result_path)
+    dist.destroy_process_group()
+
+
+def _ddp_data():
+    g = torch.Generator().manual_seed(0)
+    n = 23  # not a multiple of the world size → padding duplicates
+    labels = torch.tensor([(i // 2) % 2 for i in range(n)])
+    scores = (0.3 + 0.4 * labels + 0.3 * torch.randn(n, generator=g)).clamp(0, 1)
+    keys = [f"v{i // 2}" for i in range(n)]
+    frames = torch.tensor([i % 2 for i in range(n)])
+    return scores, labels, keys, frames
+
+
+@pytest.mark.slow
+def test_score_collector_ddp_gloo_equals_single_process(tmp_path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_ddp_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    res = torch.load(out, weights_only=True)
+    scores, labels, keys, _ = _ddp_data()
+    assert res["n"] == len(keys)
+    assert res["metrics"] == pytest.approx(frame_and_video_metrics(scores, labels, keys))
