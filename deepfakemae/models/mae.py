@@ -367,7 +367,9 @@ def create_mae(name: str = "mae_vit_base_patch16", **overrides: Any) -> MaskedAu
     """Build a preset, with keyword overrides (e.g. ``norm_pix_loss=True``)."""
     if name not in _PRESETS:
         raise KeyError(f"deepfakemae/models/mae.py: unknown MAE preset {name!r}; available: {list_presets()}")
-    return MaskedAutoencoderViT(**{**_PRESETS[name], **overrides})
+    model = MaskedAutoencoderViT(**{**_PRESETS[name], **overrides})
+    model.preset = name  # recorded so stage-2 checkpoints can rebuild the architecture
+    return model
 
 
 # paper (§4.1): ViT-B/16 encoder at 224, MAE's 512-d / 8-block decoder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -63,3 +64,29 @@ def load_stage1_mae(path: str | Path, preset: str | None = None) -> MaskedAutoen
     mae = create_mae(preset, norm_pix_loss=bool(hparams.get("norm_pix_loss", False)))
     load_into(mae, state, str(path))
     return mae
+
+
+MODULE_TAG = "deepfakemae_module"
+
+
+def tag_checkpoint(checkpoint: dict, module: nn.Module) -> None:
+    """Record which LightningModule wrote ``checkpoint`` (checked by :func:`load_module`)."""
+    checkpoint[MODULE_TAG] = type(module).__name__
+
+
+def load_module(cls, path: str | Path, **overrides):
+    """Rebuild a LightningModule of class ``cls`` from its checkpoint (weights only).
+
+    ``overrides`` replace saved hyper-parameters (e.g. ``mae_checkpoint=None`` so that a stage-2
+    module does not need the stage-1 file it was trained from).
+    """
+    ckpt = read_checkpoint(path)
+    kind = ckpt.get(MODULE_TAG)
+    if kind != cls.__name__:
+        raise CheckpointError(f"{path} was written by {kind or 'another program'}, not "
+                              f"{cls.__name__}; pass the checkpoint of the right stage")
+    accepted = inspect.signature(cls.__init__).parameters
+    saved = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if k in accepted}
+    module = cls(**{**saved, **overrides})  # LightningCLI adds keys such as _class_path
+    load_into(module, ckpt["state_dict"], str(path))
+    return module

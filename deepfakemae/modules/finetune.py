@@ -8,7 +8,7 @@ from lightning.pytorch import LightningModule
 
 from deepfakemae.models.classifier import FinetuneClassifier
 from deepfakemae.models.mae import create_mae
-from deepfakemae.modules.checkpoints import load_stage1_mae
+from deepfakemae.modules.checkpoints import load_stage1_mae, tag_checkpoint
 from deepfakemae.modules.evaluation import VideoEvaluation
 from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
 
@@ -42,7 +42,11 @@ class FinetuneModule(VideoEvaluation, LightningModule):
                  warmup_fraction: float = 0.05, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        mae = load_stage1_mae(mae_checkpoint) if mae_checkpoint else create_mae(preset)
+        if mae_checkpoint:
+            mae = load_stage1_mae(mae_checkpoint)
+            self.hparams["preset"] = mae.preset  # so the checkpoint rebuilds without stage 1
+        else:
+            mae = create_mae(preset)
         self.classifier = FinetuneClassifier(drop_decoder(mae), pooling=pooling)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
@@ -64,6 +68,9 @@ class FinetuneModule(VideoEvaluation, LightningModule):
 
     def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
         return {"F": self.fake_probability(batch["image"])}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        tag_checkpoint(checkpoint, self)
 
     def configure_optimizers(self):
         hp = self.hparams

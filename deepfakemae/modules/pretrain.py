@@ -7,6 +7,7 @@ from lightning.pytorch import LightningModule
 
 from deepfakemae.masking import FacialPartMasker
 from deepfakemae.models.mae import create_mae, load_timm_mae_encoder
+from deepfakemae.modules.checkpoints import tag_checkpoint
 from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
 from deepfakemae.visualize import log_image, reconstruction_grid
 
@@ -68,6 +69,9 @@ class MAEPretrainModule(LightningModule):
         recon = self.model.reconstruct(images[:8], mask[:8])
         grid = reconstruction_grid(images[:8], mask[:8], recon, self.model.patch_size)
         log_image(self.trainer, key, grid, self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        tag_checkpoint(checkpoint, self)
 
     def configure_optimizers(self):
         hp = self.hparams
