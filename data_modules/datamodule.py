@@ -51,6 +51,8 @@ class DeepfakeDataModule(L.LightningDataModule):
             fake methods. Evaluation methods outside the map get domain -1.
         augment: training augmentation (flip, affine, colour, JPEG, noise, blur).
         seed: seed of the training frame / video choice.
+        samples_per_video: training draws per video per epoch (each with its own random
+            frame or clip); with ``balanced`` the epoch holds this many pairs per real video.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         augment: bool = True,
         seed: int = 0,
         pin_memory: bool = False,
+        samples_per_video: int = 1,
     ):
         super().__init__()
         for name, value in (("mode", mode), ("eval_mode", eval_mode or mode)):
@@ -100,6 +103,9 @@ class DeepfakeDataModule(L.LightningDataModule):
         self.augment = augment
         self.seed = seed
         self.pin_memory = pin_memory
+        if samples_per_video < 1:
+            raise DataError(f"samples_per_video must be >= 1, got {samples_per_video}")
+        self.samples_per_video = samples_per_video
         self.domain_map: dict[str, int] | None = None
         self.train_dataset: FaceClipDataset | None = None
         self.val_datasets: list[FaceClipDataset] = []
@@ -166,8 +172,11 @@ class DeepfakeDataModule(L.LightningDataModule):
         """The training sampler (DDP-aware; a ``DistributedSampler`` Lightning keeps)."""
         if self.train_dataset is None:
             raise DataError("no training data: pass `train` sources and call setup('fit')")
-        cls = BalancedRealFakeSampler if self.balanced else VideoEpochSampler
-        return cls(self.train_dataset, seed=self.seed)
+        if self.balanced:
+            pairs = self.samples_per_video * int((self.train_dataset.labels == 0).sum())
+            return BalancedRealFakeSampler(self.train_dataset, seed=self.seed, num_pairs=pairs)
+        return VideoEpochSampler(self.train_dataset, seed=self.seed,
+                                 samples_per_video=self.samples_per_video)
 
     def _loader(self, dataset: FaceClipDataset, batch_size: int, **kw) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,

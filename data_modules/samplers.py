@@ -60,19 +60,24 @@ class _VideoWindowSampler(DistributedSampler):
 
 
 class VideoEpochSampler(_VideoWindowSampler):
-    """Each video once per epoch in a random order; one random window per video.
+    """Each video ``samples_per_video`` times per epoch in a random order, each time with an
+    independent random window.
 
-    Length per rank is ``ceil(V / num_replicas)``: the order is padded by repeating its start.
+    Length per rank is ``ceil(k·V / num_replicas)``: the order is padded by repeating its start.
     """
 
     def __init__(self, dataset: FaceClipDataset, num_replicas: int | None = None,
-                 rank: int | None = None, seed: int = 0):
+                 rank: int | None = None, seed: int = 0, samples_per_video: int = 1):
         super().__init__(dataset, num_replicas, rank, seed)
-        self.num_samples = math.ceil(len(self.ranges) / self.num_replicas)
+        if samples_per_video < 1:
+            raise ValueError(f"samples_per_video must be >= 1, got {samples_per_video}")
+        self.samples_per_video = samples_per_video
+        self.num_samples = math.ceil(samples_per_video * len(self.ranges) / self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
 
     def _video_order(self, rng: np.random.Generator) -> np.ndarray:
-        order = rng.permutation(len(self.ranges))
+        order = np.concatenate([rng.permutation(len(self.ranges))
+                                for _ in range(self.samples_per_video)])
         return np.resize(order, self.total_size)  # pad by cycling
 
 

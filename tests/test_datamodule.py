@@ -427,3 +427,24 @@ def test_frame_count_falls_back_to_the_entry(ffpp_cache):
     cache = FaceCache(ffpp_cache)
     record = next(r for r in cache.manifest() if r["status"] == "ok")
     assert _num_frames(cache, {"key": record["key"]}) == record["num_faces"] > 0
+
+
+def test_samples_per_video_repeats_each_video_per_epoch(ffpp_cache):
+    from data_modules import DeepfakeDataModule, SourceSpec
+
+    spec = SourceSpec(name="ffpp", cache=str(ffpp_cache), dataset="ffpp", split="train")
+    plain = DeepfakeDataModule(train=[spec], img_size=64, augment=False, batch_size=2)
+    plain.setup("fit")
+    triple = DeepfakeDataModule(train=[spec], img_size=64, augment=False, batch_size=2,
+                                samples_per_video=3)
+    triple.setup("fit")
+    ds = triple.train_dataset
+    sampler = triple.train_sampler()
+    assert len(sampler) == 3 * len(plain.train_sampler())
+    videos = [ds[i]["video_key"] for i in sampler]
+    assert all(videos.count(k) == 3 for k in set(videos))
+    balanced = DeepfakeDataModule(train=[spec], img_size=64, augment=False, balanced=True,
+                                  samples_per_video=2)
+    balanced.setup("fit")
+    labels = [int(balanced.train_dataset[i]["label"]) for i in balanced.train_sampler()]
+    assert len(labels) == 2 * 2 * 4 and sum(labels) == len(labels) // 2  # 4 real videos
