@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 import traceback
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,23 @@ class FaceConfig:
     track: bool = True  # search near the previous frame's face before the whole frame
     margin: float = DEFAULT_MARGIN  # background around the face, fraction of the crop side
     jpeg_quality: int = JPEG_QUALITY
-    decord_threads: int = 1
+    decoder: str = "pyav"  # pyav (skips unwanted non-reference frames) | decord
+    decode_threads: int = 0  # decoder threads per process; 0: the CPUs divided among workers
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def decode_threads_for(config: FaceConfig, workers: int = 1) -> int:
+    """Decoder threads per process: ``config.decode_threads``, or when 0 the available CPUs
+    divided among ``workers`` processes (at least 1), so workers x threads fits the machine."""
+    if config.decode_threads > 0:
+        return config.decode_threads
+    return max(1, available_cpus() // max(1, workers))
 
 
 class FacePipeline:
@@ -62,7 +79,8 @@ class FacePipeline:
         """Aligned faces of ``record``; raises :class:`FaceError` when there are none."""
         cfg = self.config
         try:
-            frames, indices, total, fps = read_sampled(record.path, cfg.frames, cfg.decord_threads)
+            frames, indices, total, fps = read_sampled(record.path, cfg.frames,
+                                                       decode_threads_for(cfg), cfg.decoder)
         except VideoError as exc:
             raise FaceError(exc.status, str(exc)) from exc
         crops, marks, kept, scores, boxes = [], [], [], [], []
@@ -108,6 +126,7 @@ class PreprocessSummary:
     faces: int = 0  # aligned faces written
     frames: int = 0  # frames sampled from the processed videos
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # until the first worker was ready (spawn, imports, models)
     errors: list[str] = field(default_factory=list)  # "key: status: message"
 
     @property
@@ -122,7 +141,8 @@ class PreprocessSummary:
         rate = self.faces / self.seconds if self.seconds > 0 else 0.0
         lines = [f"inputs {self.total}: ok {self.ok}, failed {self.num_failed}, "
                  f"already done {self.skipped}; {self.faces} faces from {self.frames} frames "
-                 f"in {self.seconds:.1f} s ({rate:.1f} faces/s)"]
+                 f"in {self.seconds:.1f} s ({rate:.1f} faces/s, start-up "
+                 f"{self.startup_seconds:.1f} s)"]
         lines += [f"  {status}: {n}" for status, n in sorted(self.failed.items())]
         lines += [f"  {e}" for e in self.errors[:20]]
         if len(self.errors) > 20:
@@ -161,6 +181,13 @@ def _init_worker(config: FaceConfig, output: str) -> None:
 
 def _process_one(record: VideoRecord) -> dict:
     """Process and store one record in a worker; returns a small result dict."""
+    start = time.perf_counter()
+    result = _store_one(record)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def _store_one(record: VideoRecord) -> dict:
     pipeline: FacePipeline = _WORKER["pipeline"]
     cache: FaceCache = _WORKER["cache"]
     meta = dict(record.as_meta(), landmarks=pipeline.config.landmarks, size=pipeline.config.size)
@@ -188,7 +215,8 @@ def run_preprocess(records: list[VideoRecord], output: Path, config: FaceConfig 
     Keys already finished or failed in the cache are skipped, so an interrupted run resumes.
     Each result is written atomically as soon as it is ready; ``manifest.jsonl`` is rebuilt at
     the end. ``workers > 1`` uses a spawn-context process pool whose initializer loads the
-    models once per process.
+    models once per process. With ``config.decode_threads == 0`` each process decodes with the
+    available CPUs divided among the workers.
     """
     config = config or FaceConfig()
     start = time.perf_counter()
@@ -208,7 +236,9 @@ def run_preprocess(records: list[VideoRecord], output: Path, config: FaceConfig 
         bar = tqdm(total=len(todo), unit="video", desc=f"preprocess {shard[0]}/{shard[1]}")
 
     def consume(results: Iterable[dict]) -> None:
-        for res in results:
+        for n, res in enumerate(results):
+            if n == 0:  # the first worker was ready this long after the start
+                summary.startup_seconds = max(0.0, time.perf_counter() - start - res["seconds"])
             if res["status"] == "ok":
                 summary.ok += 1
             else:
@@ -225,8 +255,10 @@ def run_preprocess(records: list[VideoRecord], output: Path, config: FaceConfig 
                                 failed=sum(failed.values()), refresh=False)
                 bar.update(1)
 
+    procs = max(1, min(workers, len(todo)))
+    config = replace(config, decode_threads=decode_threads_for(config, procs))
     try:
-        if workers <= 1 or len(todo) <= 1:
+        if procs == 1:
             _init_worker(config, str(output))
             try:
                 consume(_process_one(r) for r in todo)
@@ -234,7 +266,7 @@ def run_preprocess(records: list[VideoRecord], output: Path, config: FaceConfig 
                 _WORKER.clear()
         elif todo:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
+            with ctx.Pool(procs, initializer=_init_worker,
                           initargs=(config, str(output))) as pool:
                 consume(pool.imap_unordered(_process_one, todo, chunksize=1))
     finally:

@@ -180,6 +180,7 @@ class PyAVSource(FrameSource):
         self._av = av
         self._container = None
         self._index: PacketIndex | None = None
+        self.decoded = 0  # frames the decoder has output so far (all reads)
         try:
             self.num_frames = self._probe()
             self._open()
@@ -256,6 +257,7 @@ class PyAVSource(FrameSource):
 
         def take(frames) -> None:
             for frame in frames:
+                self.decoded += 1
                 i = index.frame_of_pts.get(frame.pts)
                 self._fed.discard(i)
                 if i in remaining:
@@ -350,6 +352,7 @@ class PyAVSource(FrameSource):
                 if index <= self._pos or index - self._pos > gap:
                     self._seek(index)
                 for frame in self._frames:
+                    self.decoded += 1
                     self._pos = self._index_of(frame)
                     if self._pos >= index:
                         found[index] = frame.to_ndarray(format="rgb24")
