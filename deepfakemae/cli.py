@@ -18,6 +18,12 @@ TOOLS = {
                    "detect, align and cache faces of videos or a whole dataset"),
     "demo-data": ("deepfakemae.synth.demo_data", "add_demo_data_arguments", "run_demo_data_command",
                   "build the embedded FF++-layout demo dataset from the bundled GRID clips"),
+    "run": ("deepfakemae.experiments", "add_run_arguments", "run_plan_command",
+            "run a paper-table plan (experiments/tables/tableN.yaml): its stages, resumably"),
+    "report": ("deepfakemae.report", "add_report_arguments", "run_report_command",
+               "tables of results_test.json beside the paper's numbers (Markdown + CSV)"),
+    "predict": ("deepfakemae.commands.predict", "add_predict_arguments", "run_predict_command",
+                "with --video/--input: score videos end to end (JSON/CSV, --explain figures)"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -46,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     command = args[0]
-    if command in TOOLS:
+    video_predict = any(a.split("=")[0] in ("--video", "--input") for a in args[1:])
+    if command in TOOLS and (command != "predict" or video_predict):
         parser, run = _tool_parser(command)
         return int(run(parser.parse_args(args[1:])) or 0)
     if command in LIGHTNING_COMMANDS:

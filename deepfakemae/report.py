@@ -1,0 +1,370 @@
+"""``deepfakemae report``: the paper's tables from finished runs, beside the paper's numbers.
+
+A table plan (``experiments/tables/tableN.yaml``) says which variant, test set and metric fills
+each cell (``report.blocks``); the runs of ``deepfakemae run`` hold ``results_test.json`` in
+``<run root>/<table>/<variant>/detector/`` (or in the run a variant reuses). The paper's numbers
+come from ``experiments/paper_results.yaml``. Every table is written as Markdown and CSV; the
+Markdown is also printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from deepfakemae.experiments import (
+    PLAN_RECORD,
+    PROJECT_ROOT,
+    TABLES_DIR,
+    Plan,
+    PlanError,
+    Resolver,
+    load_plan,
+    plan_from_record,
+)
+
+PAPER_RESULTS = PROJECT_ROOT / "experiments" / "paper_results.yaml"
+DEFAULT_METRIC = "fused/auc"
+MISSING = "—"  # no run / no result
+NOT_REPORTED = "*"  # the paper's own mark for a number it does not give
+_TABLE_DIR = re.compile(r"table\d+")
+
+
+@dataclass
+class Row:
+    """One row of a block: its label and one value per column (None = missing)."""
+
+    label: str
+    values: list[float | None]
+    kind: str  # "baseline" (paper only) | "paper" | "ours" | "diff"
+    group: str  # the row label of the table cell (e.g. "DeepfakeMAE" for its three rows)
+    sources: list[str] = field(default_factory=list)  # result file per column ("" if none)
+
+
+@dataclass
+class Block:
+    """A block of a table (Table 2 has one per training method)."""
+
+    title: str
+    columns: list[str]
+    rows: list[Row]
+    cells: list[dict]  # per our value: row, column, variant, test_set, metric
+
+
+@dataclass
+class TableReport:
+    """A whole table, ready to render."""
+
+    name: str
+    title: str
+    demo: bool
+    row_header: str
+    run_dir: Path
+    blocks: list[Block]
+    notes: list[str]
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def load_paper_results(path: str | Path = PAPER_RESULTS) -> dict:
+    """``experiments/paper_results.yaml`` as a dict."""
+    path = Path(path)
+    if not path.exists():
+        raise PlanError(f"{path}: the paper's numbers are missing (run from a source checkout)")
+    return yaml.safe_load(path.read_text())
+
+
+def _paper_block(paper: dict, table: str, name: str | None) -> dict | None:
+    blocks = (paper.get(table) or {}).get("blocks") or []
+    for block in blocks:
+        if name is None or block.get("name") == name:
+            return block
+    return None
+
+
+class _Results:
+    """Reads (and caches) ``results_test.json`` files."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, dict | None] = {}
+
+    def get(self, path: Path, test_set: str, metric: str) -> float | None:
+        if path not in self._files:
+            self._files[path] = json.loads(path.read_text()) if path.exists() else None
+        data = self._files[path]
+        value = (data or {}).get(test_set, {}).get(metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        return 100.0 * float(value)
+
+
+def _paper_values(block: dict | None, row: str, columns: list[str]) -> list[float | None]:
+    """The paper's numbers of ``row`` in ``columns`` (None where it has none)."""
+    block = block or {}
+    pcols = [str(c) for c in block.get("columns") or []]
+    values = {str(k): v for k, v in (block.get("rows") or {}).items()}.get(row)
+    return [values[pcols.index(c)] if values and c in pcols else None for c in columns]
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value + 0.0, 1)
+
+
+# ------------------------------------------------------------------------------------------ building
+def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None = None,
+                paper: dict | None = None) -> TableReport:
+    """Fill the plan's report layout from the runs under ``run_root`` (``<run root>/<table>``).
+
+    ``variants`` restricts our numbers to those variants (others show as missing).
+    """
+    run_root = Path(run_root)
+    paper = load_paper_results() if paper is None else paper
+    resolver = Resolver(plan, run_root)
+    results = _Results()
+    spec = plan.report
+    blocks = []
+    for bspec in spec.get("blocks") or []:
+        columns = [str(c["label"]) for c in bspec["columns"]]
+        average = bool(bspec.get("average"))
+        pblock = _paper_block(paper, str(spec.get("paper") or plan.name), bspec.get("paper_block"))
+        prows = {str(k): v for k, v in ((pblock or {}).get("rows") or {}).items()}
+        shown = columns + (["Avg"] if average else [])
+        rows: list[Row] = []
+        used = {str(r.get("paper_row") or r["label"]) for r in bspec["rows"]}
+        if not plan.demo:
+            rows += [Row(lab, _paper_values(pblock, lab, shown), "baseline", lab)
+                     for lab in prows if lab not in used]
+        cells = []
+        for rspec in bspec["rows"]:
+            label = str(rspec["label"])
+            ours, sources = [], []
+            for cspec in bspec["columns"]:
+                variant = rspec.get("variant") or cspec.get("variant")
+                test_set = rspec.get("test_set") or cspec.get("test_set")
+                metric = cspec.get("metric") or rspec.get("metric") or DEFAULT_METRIC
+                value, source = None, ""
+                if variants is None or variant in variants:
+                    owner = resolver.owner(plan.name, variant, "detector")
+                    path = resolver.run_dir(*owner) / "detector" / "results_test.json"
+                    value = results.get(path, test_set, metric)
+                    source = str(path) if value is not None else ""
+                ours.append(value)
+                sources.append(source)
+                cells.append({"row": label, "column": str(cspec["label"]), "variant": variant,
+                              "test_set": test_set, "metric": metric})
+            if average:
+                ours.append(_mean(ours))
+                sources.append("")
+            ours = [_round(v) for v in ours]
+            if plan.demo:
+                rows.append(Row(f"{label} (ours)", ours, "ours", label, sources))
+                continue
+            published = _paper_values(pblock, str(rspec.get("paper_row") or label), shown)
+            diff = [None if o is None or p is None else round(o - p, 1)
+                    for o, p in zip(ours, published, strict=True)]
+            rows += [Row(f"{label} (paper)", published, "paper", label),
+                     Row(f"{label} (ours)", ours, "ours", label, sources),
+                     Row(f"Δ {label} (ours − paper)", diff, "diff", label)]
+        title = str(bspec.get("title") or bspec.get("paper_block") or "")
+        blocks.append(Block(title if len(spec["blocks"]) > 1 else "", shown, rows, cells))
+    return TableReport(plan.name, plan.title, plan.demo, str(spec.get("row_header") or "Method"),
+                       run_root / plan.name, blocks, _notes(plan, run_root))
+
+
+def _notes(plan: Plan, run_root: Path) -> list[str]:
+    notes = [
+        "AUC (%) at video level: a video's score is the mean of its frames' fake probabilities "
+        f"(`{DEFAULT_METRIC}` of results_test.json, the fused detector, unless the column names a "
+        "branch: `F/auc` Finetuning Network, `M/auc` Mapping Network); one decimal.",
+        f"{MISSING} = no result yet (run `deepfakemae run {plan.name}"
+        f"{' --demo' if plan.demo else ''}`); "
+        f"{NOT_REPORTED} = not reported in the paper.",
+        f"Runs: {run_root / plan.name}.",
+    ]
+    if plan.demo:
+        methods = plan.resolved.get("methods") or {}
+        note = ("Demo run (tiny presets on the synthetic demo set): not comparable with the "
+                "paper, so the paper's numbers are not shown.")
+        if any(v in methods for v in plan.variants):  # variants named by method slot
+            note += " Method slots: " + ", ".join(f"{k} = {v}" for k, v in methods.items()) + "."
+        notes.insert(0, note)
+    return notes
+
+
+# ------------------------------------------------------------------------------------------ rendering
+def _fmt(value: float | None, kind: str) -> str:
+    if value is None:
+        return NOT_REPORTED if kind in ("baseline", "paper") else MISSING
+    return f"{value:+.1f}" if kind == "diff" else f"{value:.1f}"
+
+
+def render_markdown(report: TableReport) -> str:
+    """The table as Markdown: a header, one pipe table per block, then the notes."""
+    lines = [f"## {'Demo: ' if report.demo else ''}{report.title}", ""]
+    for block in report.blocks:
+        if block.title:
+            lines += [f"**{block.title}**", ""]
+        lines.append("| " + " | ".join([report.row_header, *block.columns]) + " |")
+        lines.append("|" + "---|" + "---:|" * len(block.columns))
+        for row in block.rows:
+            label = f"**{row.label}**" if row.kind == "ours" else row.label
+            lines.append("| " + " | ".join([label, *(_fmt(v, row.kind) for v in row.values)]) + " |")
+        lines.append("")
+    lines += [f"- {note}" for note in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ("table", "block", "row", "column", "ours", "paper", "diff", "result_file")
+
+
+def _cell_text(rows: dict[str, Row], kind: str, i: int) -> str:
+    row = rows.get(kind) or (rows.get("baseline") if kind == "paper" else None)
+    value = row.values[i] if row else None
+    return "" if value is None else f"{value:.1f}"
+
+
+def csv_rows(report: TableReport) -> list[dict]:
+    """One CSV record per (row, column): ours, the paper's and the difference side by side."""
+    out = []
+    for block in report.blocks:
+        groups: dict[str, dict[str, Row]] = {}
+        for row in block.rows:  # dicts keep insertion order: the table's row order
+            groups.setdefault(row.group, {})[row.kind] = row
+        for group, rows in groups.items():
+            ours = rows.get("ours")
+            for i, column in enumerate(block.columns):
+                out.append({"table": report.name, "block": block.title, "row": group,
+                            "column": column, "ours": _cell_text(rows, "ours", i),
+                            "paper": _cell_text(rows, "paper", i),
+                            "diff": _cell_text(rows, "diff", i),
+                            "result_file": ours.sources[i] if ours else ""})
+    return out
+
+
+def write_report(report: TableReport, output: str | Path) -> tuple[Path, Path]:
+    """Write ``<output>/<table>.md`` and ``<output>/<table>.csv``; returns both paths."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    md, csv_path = output / f"{report.name}.md", output / f"{report.name}.csv"
+    md.write_text(render_markdown(report))
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(csv_rows(report))
+    return md, csv_path
+
+
+# ------------------------------------------------------------------------------------------ discovery
+@dataclass
+class TableRuns:
+    """Where one table's runs are, and which of its variants were asked for (None: all)."""
+
+    table: str
+    table_dir: Path
+    variants: set[str] | None
+
+    @property
+    def run_root(self) -> Path:
+        return self.table_dir.parent
+
+
+def find_table_runs(paths: Sequence[str | Path], table: str | None = None) -> list[TableRuns]:
+    """Sort run directories into tables: a run root (holding ``tableN/``), a table's run
+    directory ``<root>/tableN``, or variant directories ``<root>/tableN/<variant>``.
+    ``table`` keeps only that table (and names the table of a directory with another name)."""
+    found: dict[Path, TableRuns] = {}
+
+    def add(table_dir: Path, name: str, variant: str | None) -> None:
+        entry = found.setdefault(table_dir.resolve(), TableRuns(name, table_dir, set()))
+        if entry.variants is not None:
+            if variant is None:
+                entry.variants = None
+            else:
+                entry.variants.add(variant)
+
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            raise PlanError(f"{path} is not a directory; give a run root, a table's "
+                            f"run directory (runs/table1) or variant directories (runs/table4/ratio_25)")
+        if (path / PLAN_RECORD).exists() or _TABLE_DIR.fullmatch(path.name):
+            add(path, path.name if _TABLE_DIR.fullmatch(path.name) else (table or path.name), None)
+        elif (path.parent / PLAN_RECORD).exists() or _TABLE_DIR.fullmatch(path.parent.name):
+            add(path.parent, path.parent.name, path.name)
+        elif any(_TABLE_DIR.fullmatch(p.name) for p in path.iterdir() if p.is_dir()):
+            for sub in sorted(p for p in path.iterdir() if p.is_dir() and _TABLE_DIR.fullmatch(p.name)):
+                add(sub, sub.name, None)
+        elif table is not None:
+            add(path, table, None)
+        else:
+            raise PlanError(f"cannot tell which table {path} holds; pass --table N")
+    runs = list(found.values())
+    if table is not None:
+        runs = [r for r in runs if r.table == table]
+        if not runs:
+            raise PlanError(f"none of {list(map(str, paths))} holds runs of {table}")
+    return sorted(runs, key=lambda r: (r.table, str(r.table_dir)))
+
+
+def plan_for(runs: TableRuns, demo: bool = False) -> Plan:
+    """The plan of a table's runs: the ``plan.json`` `run_plan` wrote, else the plan file."""
+    record = runs.table_dir / PLAN_RECORD
+    if record.exists():
+        return plan_from_record(json.loads(record.read_text()))
+    path = TABLES_DIR / f"{runs.table}.yaml"
+    if not path.exists():
+        raise PlanError(f"no {record} and no plan {path}; run the table with "
+                        f"`deepfakemae run` first")
+    return load_plan(path, demo=demo)
+
+
+def report_tables(paths: Sequence[str | Path], table: str | None = None,
+                  output: str | Path | None = None, demo: bool = False) -> list[TableReport]:
+    """Build, write and return the reports of every table found under ``paths``."""
+    reports = []
+    for runs in find_table_runs(paths, table):
+        plan = plan_for(runs, demo)
+        report = build_table(plan, runs.run_root, runs.variants)
+        write_report(report, output or runs.run_root / "report")
+        reports.append(report)
+    return reports
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``deepfakemae report``."""
+    parser.add_argument("run_dirs", nargs="+", type=Path,
+                        help="run root (runs), table run directories (runs/table1) or variant "
+                             "directories (runs/table4/ratio_25)")
+    parser.add_argument("--table", help="only this table (1..6 or table1..table6)")
+    parser.add_argument("--output", type=Path,
+                        help="folder for <table>.md and <table>.csv (default <run root>/report)")
+    parser.add_argument("--demo", action="store_true",
+                        help="runs of `deepfakemae run --demo` without their plan.json")
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    """``deepfakemae report``: print each table's Markdown and write Markdown + CSV files."""
+    table = args.table
+    if table is not None and not table.startswith("table"):
+        table = f"table{table}"
+    try:
+        reports = report_tables(args.run_dirs, table, args.output, args.demo)
+    except PlanError as err:
+        print(f"deepfakemae report: {err}", file=sys.stderr)
+        return 2
+    for report in reports:
+        print(render_markdown(report))
+    return 0

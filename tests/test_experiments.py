@@ -1,0 +1,216 @@
+"""Table plans: parsing, interpolation, stage commands, reuse and skip / resume logic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deepfakemae.cli import main
+from deepfakemae.experiments import (
+    STAGES,
+    TABLES_DIR,
+    PlanError,
+    flag_list,
+    load_plan,
+    pending_stages,
+    plan_jobs,
+    run_plan,
+)
+
+TABLES = [f"table{i}" for i in range(1, 7)]
+
+
+def _flag(job, name: str) -> str:
+    """The value of ``--name=...`` in a job's argv (JSON values decoded)."""
+    for arg in job.args:
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+            return json.loads(value) if value[:1] in "[{" else value
+    raise AssertionError(f"--{name} not in {job.args}")
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("demo", [False, True])
+@pytest.mark.parametrize("table", TABLES)
+def test_every_plan_resolves(table, demo, monkeypatch, tmp_path):
+    monkeypatch.setenv("CACHE_DIR", "/data/caches")
+    monkeypatch.setenv("DEMO_CACHE", "/data/demo")
+    plan = load_plan(TABLES_DIR / f"{table}.yaml", demo=demo)
+    assert plan.name == table and plan.demo is demo
+    assert "${" not in json.dumps(plan.resolved)  # every interpolation resolved
+    jobs = plan_jobs(plan, tmp_path)
+    assert jobs and all(j.status == "pending" for j in jobs)
+    for job in jobs:
+        assert job.args[0] == ("test" if job.stage == "detector" else "fit")
+        configs = [job.args[i + 1] for i, a in enumerate(job.args) if a == "-c"]
+        assert configs[0].endswith(f"experiments/{job.stage}.yaml")
+        assert all(Path(c).exists() for c in configs)
+        if demo:
+            assert configs[1].endswith(f"experiments/demo/{job.stage}.yaml")
+        caches = [s["cache"] for a in job.args if a.startswith("--data.")
+                  for s in json.loads(a.split("=", 1)[1])]
+        assert all(c.startswith("/data/demo" if demo else "/data/caches/") for c in caches)
+
+
+def test_table4_dry_run_commands(tmp_path, capsys):
+    plan = load_plan(TABLES_DIR / "table4.yaml")
+    todo = run_plan(plan, tmp_path, dry_run=True)
+    by_key = {(j.table, j.variant, j.stage): j for j in todo}
+    # ratio_50 is Table 1's run: reused, so it runs (once) in table1/main
+    assert ("table4", "ratio_50", "pretrain") not in by_key
+    assert {(t, v) for t, v, _ in by_key} == {("table4", "ratio_25"), ("table1", "main"),
+                                               ("table4", "ratio_75")}
+    assert _flag(by_key["table4", "ratio_25", "pretrain"], "model.init_args.mask_ratio") == "0.25"
+    assert _flag(by_key["table4", "ratio_75", "pretrain"], "model.init_args.mask_ratio") == "0.75"
+    out = capsys.readouterr().out
+    assert (f"RUN_DIR={tmp_path}/table4/ratio_25 deepfakemae fit -c experiments/pretrain.yaml "
+            f"--model.init_args.mask_ratio=0.25") in out
+    assert f"RUN_DIR={tmp_path}/table4/ratio_75 deepfakemae test -c experiments/detector.yaml" in out
+    assert "# table4: 12 of 12 stage runs pending" in out
+
+
+def test_table2_protocol_and_shared_pretraining(tmp_path):
+    plan = load_plan(TABLES_DIR / "table2.yaml")
+    jobs = {(j.table, j.variant, j.stage): j for j in plan_jobs(plan, tmp_path)}
+    pretrains = [k for k in jobs if k[2] == "pretrain"]
+    assert pretrains == [("table1", "main", "pretrain")]  # one pretraining for all variants
+    finetune = jobs["table2", "F2F", "finetune"]
+    assert _flag(finetune, "model.init_args.mae_checkpoint") == \
+        str(tmp_path / "table1/main/pretrain/checkpoints/last.ckpt")
+    train = _flag(finetune, "data.init_args.train")
+    assert [s["methods"] for s in train] == [["real", "Face2Face"]]
+    assert _flag(finetune, "data.init_args.val")[0]["name"] == "ffpp"  # monitor val/ffpp/auc
+    tests = _flag(jobs["table2", "F2F", "detector"], "data.init_args.test")
+    assert [(s["name"], s["methods"], s["split"]) for s in tests] == [
+        ("DF", ["real", "Deepfakes"], "test"), ("FS", ["real", "FaceSwap"], "test"),
+        ("NT", ["real", "NeuralTextures"], "test")]
+    # own checkpoints come from the configs' ${RUN_DIR} paths: no extra flag
+    assert not any("finetune_checkpoint" in a for a in jobs["table2", "F2F", "detector"].args)
+
+
+def test_table2_demo_plays_methods_with_demo_methods(tmp_path):
+    plan = load_plan(TABLES_DIR / "table2.yaml", demo=True)
+    jobs = {(j.table, j.variant, j.stage): j for j in plan_jobs(plan, tmp_path)}
+    train = _flag(jobs["table2", "DF", "mapping"], "data.init_args.train")
+    assert train[0]["methods"] == ["real", "FaceSwapWarp"]
+    assert _flag(jobs["table2", "DF", "mapping"], "trainer.max_steps") == "20"
+    names = [s["name"] for s in _flag(jobs["table2", "DF", "detector"], "data.init_args.test")]
+    assert names == ["F2F", "FS", "NT"]
+
+
+def test_table1_demo_trains_on_three_methods_tests_the_fourth(tmp_path):
+    plan = load_plan(TABLES_DIR / "table1.yaml", demo=True)
+    jobs = {j.stage: j for j in plan_jobs(plan, tmp_path)}
+    assert _flag(jobs["finetune"], "data.init_args.train")[0]["methods"] == \
+        ["real", "FaceSwapWarp", "LipsSwap", "EyesSwap"]
+    assert [s["methods"] for s in _flag(jobs["detector"], "data.init_args.test")] == \
+        [["real", "SelfBlend"]]
+
+
+def test_table3_reuses_table2_networks(tmp_path):
+    plan = load_plan(TABLES_DIR / "table3.yaml")
+    detector = next(j for j in plan_jobs(plan, tmp_path) if j.table == "table3" and j.variant == "NT")
+    assert _flag(detector, "model.init_args.mapping_checkpoint") == \
+        str(tmp_path / "table2/NT/mapping/checkpoints/last.ckpt")
+    assert [s["name"] for s in _flag(detector, "data.init_args.test")] == ["NT"]
+
+
+def test_table6_wo_meta_and_branch_columns(tmp_path):
+    plan = load_plan(TABLES_DIR / "table6.yaml")
+    jobs = pending_stages(plan, tmp_path, variants=["wo_meta"])
+    mine = [(j.table, j.variant, j.stage) for j in jobs]
+    assert ("table6", "wo_meta", "mapping") in mine and ("table6", "wo_meta", "finetune") not in mine
+    mapping = next(j for j in jobs if j.variant == "wo_meta" and j.stage == "mapping")
+    assert _flag(mapping, "model.init_args.meta_learning") == "false"
+    detector = next(j for j in jobs if j.variant == "wo_meta" and j.stage == "detector")
+    assert _flag(detector, "model.init_args.finetune_checkpoint") == \
+        str(tmp_path / "table1/main/finetune/checkpoints/last.ckpt")
+    columns = plan.report["blocks"][0]["columns"]
+    assert [c.get("metric") for c in columns] == ["F/auc", "M/auc", None, None]
+
+
+def test_table5_strategies():
+    plan = load_plan(TABLES_DIR / "table5.yaml")
+    strategies = {v: s["pretrain"].args.get("model", {}).get("init_args", {}).get("mask_strategy")
+                  for v, s in plan.variants.items()}
+    assert strategies == {"RP": "random", "eyes": "eyes", "cheek_nose": "cheek_nose",
+                          "lips": "lips", "RA": None}
+    assert plan.variants["RA"]["pretrain"].reuse == "table1/main"
+
+
+def test_skip_done_stage_and_fresh_reruns(tmp_path):
+    plan = load_plan(TABLES_DIR / "table4.yaml")
+    run = tmp_path / "table4" / "ratio_25"
+    assert [j.stage for j in pending_stages(plan, tmp_path, variants=["ratio_25"])] == list(STAGES)
+    _touch(run / "pretrain/checkpoints/last.ckpt")
+    _touch(run / "detector/results_test.json")
+    pending = [j.stage for j in pending_stages(plan, tmp_path, variants=["ratio_25"])]
+    assert pending == ["finetune", "mapping"]
+    fresh = pending_stages(plan, tmp_path, variants=["ratio_25"], fresh=True)
+    assert [j.stage for j in fresh] == list(STAGES)
+    # stage filter: only the detector (its inputs must then exist or be produced)
+    only = pending_stages(plan, tmp_path, variants=["ratio_25"], stages=["detector"], fresh=True)
+    assert [(j.variant, j.stage) for j in only] == [("ratio_25", "detector")]
+
+
+def test_interrupted_fit_resumes_from_last_checkpoint(tmp_path):
+    plan = load_plan(TABLES_DIR / "table4.yaml")
+    stage_dir = tmp_path / "table4" / "ratio_75" / "pretrain"
+    ckpt = _touch(stage_dir / "checkpoints/last.ckpt")
+    _touch(stage_dir / ".running")
+    job = pending_stages(plan, tmp_path, variants=["ratio_75"])[0]
+    assert (job.stage, job.status) == ("pretrain", "resume")
+    assert job.args[-1] == f"--ckpt_path={ckpt}"
+    fresh = pending_stages(plan, tmp_path, variants=["ratio_75"], fresh=True)[0]
+    assert fresh.status == "pending" and not any(a.startswith("--ckpt_path") for a in fresh.args)
+
+
+def test_reused_table_work_is_kept_under_fresh(tmp_path):
+    plan = load_plan(TABLES_DIR / "table6.yaml")
+    for stage in ("pretrain", "finetune", "mapping"):
+        _touch(tmp_path / f"table1/main/{stage}/checkpoints/last.ckpt")
+    _touch(tmp_path / "table1/main/detector/results_test.json")
+    pending = pending_stages(plan, tmp_path, fresh=True)
+    assert [(j.table, j.variant, j.stage) for j in pending] == [
+        ("table6", "wo_meta", "mapping"), ("table6", "wo_meta", "detector")]
+    assert pending_stages(plan, tmp_path, variants=["fused"]) == []
+
+
+def test_missing_input_fails_before_training(tmp_path):
+    plan = load_plan(TABLES_DIR / "table1.yaml")
+    with pytest.raises(PlanError, match="pretrain/checkpoints/last.ckpt"):
+        run_plan(plan, tmp_path, stages=["finetune"])
+
+
+def test_flag_list_nested_and_json():
+    flags = flag_list({"model": {"init_args": {"mask_ratio": 0.25, "meta_learning": False}},
+                       "data": {"init_args": {"test": [{"name": "DF"}]}}})
+    assert flags == ["--model.init_args.mask_ratio=0.25", "--model.init_args.meta_learning=false",
+                     '--data.init_args.test=[{"name": "DF"}]']
+
+
+def test_plan_errors_name_the_file(tmp_path):
+    bad = tmp_path / "table9.yaml"
+    bad.write_text("name: table9\nvariants:\n  a: {pretrain: {}}\ndemo: {}\n")
+    with pytest.raises(PlanError, match="table9.yaml.*variant 'a' must list the stages"):
+        load_plan(bad)
+    bad.write_text("name: table9\nvariants: {}\n")
+    with pytest.raises(PlanError, match="add a `demo:` section"):
+        load_plan(bad)
+
+
+def test_run_command_dry_run(capsys, tmp_path):
+    assert main(["run", "table6", "--dry-run", "--run-root", str(tmp_path),
+                 "--variants", "wo_meta", "--stages", "mapping"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == "# table6: 1 of 1 stage runs pending"
+    assert out[-1].startswith(f"RUN_DIR={tmp_path}/table6/wo_meta")
+    assert "--model.init_args.meta_learning=false" in out[-1]
+    assert main(["run", "table7", "--dry-run"]) == 2
