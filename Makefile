@@ -1,13 +1,40 @@
 # DeepfakeMAE — the two newcomer commands are `make demo` and `make test`.
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# Paper runs: `make pretrain DATA_ROOT=/data/FaceForensics++`, `make train-stage2 DATA_ROOT=...`,
+# `make caches ...` then `make eval` / `make table1` ... `make table6` (see README).
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+DFM     := $(PY) -m deepfakemae.cli
+RUNS    ?= runs
+CACHE_DIR ?= data/cache
+DEMO_DIR  ?= data/demo
+WORKERS ?= 4
+BRANCH  ?= both
+ARGS    ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
+# bf16 autocast on a GPU, fp32 on a CPU (read by the experiment configs)
+export PRECISION ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo bf16-mixed || echo 32-true)
+export CACHE_DIR
+export DEMO_CACHE := $(abspath $(DEMO_DIR))/cache
 
-.PHONY: setup test lint
+# Without DATA_ROOT the training targets run on the embedded demo set (tiny presets);
+# with DATA_ROOT=<FaceForensics++ root> they run the paper's setup (ViT-B/16, 224 px).
+ifeq ($(strip $(DATA_ROOT)),)
+  RUN_DIR_  := $(RUNS)/demo/main
+  DATA_DEP  := demo-cache
+  overlay    = -c experiments/demo/$(1).yaml
+else
+  RUN_DIR_  := $(RUNS)/ffpp
+  DATA_DEP  := ffpp-cache
+  overlay    =
+endif
+stage = RUN_DIR=$(RUN_DIR_) $(DFM) $(2) -c experiments/$(1).yaml $(call overlay,$(1)) $(ARGS)
+
+TABLES := table1 table2 table3 table4 table5 table6
+.PHONY: setup test lint demo demo-cache ffpp-cache caches pretrain train-stage2 eval bench $(TABLES)
 
 ## setup: create .venv and install the project with its dev extras (quick when nothing changed)
 setup: $(STAMP)
@@ -26,3 +53,46 @@ test: setup
 ## lint: ruff over the code
 lint: setup
 	$(PY) -m ruff check deepfakemae data_modules tests bench
+
+## demo: the whole method on the embedded demo set (data, faces, stage 1, stage 2, evaluation)
+demo: setup
+	$(DFM) demo --data-dir $(DEMO_DIR) --run-root $(RUNS)
+
+## demo-cache: build the demo videos and cache their faces (reused when present)
+demo-cache: setup
+	$(DFM) demo-data --output $(DEMO_DIR)/raw
+	$(DFM) preprocess --dataset demo --root $(DEMO_DIR)/raw --output $(DEMO_DIR)/cache --size 112 --workers 2
+
+## ffpp-cache: faces of FaceForensics++ c23 under DATA_ROOT (resumes where it stopped)
+ffpp-cache: setup
+	$(DFM) preprocess --dataset ffpp --root $(DATA_ROOT) --compression c23 --output $(CACHE_DIR)/ffpp_c23 --workers $(WORKERS)
+
+## caches: test-set caches, each for the roots given (CELEBDF_ROOT, WILDDEEPFAKE_ROOT, DFDC_ROOT)
+caches: setup $(if $(strip $(DATA_ROOT)),ffpp-cache)
+	$(if $(CELEBDF_ROOT),$(DFM) preprocess --dataset celebdf --root $(CELEBDF_ROOT) --split test --output $(CACHE_DIR)/celebdf --workers $(WORKERS))
+	$(if $(WILDDEEPFAKE_ROOT),$(DFM) preprocess --dataset wilddeepfake --root $(WILDDEEPFAKE_ROOT) --split test --output $(CACHE_DIR)/wilddeepfake --workers $(WORKERS))
+	$(if $(DFDC_ROOT),$(DFM) preprocess --dataset dfdc --root $(DFDC_ROOT) --split test --output $(CACHE_DIR)/dfdc --workers $(WORKERS))
+
+## pretrain: stage 1 (demo set by default; DATA_ROOT=<FF++ root> for the paper's setup)
+pretrain: $(DATA_DEP)
+	$(call stage,pretrain,fit)
+
+## train-stage2: both stage-2 branches (BRANCH=finetune or BRANCH=mapping for one)
+train-stage2: $(DATA_DEP)
+	$(if $(filter both finetune,$(BRANCH)),$(call stage,finetune,fit))
+	$(if $(filter both mapping,$(BRANCH)),$(call stage,mapping,fit))
+
+## eval: the fused detector on the configured test sets
+eval: $(DATA_DEP)
+	$(call stage,detector,test)
+
+## table1 … table6: a paper table end to end (needs the caches), then its report
+$(TABLES): table%: setup
+	$(DFM) run experiments/tables/table$*.yaml --run-root $(RUNS) $(if $(strip $(DATA_ROOT)),,--demo)
+	$(DFM) report $(RUNS)/table$*
+
+## bench: speed figures (face pipeline, stage 1, stage 2)
+bench: setup
+	$(PY) bench/preprocess.py
+	$(PY) bench/pretrain.py
+	$(PY) bench/stage2.py

@@ -102,19 +102,23 @@ def batch_size(batch: Batch, input_key: str = "image") -> int:
     return int(batch[input_key].shape[0])
 
 
-def shuffle_batch(batch: Batch, generator: torch.Generator | None = None, input_key: str = "image") -> dict[str, Any]:
-    """Apply one random permutation to every per-sample entry of a batch dict."""
-    n = batch_size(batch, input_key)
-    perm = torch.randperm(n, generator=generator)
+def select_batch(batch: Batch, index: Tensor | Sequence[int]) -> dict[str, Any]:
+    """The samples ``index`` (in that order) of every per-sample entry of a batch dict."""
+    idx = torch.as_tensor(index, dtype=torch.long)
     out: dict[str, Any] = {}
     for k, v in batch.items():
         if isinstance(v, Tensor):
-            out[k] = v[perm.to(v.device)]
+            out[k] = v[idx.to(v.device)]
         elif isinstance(v, (list, tuple)):
-            out[k] = [v[i] for i in perm.tolist()]
+            out[k] = [v[i] for i in idx.tolist()]
         else:
             out[k] = v
     return out
+
+
+def shuffle_batch(batch: Batch, generator: torch.Generator | None = None, input_key: str = "image") -> dict[str, Any]:
+    """Apply one random permutation to every per-sample entry of a batch dict."""
+    return select_batch(batch, torch.randperm(batch_size(batch, input_key), generator=generator))
 
 
 # --------------------------------------------------------------------------------------------- meta step

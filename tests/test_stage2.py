@@ -122,6 +122,7 @@ def test_detector_reports_every_branch_and_ddp_matches_single_process(trained):
             for name in ("auc", "frame_auc", "video_ap", "video_eer", "video_acc"):
                 assert math.isfinite(metrics[f"{branch}/{name}"]), (branch, name)
     assert list((trained / "eval1").rglob("test_roc_*.png"))
+    assert list((trained / "eval1").rglob("test_celebdf_activation_maps_*.png"))
     double = _detector_test(trained, 2, "eval2")
     for name in single:
         assert double[name]["num_frames"] == single[name]["num_frames"]

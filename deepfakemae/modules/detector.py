@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 
+from deepfakemae.explain import cam_figure, finetune_gradcam, mapping_gradcam
 from deepfakemae.modules.checkpoints import load_module
 from deepfakemae.modules.evaluation import VideoEvaluation
 from deepfakemae.modules.finetune import FinetuneModule
 from deepfakemae.modules.mapping import MappingModule
+from deepfakemae.visualize import log_image, to_uint8
 
 
 class DualNetworkDetector(VideoEvaluation, LightningModule):
@@ -41,6 +44,33 @@ class DualNetworkDetector(VideoEvaluation, LightningModule):
 
     def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.branch_scores(batch["image"])
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().test_step(batch, batch_idx, dataloader_idx)
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            self._log_activation_maps(batch)
+
+    def _log_activation_maps(self, batch: dict) -> None:
+        """Grad-CAM of both branches (paper Fig. 3) on a real and a fake face of the batch."""
+        name = (batch.get("test_set") or ["test"])[0]
+        clips = batch["image"] if batch["image"].ndim == 5 else batch["image"][:, None]
+        rows = []
+        for label in (0, 1):
+            found = (batch["label"] == label).nonzero()
+            if len(found) == 0:
+                continue
+            # evaluation runs in inference mode: step out of it for the gradients
+            with torch.inference_mode(False), torch.enable_grad():
+                face = clips[int(found[0]), clips.shape[1] // 2][None].clone()
+                m_cam, m_prob, mapped = mapping_gradcam(self.mapping.net, face)
+                f_cam, f_prob = finetune_gradcam(self.finetune.classifier, face)
+            rows.append(cam_figure(to_uint8(face)[0], m_cam, m_prob, to_uint8(mapped)[0],
+                                   f_cam, f_prob))
+        if rows:
+            width = max(r.shape[1] for r in rows)
+            rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+            log_image(self.trainer, f"test/{name}/activation_maps", np.concatenate(rows, 0),
+                      self.global_step)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         scores = self.branch_scores(batch["image"])

@@ -8,27 +8,13 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from deepfakemae.masking import FacialPartMasker
-from deepfakemae.meta import MappingLoss, meta_step, split_domains, split_indices
+from deepfakemae.meta import MappingLoss, meta_step, select_batch, split_domains, split_indices
 from deepfakemae.models.mae import MaskedAutoencoderViT
 from deepfakemae.models.mapping import MappingNetwork
 from deepfakemae.modules.checkpoints import load_stage1_mae, tag_checkpoint
 from deepfakemae.modules.evaluation import VideoEvaluation
 from deepfakemae.modules.optim import warmup_cosine
 from deepfakemae.visualize import log_image, to_uint8
-
-
-def select(batch: dict, index: torch.Tensor | list[int]) -> dict:
-    """The samples ``index`` of a batch dict (tensors indexed, lists picked)."""
-    idx = torch.as_tensor(index, dtype=torch.long)
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            out[key] = value[idx.to(value.device)]
-        elif isinstance(value, (list, tuple)):
-            out[key] = [value[i] for i in idx.tolist()]
-        else:
-            out[key] = value
-    return out
 
 
 def meta_split(batch: dict, rng: np.random.Generator, ref_fraction: float = 0.25
@@ -67,7 +53,7 @@ def meta_split(batch: dict, rng: np.random.Generator, ref_fraction: float = 0.25
         train = np.concatenate([fake_train[n_ref_f:], real_train[n_ref_r:]])
     else:
         ref = train
-    return select(batch, train.tolist()), select(batch, test.tolist()), select(batch, ref.tolist())
+    return tuple(select_batch(batch, part.tolist()) for part in (train, test, ref))
 
 
 class MappingModule(VideoEvaluation, LightningModule):
