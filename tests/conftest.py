@@ -12,6 +12,16 @@ import pytest
 
 from deepfakemae.faces.cache import FaceCache, FaceEntry
 
+#: environment the configs and the plan runner read; tests set what they need themselves
+RUN_ENV = ("RUN_DIR", "CACHE_DIR", "DEMO_CACHE", "PRECISION")
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_run_environment(monkeypatch):
+    """Tests do not inherit run locations from the caller (e.g. the Makefile's exports)."""
+    for name in RUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+
 
 @pytest.fixture(scope="session")
 def astronaut_face_session() -> dict:

@@ -52,13 +52,20 @@ def run_demo_command(args: argparse.Namespace) -> int:
         print("deepfakemae demo: preprocessing failed; see the manifest above", flush=True)
         return code
     print("[3/3] stage 1, both stage-2 branches, fused detector", flush=True)
-    os.environ["DEMO_CACHE"] = str(cache.resolve())
-    plan = load_plan(PLAN, demo=True)
-    if args.max_steps is not None:
-        for stages in plan.variants.values():
-            for name in ("pretrain", "finetune", "mapping"):
-                stages[name].args.setdefault("trainer", {})["max_steps"] = args.max_steps
-    run_plan(plan, args.run_root, fresh=args.fresh)
+    previous = os.environ.get("DEMO_CACHE")
+    os.environ["DEMO_CACHE"] = str(cache.resolve())  # read by the demo configs
+    try:
+        plan = load_plan(PLAN, demo=True)
+        if args.max_steps is not None:
+            for stages in plan.variants.values():
+                for name in ("pretrain", "finetune", "mapping"):
+                    stages[name].args.setdefault("trainer", {})["max_steps"] = args.max_steps
+        run_plan(plan, args.run_root, fresh=args.fresh)
+    finally:
+        if previous is None:
+            os.environ.pop("DEMO_CACHE", None)
+        else:
+            os.environ["DEMO_CACHE"] = previous
     run_dir = args.run_root / plan.name / "main"
     print_results(run_dir)
     print(f"\ndemo finished in {time.time() - start:.0f} s", flush=True)
