@@ -143,3 +143,18 @@ def test_meta_split_separates_domains_and_keeps_both_classes():
         assert set(part["label"].tolist()) == {0, 1}
     used = train["video_key"] + test["video_key"] + ref["video_key"]
     assert sorted(used) == sorted(batch["video_key"])  # a partition of the batch
+
+
+def test_mapping_without_meta_learning_trains(trained, monkeypatch):
+    """Table 6's "w/o meta" column: plain batches through the same module and config."""
+    monkeypatch.setenv("CACHE_DIR", str(trained / "cache"))
+    monkeypatch.setenv("RUN_DIR", str(trained / "runs_plain"))
+    monkeypatch.chdir(trained)
+    mae = _ckpt(trained, "pretrain")
+    assert main(["fit", "-c", str(EXP / "mapping.yaml"), *SMALL, "--trainer.max_steps=2",
+                 "--data.init_args.batch_size=8", "--model.init_args.meta_learning=false",
+                 f"--model.init_args.mae_checkpoint={mae}",
+                 eval_sets(trained / "cache")]) == 0
+    last = trained / "runs_plain" / "mapping" / "checkpoints" / "last.ckpt"
+    module = load_module(MappingModule, last, mae_checkpoint=None)
+    assert module.hparams.meta_learning is False
