@@ -45,32 +45,41 @@ class DualNetworkDetector(VideoEvaluation, LightningModule):
     def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.branch_scores(batch["image"])
 
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._cam_rows: dict[str, dict[int, np.ndarray]] = {}
+
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         super().test_step(batch, batch_idx, dataloader_idx)
-        if batch_idx == 0 and self.trainer.is_global_zero:
-            self._log_activation_maps(batch)
+        if self.trainer.is_global_zero:
+            self._collect_activation_maps(batch)
 
-    def _log_activation_maps(self, batch: dict) -> None:
-        """Grad-CAM of both branches (paper Fig. 3) on a real and a fake face of the batch."""
+    def on_test_epoch_end(self) -> None:
+        for name, rows in getattr(self, "_cam_rows", {}).items():
+            figures = [rows[label] for label in sorted(rows)]
+            width = max(f.shape[1] for f in figures)
+            figures = [np.pad(f, ((0, 0), (0, width - f.shape[1]), (0, 0))) for f in figures]
+            log_image(self.trainer, f"test/{name}/activation_maps", np.concatenate(figures, 0),
+                      self.global_step)
+        super().on_test_epoch_end()
+
+    def _collect_activation_maps(self, batch: dict) -> None:
+        """Grad-CAM of both branches (paper Fig. 3) on the first real and first fake face of
+        each test set."""
         name = (batch.get("test_set") or ["test"])[0]
+        rows = self._cam_rows.setdefault(name, {})
         clips = batch["image"] if batch["image"].ndim == 5 else batch["image"][:, None]
-        rows = []
         for label in (0, 1):
             found = (batch["label"] == label).nonzero()
-            if len(found) == 0:
+            if label in rows or len(found) == 0:
                 continue
             # evaluation runs in inference mode: step out of it for the gradients
             with torch.inference_mode(False), torch.enable_grad():
                 face = clips[int(found[0]), clips.shape[1] // 2][None].clone()
                 m_cam, m_prob, mapped = mapping_gradcam(self.mapping.net, face)
                 f_cam, f_prob = finetune_gradcam(self.finetune.classifier, face)
-            rows.append(cam_figure(to_uint8(face)[0], m_cam, m_prob, to_uint8(mapped)[0],
-                                   f_cam, f_prob))
-        if rows:
-            width = max(r.shape[1] for r in rows)
-            rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-            log_image(self.trainer, f"test/{name}/activation_maps", np.concatenate(rows, 0),
-                      self.global_step)
+            rows[label] = cam_figure(to_uint8(face)[0], m_cam, m_prob, to_uint8(mapped)[0],
+                                     f_cam, f_prob)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         scores = self.branch_scores(batch["image"])
