@@ -22,10 +22,10 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -381,18 +381,18 @@ def pending_stages(plan: Plan, run_root: str | Path, variants: Sequence[str] | N
 
 
 # ------------------------------------------------------------------------------------------ running
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def _run_stage(job: Job) -> None:
+    """Run one stage as its own process (``python -m deepfakemae.cli <fit|test> ...``).
+
+    A process per stage gives each stage a fresh DDP world on multi-GPU machines (Lightning's
+    launcher re-executes exactly this command for the other ranks) and frees its memory after.
+    """
+    env = {**os.environ, **job.env()}
+    result = subprocess.run([sys.executable, "-m", "deepfakemae.cli", *job.args], env=env,
+                            check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{job.label} failed (exit code {result.returncode}); its log is "
+                           f"above and under {job.run_dir / job.stage}")
 
 
 def _set_aside(job: Job) -> None:
@@ -409,6 +409,10 @@ def _set_aside(job: Job) -> None:
 def write_plan_record(plan: Plan, run_root: str | Path) -> Path:
     """``<run root>/<table>/plan.json``: the resolved plan the runs used (read by the report)."""
     out = Path(run_root) / plan.name / PLAN_RECORD
+    if out.exists() and json.loads(out.read_text()).get("demo") != plan.demo:
+        kinds = ("paper", "demo") if plan.demo else ("demo", "paper")
+        raise PlanError(f"{out.parent} holds {kinds[0]} runs of {plan.name}; put the {kinds[1]} "
+                        "runs under another --run-root so the two can never be mixed up")
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"path": str(plan.path.resolve()), "demo": plan.demo, "plan": plan.resolved}
     out.write_text(json.dumps(record, indent=2))
@@ -441,8 +445,6 @@ def run_plan(plan: Plan, run_root: str | Path, fresh: bool = False,
         return todo
     for job in todo:
         _check_ready(job, todo)
-    from deepfakemae.lightning_cli import run_lightning_cli  # heavy: only when running
-
     write_plan_record(plan, run_root)
     print(f"{plan.name}{mode}: {len(todo)} of {len(jobs)} stage runs to do under {run_root}",
           flush=True)
@@ -461,8 +463,7 @@ def run_plan(plan: Plan, run_root: str | Path, fresh: bool = False,
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"args": job.args, "started": time.time()}))
         start = time.time()
-        with _environment(job.env()):
-            run_lightning_cli(job.args)
+        _run_stage(job)
         if not job.output.exists():
             raise RuntimeError(f"{job.label} finished without writing {job.output}; see the log "
                                f"under {job.run_dir / job.stage}")

@@ -60,6 +60,15 @@ def run_lightning_cli(args: Sequence[str] | None = None) -> DeepfakeMAECLI:
     finally:
         sys.argv = saved_argv
         _finish_wandb()
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Close the DDP process group a run opened, so the next run in this process starts anew."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _finish_wandb() -> None:

@@ -214,3 +214,11 @@ def test_run_command_dry_run(capsys, tmp_path):
     assert out[-1].startswith(f"RUN_DIR={tmp_path}/table6/wo_meta")
     assert "--model.init_args.meta_learning=false" in out[-1]
     assert main(["run", "table7", "--dry-run"]) == 2
+
+
+def test_demo_and_paper_runs_never_share_a_folder(tmp_path):
+    from deepfakemae.experiments import PlanError, load_plan, write_plan_record
+
+    write_plan_record(load_plan("table1", demo=True), tmp_path)
+    with pytest.raises(PlanError, match="demo runs"):
+        write_plan_record(load_plan("table1", demo=False), tmp_path)

@@ -53,9 +53,12 @@ def test_fit_records_config_run_info_figures_and_resumes(run_env):
 
 
 def test_checkpoint_reload_gives_same_reconstruction(run_env):
+    # validation (and so a `last` save) at step 2 only; training stops at step 3
     assert main(["fit", "-c", str(REPO / "experiments/pretrain.yaml"), *MICRO,
-                 "--trainer.max_steps=2", "--trainer.logger=false"]) == 0
+                 "--trainer.max_steps=3", "--trainer.check_val_every_n_epoch=2",
+                 "--trainer.logger=false"]) == 0
     last = run_env / "runs" / "pretrain" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
     module = MAEPretrainModule.load_from_checkpoint(last, map_location="cpu", weights_only=True)
     module.eval()
     images = torch.randn(2, 3, 64, 64)

@@ -109,8 +109,7 @@ def _detector_test(root: Path, devices: int, out_dir: str) -> dict:
         args.append("--trainer.strategy=ddp")
     out = subprocess.run(args, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    (results,) = (root / out_dir).rglob("results_test.json")
-    return json.loads(results.read_text())
+    return json.loads((root / "runs" / "detector" / "results_test.json").read_text())
 
 
 @pytest.mark.slow

@@ -31,7 +31,9 @@ class DualNetworkDetector(VideoEvaluation, LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.finetune = load_module(FinetuneModule, finetune_checkpoint, mae_checkpoint=None)
-        self.mapping = load_module(MappingModule, mapping_checkpoint, mae_checkpoint=None)
+        # the checkpoint holds every weight: no stage-1 file, no ImageNet download needed
+        self.mapping = load_module(MappingModule, mapping_checkpoint, mae_checkpoint=None,
+                                   pretrained_backbone=False)
 
     def branch_scores(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
         """clips (B,T,3,H,W) → per-frame fake probabilities (B,T) for F, M and fused."""

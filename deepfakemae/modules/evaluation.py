@@ -13,13 +13,14 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from deepfakemae.metrics import compute_metrics, roc_curve, video_level
-from deepfakemae.visualize import local_log_dir, log_image, roc_figure
+from deepfakemae.visualize import log_image, roc_figure
 
 
 @dataclass
@@ -131,7 +132,7 @@ class VideoEvaluation:
     Logged names: ``<stage>/<set>/auc`` (video level, primary branch), ``<stage>/<set>/frame_auc``
     and ``video_*`` for AUC/AP/EER/ACC, and ``<stage>/<set>/<branch>/...`` for other branches.
     At test end, ROC curves are logged as a figure and every number lands in
-    ``<log dir>/results_test.json`` (read by ``deepfakemae report`` and ``make demo``).
+    ``<default_root_dir>/results_test.json`` (read by ``deepfakemae run``/``report``/``demo``).
     """
 
     primary_branch: str = "score"
@@ -185,7 +186,8 @@ class VideoEvaluation:
         self.eval_results[stage] = results
         trainer = self.trainer
         if stage == "test" and trainer is not None and trainer.is_global_zero and results:
-            out = local_log_dir(trainer) / "results_test.json"
+            # the run folder itself (RUN_DIR/<stage> in the configs), whatever the logger
+            out = Path(trainer.default_root_dir) / "results_test.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2, sort_keys=True))
             plotted = {f"{s}/{b}": c for s, cs in curves_by_set.items() for b, c in cs.items()

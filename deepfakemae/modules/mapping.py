@@ -167,7 +167,9 @@ class MappingModule(VideoEvaluation, LightningModule):
         n = min(6, batch["image"].shape[0])
         s = self.hparams.map_size
         face = F.interpolate(batch["image"][:n], size=(s, s), mode="bilinear", antialias=True)
+        self.net.eval()  # no BatchNorm statistics from this side batch
         mapped = self.net(batch["image"][:n])[1]
+        self.net.train()
         rows = [np.concatenate(r, axis=1) for r in zip(to_uint8(face), to_uint8(batch["map_target"][:n]),
                                                        to_uint8(mapped), strict=True)]
         log_image(self.trainer, "train/face_target_mapped", np.concatenate(rows, 0),

@@ -55,7 +55,8 @@ class MAEPretrainModule(LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        generator = torch.Generator().manual_seed(batch_idx)  # same masks every validation
+        # same masks every validation; the generator lives where the landmarks are (CPU or GPU)
+        generator = torch.Generator(device=batch["landmarks"].device).manual_seed(batch_idx)
         loss, _, mask = self._masked_step(batch, generator)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True,
                  batch_size=batch["image"].shape[0])
