@@ -60,7 +60,7 @@ from deepfakemae.faces.pipeline import (  # noqa: E402
 )
 from deepfakemae.faces.video import sample_indices  # noqa: E402
 
-GRID_DIRS = (REPO / "deepfakemae" / "assets" / "grid", REPO / "tests" / "assets" / "grid")
+GRID_DIRS = (REPO / "deepfakemae" / "assets" / "grid",)
 #: label -> (height or None for GRID's own size, fps, frames)
 RESOLUTIONS = {"360p": (None, 25, 250), "720p": (720, 25, 250), "1080p": (1080, 30, 300)}
 #: faces/s of the reference pipeline as stated in the issue

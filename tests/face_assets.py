@@ -7,7 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-GRID = Path(__file__).parent / "assets" / "grid"
+GRID = Path(__file__).resolve().parents[1] / "deepfakemae" / "assets" / "grid"  # bundled clips
 CLIPS = [GRID / "bbaf2n.mpg", GRID / "lbax4n.mpg", GRID / "swiz3n.mpg"]
 
 

@@ -18,7 +18,7 @@ from deepfakemae.cli import main
 from deepfakemae.commands.predict import VideoScorer
 from deepfakemae.modules.detector import DualNetworkDetector
 
-GRID = Path(__file__).resolve().parent / "assets" / "grid"
+GRID = Path(__file__).resolve().parents[1] / "deepfakemae" / "assets" / "grid"  # bundled clips
 FRAMES = "6"
 
 
