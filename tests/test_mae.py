@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
 from pathlib import Path
 
@@ -245,11 +244,10 @@ def _dlib_faces(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     cv2 = pytest.importorskip("cv2")
     from skimage import data
 
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("face_recognition_models is not installed")
-    dat = Path(spec.submodule_search_locations[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
-    detector, predictor = dlib.get_frontal_face_detector(), dlib.shape_predictor(str(dat))
+    from deepfakemae.faces.landmarks import dlib_model_path
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(dlib_model_path()))
     photo = data.astronaut()
     images, marks = [], []
     for img, scale in ((photo, 1.6), (np.ascontiguousarray(photo[:, ::-1]), 1.6), (photo, 2.0)):

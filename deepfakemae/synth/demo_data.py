@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import importlib.util
 import json
 import os
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from data_modules.indexes.ffpp import DEMO_METHODS
+from deepfakemae.faces.landmarks import dlib_model_path
 from deepfakemae.synth.swap import SelfBlendParams, SwapParams, self_blend, swap_region
 
 ATTRIBUTION = ("GRID audio-visual sentence corpus, M. Cooke, J. Barker, S. Cunningham, X. Shao "
@@ -121,23 +121,6 @@ def demo_splits(ids: Sequence[str]) -> dict[str, list[list[str]]]:
 
 # ----------------------------------------------------------------------------- landmarks
 
-def shape_predictor_path() -> Path:
-    """dlib's 68-point model from the ``face_recognition_models`` package.
-
-    Found through the package's import spec, so its ``__init__`` (which imports the deprecated
-    ``pkg_resources``) never runs.
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise DemoDataError("package face_recognition_models is not installed; run "
-                            "`pip install face-recognition-models`")
-    path = (Path(next(iter(spec.submodule_search_locations))) / "models"
-            / "shape_predictor_68_face_landmarks.dat")
-    if not path.is_file():
-        raise DemoDataError(f"{path} is missing; reinstall face-recognition-models")
-    return path
-
-
 class ClipLandmarker:
     """dlib frontal detector + 68-point predictor over every frame of a clip."""
 
@@ -145,7 +128,7 @@ class ClipLandmarker:
         import dlib
 
         self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(str(shape_predictor_path()))
+        self.predictor = dlib.shape_predictor(str(dlib_model_path()))
         self._rectangle = dlib.rectangle
 
     def __call__(self, frames: np.ndarray, name: str = "clip") -> tuple[np.ndarray, np.ndarray]:
