@@ -33,7 +33,7 @@ endif
 stage = RUN_DIR=$(RUN_DIR_) $(DFM) $(2) -c experiments/$(1).yaml $(call overlay,$(1)) $(ARGS)
 
 TABLES := table1 table2 table3 table4 table5 table6
-.PHONY: setup test lint demo demo-cache ffpp-cache caches pretrain train-stage2 eval bench $(TABLES)
+.PHONY: setup test lint demo demo-cv demo-cache ffpp-cache caches pretrain train-stage2 eval bench $(TABLES)
 
 ## setup: create .venv and install the project with its dev extras (quick when nothing changed)
 setup: $(STAMP)
@@ -56,6 +56,10 @@ lint: setup
 ## demo: the whole method on the embedded demo set (data, faces, stage 1, stage 2, evaluation)
 demo: setup
 	$(DFM) demo --data-dir $(DEMO_DIR) --run-root $(RUNS)
+
+## demo-cv: 5-fold identity-disjoint cross-validation of the demo (pooled AUCs with 95% CIs)
+demo-cv: setup
+	$(DFM) demo --folds 5 --data-dir $(DEMO_DIR) --run-root $(RUNS)
 
 ## demo-cache: build the demo videos and cache their faces (reused when present)
 demo-cache: setup

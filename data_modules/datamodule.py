@@ -53,6 +53,11 @@ class DeepfakeDataModule(L.LightningDataModule):
         seed: seed of the training frame / video choice.
         samples_per_video: training draws per video per epoch (each with its own random
             frame or clip); with ``balanced`` the epoch holds this many pairs per real video.
+        splits_dir: FF++-format split files (``train/val/test.json``) that override the splits
+            recorded in the caches for FF++-layout videos (k-fold cross-validation, custom
+            protocols); ``None`` keeps the recorded splits.
+        paired: with ``balanced``, draw each fake together with its own target real video at
+            the same position (see ``BalancedRealFakeSampler``).
     """
 
     def __init__(
@@ -74,6 +79,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         samples_per_video: int = 1,
+        splits_dir: str | None = None,
+        paired: bool = False,
     ):
         super().__init__()
         for name, value in (("mode", mode), ("eval_mode", eval_mode or mode)):
@@ -106,6 +113,11 @@ class DeepfakeDataModule(L.LightningDataModule):
         if samples_per_video < 1:
             raise DataError(f"samples_per_video must be >= 1, got {samples_per_video}")
         self.samples_per_video = samples_per_video
+        self.splits_dir = splits_dir
+        if paired and not balanced:
+            raise DataError("paired=True pairs fakes with their real targets inside balanced "
+                            "batches; set balanced=True too")
+        self.paired = paired
         self.domain_map: dict[str, int] | None = None
         self.train_dataset: FaceClipDataset | None = None
         self.val_datasets: list[FaceClipDataset] = []
@@ -123,7 +135,7 @@ class DeepfakeDataModule(L.LightningDataModule):
     def _train_videos(self) -> list[VideoItem]:
         videos: list[VideoItem] = []
         for spec in self.train_sources:
-            videos += select_videos(spec)
+            videos += select_videos(spec, self.splits_dir)
         if self.real_only:
             videos = [v for v in videos if v.method == REAL_METHOD]
             if not videos:
@@ -142,7 +154,7 @@ class DeepfakeDataModule(L.LightningDataModule):
     def _eval_dataset(self, spec: SourceSpec) -> FaceClipDataset:
         assert self.domain_map is not None
         clip_len = self.clip_len if self.eval_mode == "clip" else 1
-        return FaceClipDataset(select_videos(spec), self.domain_map, self.img_size,
+        return FaceClipDataset(select_videos(spec, self.splits_dir), self.domain_map, self.img_size,
                                clip_len=clip_len, windows="tile", test_set_key=True)
 
     def setup(self, stage: str | None = None) -> None:
@@ -174,7 +186,8 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise DataError("no training data: pass `train` sources and call setup('fit')")
         if self.balanced:
             pairs = self.samples_per_video * int((self.train_dataset.labels == 0).sum())
-            return BalancedRealFakeSampler(self.train_dataset, seed=self.seed, num_pairs=pairs)
+            return BalancedRealFakeSampler(self.train_dataset, seed=self.seed, num_pairs=pairs,
+                                           paired=self.paired)
         return VideoEpochSampler(self.train_dataset, seed=self.seed,
                                  samples_per_video=self.samples_per_video)
 

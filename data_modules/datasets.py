@@ -28,6 +28,9 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.augment import FaceAugment
+from data_modules.indexes.common import DatasetError
+from data_modules.indexes.ffpp import DATASET as FFPP
+from data_modules.indexes.ffpp import key_split, load_splits, split_owner
 from data_modules.records import FAKE, REAL, REAL_METHOD
 from deepfakemae.constants import IMAGENET_MEAN, IMAGENET_STD
 from deepfakemae.faces.cache import FaceCache
@@ -87,8 +90,27 @@ def _num_frames(cache: FaceCache, record: dict) -> int:
         return len(npz["frame_indices"])
 
 
-def select_videos(spec: SourceSpec) -> list[VideoItem]:
-    """The ``ok`` videos of ``spec.cache`` matching its dataset / split / methods, sorted by key."""
+def reassign_splits(records: list[dict], splits_dir: str | Path) -> list[dict]:
+    """Manifest records with the split of every FF++-layout video re-derived from the FF++-format
+    split files in ``splits_dir`` (``train.json`` / ``val.json`` / ``test.json``): k-fold
+    cross-validation and custom protocols over one face cache. Other datasets keep theirs."""
+    try:
+        owner = split_owner(load_splits(splits_dir))
+    except DatasetError as err:
+        raise DataError(f"splits_dir {splits_dir}: {err}") from err
+    out = []
+    for record in records:
+        split = key_split(record["key"], owner) if record.get("dataset") == FFPP else None
+        out.append(record if split is None else {**record, "split": split})
+    return out
+
+
+def select_videos(spec: SourceSpec, splits_dir: str | Path | None = None) -> list[VideoItem]:
+    """The ``ok`` videos of ``spec.cache`` matching its dataset / split / methods, sorted by key.
+
+    ``splits_dir``: FF++-format split files that replace the splits recorded in the cache (see
+    :func:`reassign_splits`).
+    """
     if spec.split not in SPLITS:
         raise DataError(f"source {spec.name!r}: split must be one of {SPLITS}, got {spec.split!r}")
     root = Path(spec.cache)
@@ -98,6 +120,8 @@ def select_videos(spec: SourceSpec) -> list[VideoItem]:
         raise DataError(f"source {spec.name!r}: no face cache at {root}: {run}")
     cache = FaceCache(root)
     records = cache.manifest()
+    if records and splits_dir is not None:
+        records = reassign_splits(records, splits_dir)
     if not records:
         raise DataError(f"source {spec.name!r}: face cache {root} is empty "
                         f"({cache.manifest_path} lists no videos): {run}")

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from data_modules.datasets import DataError, FaceClipDataset
+from data_modules.indexes.ffpp import target_real_key
 from data_modules.records import REAL
 
 
@@ -91,11 +92,18 @@ class BalancedRealFakeSampler(_VideoWindowSampler):
     pair sit next to each other in random order: each rank yields ``2 * ceil(num_pairs /
     num_replicas)`` indices, exactly half of them real, and every even-sized batch that starts
     at an even offset is exactly balanced.
+
+    ``paired=True``: the real of each pair is the fake's own target video (FF++ layout: the fake
+    ``T_S`` was made on the real ``T``) at the same relative position, so a batch holds both
+    sides of every manipulation and identity alone cannot separate them. Fakes whose target is
+    not among the training videos get a random real, as without pairing.
     """
 
     def __init__(self, dataset: FaceClipDataset, num_replicas: int | None = None,
-                 rank: int | None = None, seed: int = 0, num_pairs: int | None = None):
+                 rank: int | None = None, seed: int = 0, num_pairs: int | None = None,
+                 paired: bool = False):
         super().__init__(dataset, num_replicas, rank, seed)
+        self.paired = paired
         labels = dataset.labels
         self.real = np.flatnonzero(labels == REAL)
         fakes = np.flatnonzero(labels != REAL)
@@ -106,6 +114,10 @@ class BalancedRealFakeSampler(_VideoWindowSampler):
         for v in fakes:
             methods.setdefault(dataset.videos[v].method, []).append(int(v))
         self.fakes_by_method = {m: np.asarray(v) for m, v in sorted(methods.items())}
+        index = {video.key: i for i, video in enumerate(dataset.videos)}
+        #: (V,) each fake's target real video, -1 where unknown (and for reals)
+        self.target = np.array([index.get(target_real_key(v.key) or "", -1) if v.label != REAL
+                                else -1 for v in dataset.videos], np.int64)
         self.num_pairs = int(num_pairs) if num_pairs is not None else len(self.real)
         self.pairs_per_rank = math.ceil(self.num_pairs / self.num_replicas)
         self.num_samples = 2 * self.pairs_per_rank
@@ -127,6 +139,9 @@ class BalancedRealFakeSampler(_VideoWindowSampler):
     def _video_order(self, rng: np.random.Generator) -> np.ndarray:
         reals = np.resize(rng.permutation(self.real), self.num_pairs)
         fakes = self._fake_draws(rng, self.num_pairs)
+        if self.paired:
+            targets = self.target[fakes]
+            reals = np.where(targets >= 0, targets, reals)
         pairs = np.stack([reals, fakes], 1)  # (P, 2)
         pairs = pairs[rng.permutation(len(pairs))]
         swap = rng.random(len(pairs)) < 0.5
@@ -136,9 +151,26 @@ class BalancedRealFakeSampler(_VideoWindowSampler):
         per_rank = pairs.reshape(self.pairs_per_rank, self.num_replicas, 2).transpose(1, 0, 2)
         return per_rank.reshape(-1)  # rank-major: rank r's block is contiguous
 
+    def _align_pairs(self, videos: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """Move each paired real's window to its fake's relative position (members of a pair
+        sit at positions 2j, 2j+1 of ``videos``)."""
+        pairs, wins = videos.reshape(-1, 2), windows.reshape(-1, 2).copy()
+        fake_col = (self.target[pairs[:, 1]] >= 0).astype(np.int64)  # column of the fake
+        rows = np.arange(len(pairs))
+        fake, real = pairs[rows, fake_col], pairs[rows, 1 - fake_col]
+        keep = self.target[fake] == real
+        lo_f, hi_f = self.ranges[fake, 0], self.ranges[fake, 1]
+        lo_r, hi_r = self.ranges[real, 0], self.ranges[real, 1]
+        frac = (wins[rows, fake_col] - lo_f) / np.maximum(hi_f - lo_f, 1)
+        aligned = lo_r + np.minimum((frac * (hi_r - lo_r)).astype(np.int64), hi_r - lo_r - 1)
+        wins[rows[keep], 1 - fake_col[keep]] = aligned[keep]
+        return wins.reshape(-1)
+
     def __iter__(self) -> Iterator[int]:
         rng = self._rng()
         videos = self._video_order(rng)  # (R * num_samples,), rank-major
         windows = self._windows(videos, rng)
+        if self.paired:
+            windows = self._align_pairs(videos, windows)
         start = self.rank * self.num_samples
         return iter(windows[start:start + self.num_samples].tolist())

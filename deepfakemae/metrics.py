@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -139,6 +140,86 @@ def frame_and_video_metrics(
     vs, vl, _ = video_level(scores, labels, video_keys)
     out.update({f"{prefix}video/{k}": v for k, v in compute_metrics(vs, vl).items()})
     return out
+
+
+# --------------------------------------------------------------------------------------------- intervals
+def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Exact ROC AUC (Mann-Whitney U, ties count 1/2) with optional per-sample weights.
+
+    A weight ``w`` counts a sample ``w`` times, so a bootstrap resample is a weight vector.
+    NaN when a class has no weight.
+    """
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    weights = np.ones_like(scores) if weights is None else np.asarray(weights, np.float64)
+    order = np.argsort(scores, kind="mergesort")
+    s, y, w = scores[order], labels[order], weights[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each tie group
+    pos = np.add.reduceat(w * (y == 1), starts)  # (G,) fake weight per distinct score
+    neg = np.add.reduceat(w * (y == 0), starts)  # (G,) real weight per distinct score
+    total = pos.sum() * neg.sum()
+    if total == 0:
+        return math.nan
+    below = np.cumsum(neg) - neg  # real weight strictly below each group
+    return float((pos * (below + 0.5 * neg)).sum() / total)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def format(self, scale: float = 100.0, digits: int = 1) -> str:
+        """``"87.5 [71.2, 97.0]"`` (values × ``scale``)."""
+        if math.isnan(self.value):
+            return "—"
+        v, lo, hi = (f"{scale * x:.{digits}f}" for x in (self.value, self.low, self.high))
+        return f"{v} [{lo}, {hi}]"
+
+
+def bootstrap_auc(scores: Any, labels: Any, video_keys: Sequence[str], level: str = "video",
+                  n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Interval:
+    """AUC with a percentile bootstrap interval that resamples whole videos.
+
+    ``scores``/``labels``/``video_keys`` are per frame. Each resample draws, with replacement and
+    separately per class (so both classes are always present), as many real and fake videos as
+    there are; ``level="video"`` scores a video by the mean of its frames, ``"frame"`` keeps every
+    frame of each drawn video (a cluster bootstrap: frames of one video are not independent).
+    """
+    if level not in ("video", "frame"):
+        raise ValueError(f"level must be 'video' or 'frame', got {level!r}")
+    s = np.asarray(scores, np.float64).reshape(-1)
+    y = np.asarray(labels, np.int64).reshape(-1)
+    index: dict[str, int] = {}
+    owner = np.array([index.setdefault(k, len(index)) for k in video_keys], np.int64)  # (N,)
+    n_videos = len(index)
+    counts = np.bincount(owner, minlength=n_videos).astype(np.float64)
+    v_scores = np.bincount(owner, weights=s, minlength=n_videos) / counts  # (V,)
+    v_labels = np.zeros(n_videos, np.int64)
+    v_labels[owner] = y
+    if level == "video":
+        point = weighted_auc(v_scores, v_labels)
+    else:
+        point = weighted_auc(s, y)
+    by_class = [np.flatnonzero(v_labels == c) for c in (0, 1)]
+    if any(len(v) == 0 for v in by_class):
+        return Interval(math.nan, math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        drawn = np.zeros(n_videos)
+        for videos in by_class:
+            np.add.at(drawn, videos[rng.integers(0, len(videos), len(videos))], 1.0)
+        if level == "video":
+            stats[b] = weighted_auc(v_scores, v_labels, drawn)
+        else:
+            stats[b] = weighted_auc(s, y, drawn[owner])
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return Interval(point, float(low), float(high))
 
 
 # --------------------------------------------------------------------------------------------- DDP

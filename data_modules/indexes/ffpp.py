@@ -111,6 +111,43 @@ def pair_videos(pair: Pair) -> tuple[list[str], list[str]]:
     return [a, b], [f"{a}_{b}", f"{b}_{a}"]
 
 
+def split_owner(splits: dict[str, list[Pair]]) -> dict[str, str]:
+    """id -> split name, from split pairs (``load_splits``' result or cross-validation folds)."""
+    return {vid: split for split, pairs in splits.items() for pair in pairs for vid in pair}
+
+
+def key_split(key: str, owner: dict[str, str]) -> str | None:
+    """The split an FF++-layout video key falls in under ``owner`` (``split_owner``).
+
+    ``.../real/<id>`` belongs to its id's split; ``.../<Method>/<T>_<S>`` to the split that owns
+    both T and S (``"unassigned"`` when they differ or are not listed, so that no fake can leak
+    an identity across splits). Keys that are not pair-based (DeepFakeDetection, actors) give
+    ``None``: their recorded split stands.
+    """
+    parts = key.split("/")
+    if len(parts) < 2 or parts[-2] in ("actors", DFD):
+        return None
+    if parts[-2] == REAL_METHOD:
+        return owner.get(parts[-1], "unassigned")
+    ids = parts[-1].split("_")
+    if len(ids) != 2:
+        return None
+    target, source = (owner.get(i) for i in ids)
+    return target if target is not None and target == source else "unassigned"
+
+
+def target_real_key(key: str) -> str | None:
+    """The real video a pair-based FF++ fake was made on: ``<p>/<Method>/<T>_<S>`` →
+    ``<p>/real/<T>`` (the fake shows T's frames with a manipulated face); ``None`` otherwise."""
+    parts = key.split("/")
+    if len(parts) < 2 or parts[-2] in (REAL_METHOD, "actors", DFD):
+        return None
+    ids = parts[-1].split("_")
+    if len(ids) != 2 or not all(i.isdigit() for i in ids):
+        return None
+    return "/".join([*parts[:-2], REAL_METHOD, ids[0]])
+
+
 def parse_methods(methods: Sequence[str] | str | None) -> tuple[str, ...]:
     """Validate ``methods`` (a list or a comma-separated string; ``None`` = the four defaults)."""
     if methods is None:

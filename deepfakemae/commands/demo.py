@@ -3,21 +3,32 @@
 Builds the demo dataset from the bundled GRID clips, caches its faces, pretrains stage 1, trains
 both stage-2 branches, tests the fused detector per manipulation method and prints the results.
 Every step reuses what an earlier run finished, so a rerun (or a run after an interruption)
-only does what is missing.
+only does what is missing. ``--folds k`` cross-validates instead (see :mod:`deepfakemae.crossval`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
-from deepfakemae.experiments import load_plan, run_plan
+from data_modules.indexes.ffpp import load_splits
+from deepfakemae.crossval import (
+    SCORES_FILE,
+    fold_plan,
+    log_wandb_summary,
+    make_folds,
+    pool_scores,
+    results_markdown,
+    set_results,
+    write_fold_splits,
+    write_results_csv,
+)
+from deepfakemae.experiments import Plan, load_plan, run_plan
 
 PLAN = Path(__file__).resolve().parents[2] / "experiments" / "demo" / "plan.yaml"
-BRANCHES = ("fused", "F", "M")
+CV_NAME = "demo-cv"
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,14 +42,20 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="cap every training stage (default: the demo overlays' settings)")
     parser.add_argument("--fresh", action="store_true", help="retrain the stages from scratch")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="k-fold identity-disjoint cross-validation (e.g. 5: every speaker "
+                             "pair is tested once, all stages retrained per fold); runs land in "
+                             "<run-root>/demo-cv")
+    parser.add_argument("--bootstrap", type=int, default=2000,
+                        help="bootstrap resamples for the AUC confidence intervals")
 
 
-def run_demo_command(args: argparse.Namespace) -> int:
-    """Run the demo end to end and print the results table."""
+def prepare_demo_data(args: argparse.Namespace) -> Path | None:
+    """Build the demo videos and cache their faces (reusing finished work); the cache folder,
+    or None when preprocessing failed."""
     from deepfakemae.commands.preprocess import add_preprocess_arguments, run_preprocess_command
     from deepfakemae.synth.demo_data import build_demo_dataset
 
-    start = time.time()
     raw, cache = args.data_dir / "raw", args.data_dir / "cache"
     print(f"[1/3] demo dataset (10 GRID speakers, 4 manipulation methods) -> {raw}", flush=True)
     clip_frames = None if args.max_steps is None else max(args.frames, 8)
@@ -50,50 +67,87 @@ def run_demo_command(args: argparse.Namespace) -> int:
         "--frames", str(args.frames), "--workers", str(args.workers)]))
     if code != 0:
         print("deepfakemae demo: preprocessing failed; see the manifest above", flush=True)
-        return code
-    print("[3/3] stage 1, both stage-2 branches, fused detector", flush=True)
+        return None
+    return cache
+
+
+def demo_plan(args: argparse.Namespace) -> Plan:
+    """The demo plan, with ``--max-steps`` applied to every training stage."""
+    plan = load_plan(PLAN, demo=True)
+    if args.max_steps is not None:
+        for stages in plan.variants.values():
+            for name in ("pretrain", "finetune", "mapping"):
+                stages[name].args.setdefault("trainer", {})["max_steps"] = args.max_steps
+    return plan
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Run the demo end to end (one split, or ``--folds`` cross-validation) and print results."""
+    start = time.time()
+    cache = prepare_demo_data(args)
+    if cache is None:
+        return 1
     previous = os.environ.get("DEMO_CACHE")
     os.environ["DEMO_CACHE"] = str(cache.resolve())  # read by the demo configs
     try:
-        plan = load_plan(PLAN, demo=True)
-        if args.max_steps is not None:
-            for stages in plan.variants.values():
-                for name in ("pretrain", "finetune", "mapping"):
-                    stages[name].args.setdefault("trainer", {})["max_steps"] = args.max_steps
-        run_plan(plan, args.run_root, fresh=args.fresh)
+        if args.folds:
+            run_cross_validation(args)
+        else:
+            print("[3/3] stage 1, both stage-2 branches, fused detector", flush=True)
+            plan = demo_plan(args)
+            run_plan(plan, args.run_root, fresh=args.fresh)
+            print_results(args.run_root / plan.name / "main", n_boot=args.bootstrap)
     finally:
         if previous is None:
             os.environ.pop("DEMO_CACHE", None)
         else:
             os.environ["DEMO_CACHE"] = previous
-    run_dir = args.run_root / plan.name / "main"
-    print_results(run_dir)
     print(f"\ndemo finished in {time.time() - start:.0f} s", flush=True)
     return 0
 
 
-def results_table(results: dict[str, dict[str, float]]) -> str:
-    """Markdown table: one row per test set, video and frame AUC (%) per branch."""
-    head = ["test set"] + [f"{b} {lvl} AUC" for b in BRANCHES for lvl in ("video", "frame")]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in sorted(results):
-        cells = [name]
-        for branch in BRANCHES:
-            for level in ("video_auc", "frame_auc"):
-                value = results[name].get(f"{branch}/{level}")
-                cells.append("—" if value is None else f"{100 * value:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def run_cross_validation(args: argparse.Namespace) -> Path:
+    """``--folds k``: every stage retrained per identity-disjoint fold, test scores pooled;
+    writes ``cv_results.{md,csv}`` (and a W&B summary run) under ``<run-root>/demo-cv``."""
+    pairs = load_splits(args.data_dir / "raw" / "splits")
+    all_pairs = [p for split in ("train", "val", "test") for p in pairs[split]]
+    folds = make_folds(all_pairs, args.folds)
+    root = args.run_root / CV_NAME
+    splits_dirs = [write_fold_splits(f, root / "splits" / f"fold_{i}") for i, f in enumerate(folds)]
+    print(f"[3/3] {args.folds}-fold cross-validation, identity-disjoint "
+          f"({len(all_pairs)} speaker pairs): every stage per fold -> {root}", flush=True)
+    plan = fold_plan(demo_plan(args), splits_dirs, CV_NAME)
+    run_plan(plan, args.run_root, fresh=args.fresh)
+    score_files = [root / f"fold_{i}" / "detector" / SCORES_FILE for i in range(args.folds)]
+    results = set_results(pool_scores(score_files), n_boot=args.bootstrap)
+    table = results_markdown(results)
+    header = (f"DeepfakeMAE demo, {args.folds}-fold identity-disjoint cross-validation: test "
+              f"scores of all folds pooled; AUC % [95% bootstrap CI, {args.bootstrap} resamples "
+              "of whole videos]")
+    (root / "cv_results.md").write_text(f"{header}\n\n{table}\n")
+    write_results_csv(results, root / "cv_results.csv")
+    wandb_dir = log_wandb_summary(results, root, f"{CV_NAME}/summary",
+                                  {"folds": args.folds, "plan": str(PLAN),
+                                   "max_steps": args.max_steps})
+    print(f"\n{header}:\n\n{table}\n\nresults: {root / 'cv_results.md'}, "
+          f"{root / 'cv_results.csv'}", flush=True)
+    if wandb_dir is not None:
+        print(f"W&B summary run: {wandb_dir}", flush=True)
+    return root
 
 
-def print_results(run_dir: Path) -> None:
-    """Print the detector's results table and where the figures and W&B runs are."""
-    results_path = run_dir / "detector" / "results_test.json"
-    results = json.loads(results_path.read_text())
+def print_results(run_dir: Path, n_boot: int = 2000) -> None:
+    """Print the detector's results with bootstrap intervals, and where the figures and W&B
+    runs are."""
+    scores_path = run_dir / "detector" / SCORES_FILE
+    results = set_results(pool_scores([scores_path]), n_boot=n_boot)
     print("\nDeepfakeMAE on the demo set (fused = mean of the Finetuning (F) and Mapping (M) "
-          "branches; video AUC averages a video's frame scores):\n")
-    print(results_table(results))
-    print(f"\nresults: {results_path}")
+          "branches; video AUC averages a video's frame scores). AUC % with a 95% bootstrap "
+          "interval over whole videos; with 2 real and 2 fake test videos per method the "
+          "intervals are wide: `deepfakemae demo --folds 5` (make demo-cv) tests every "
+          "speaker.\n")
+    print(results_markdown(results))
+    print(f"\nresults: {run_dir / 'detector' / 'results_test.json'}, scores: {scores_path}")
     for stage in ("pretrain", "finetune", "mapping", "detector"):
         figures = run_dir / stage / "figures"
         if figures.exists():

@@ -9,6 +9,7 @@ single-process run.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections import defaultdict
@@ -97,6 +98,47 @@ class ScoreBook:
                         for b in branches},
             )
         return out
+
+
+SCORE_COLUMNS = ("test_set", "video_key", "frame_index", "label")
+
+
+def write_scores_csv(scored: dict[str, ScoredSet], path: str | Path) -> Path:
+    """One row per scored frame: test set, video key, frame index, label, one column per branch
+    (fake probability). Written atomically; read back with :func:`read_scores_csv`."""
+    path = Path(path)
+    branches = sorted({b for rows in scored.values() for b in rows.scores})
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*SCORE_COLUMNS, *branches])
+        for name, rows in scored.items():
+            for i, key in enumerate(rows.keys):
+                writer.writerow([name, key, int(rows.frames[i]), int(rows.labels[i]),
+                                 *(f"{rows.scores[b][i]:.6g}" for b in branches)])
+    tmp.replace(path)
+    return path
+
+
+def read_scores_csv(path: str | Path) -> dict[str, ScoredSet]:
+    """The test sets of a ``scores_test.csv`` written by :func:`write_scores_csv`."""
+    path = Path(path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if list(fields[:len(SCORE_COLUMNS)]) != list(SCORE_COLUMNS):
+            raise ValueError(f"{path} is not a scores file (columns {fields}); it is written by "
+                             "`deepfakemae test` as <run dir>/scores_test.csv")
+        branches = fields[len(SCORE_COLUMNS):]
+        rows: dict[str, list[dict]] = defaultdict(list)
+        for row in reader:
+            rows[row["test_set"]].append(row)
+    return {name: ScoredSet(
+        keys=[r["video_key"] for r in items],
+        frames=np.array([int(r["frame_index"]) for r in items], dtype=np.int64),
+        labels=np.array([int(r["label"]) for r in items], dtype=np.int64),
+        scores={b: np.array([float(r[b]) for r in items]) for b in branches})
+        for name, items in rows.items()}
 
 
 def set_metrics(scored: ScoredSet) -> tuple[dict[str, float], dict[str, tuple]]:
@@ -189,7 +231,8 @@ class VideoEvaluation:
             # the run folder itself (RUN_DIR/<stage> in the configs), whatever the logger
             out = Path(trainer.default_root_dir) / "results_test.json"
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=2, sort_keys=True))
+            write_scores_csv(scored, out.with_name("scores_test.csv"))
+            out.write_text(json.dumps(results, indent=2, sort_keys=True))  # last: marks done
             plotted = {f"{s}/{b}": c for s, cs in curves_by_set.items() for b, c in cs.items()
                        if not math.isnan(c[2])}
             if plotted:

@@ -1,0 +1,171 @@
+"""Identity-disjoint k-fold cross-validation of the whole method, and pooled results with
+bootstrap confidence intervals.
+
+Folds are built from FF++-style id pairs (a pair owns two identities, their reals and the fakes
+made between them): the pairs are dealt round-robin into ``k`` groups; fold ``i`` tests on group
+``i``, validates (checkpoint choice, early stopping) on group ``i-1`` and trains every stage —
+stage 1 included — on the rest. Every identity is a test identity exactly once, and no identity
+of a fold's test or validation group is seen in its training.
+
+Each fold is a variant of a plan run by :func:`deepfakemae.experiments.run_plan` (so a rerun
+resumes), with ``--data.init_args.splits_dir`` pointing at the fold's split files. The detector's
+per-frame test scores (``scores_test.csv``) of all folds are pooled per test set and AUCs are
+reported with 95% bootstrap intervals that resample whole videos
+(:func:`deepfakemae.metrics.bootstrap_auc`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from deepfakemae.experiments import STAGES, Plan
+from deepfakemae.metrics import Interval, bootstrap_auc
+from deepfakemae.modules.evaluation import ScoredSet, read_scores_csv
+
+Pair = tuple[str, str]
+BRANCHES = ("fused", "F", "M")
+LEVELS = ("video", "frame")
+SCORES_FILE = "scores_test.csv"
+
+
+def make_folds(pairs: list[Pair], k: int) -> list[dict[str, list[Pair]]]:
+    """``k`` identity-disjoint folds over ``pairs``: ``{"train", "val", "test"}`` pair lists each.
+
+    Fold ``i`` tests group ``i`` and validates on group ``i-1`` (groups are the pairs dealt
+    round-robin); each pair is in exactly one fold's test split.
+    """
+    if k < 3:
+        raise ValueError(f"cross-validation needs at least 3 folds (test, validation and "
+                         f"training groups), got {k}")
+    if len(pairs) < k:
+        raise ValueError(f"{k} folds need at least {k} id pairs, got {len(pairs)}")
+    groups = [pairs[i::k] for i in range(k)]
+    folds = []
+    for i in range(k):
+        val = (i - 1) % k
+        train = [p for g, group in enumerate(groups) if g not in (i, val) for p in group]
+        folds.append({"train": train, "val": list(groups[val]), "test": list(groups[i])})
+    return folds
+
+
+def write_fold_splits(fold: dict[str, list[Pair]], directory: Path) -> Path:
+    """Write a fold as FF++-format split files ``train/val/test.json`` in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, pairs in fold.items():
+        (directory / f"{split}.json").write_text(json.dumps([list(p) for p in pairs]))
+    return directory
+
+
+def fold_plan(base: Plan, splits_dirs: list[Path], name: str) -> Plan:
+    """``base``'s first variant once per fold (variants ``fold_0`` ...), every stage reading its
+    fold's splits (``--data.init_args.splits_dir``)."""
+    template = next(iter(base.variants.values()))
+    variants = {}
+    for i, splits in enumerate(splits_dirs):
+        override = {"data": {"init_args": {"splits_dir": str(splits.resolve())}}}
+        variants[f"fold_{i}"] = {
+            stage: dataclasses.replace(template[stage], args={**template[stage].args, **override})
+            if template[stage].reuse is None else template[stage] for stage in STAGES}
+    resolved = {**base.resolved, "name": name,
+                "variants": {v: {s: {"args": spec.args} for s, spec in stages.items()}
+                             for v, stages in variants.items()}}
+    return dataclasses.replace(base, name=name, variants=variants, resolved=resolved)
+
+
+def _merge_sets(parts: list[ScoredSet]) -> ScoredSet:
+    branches = sorted(set.intersection(*(set(p.scores) for p in parts)))
+    return ScoredSet(keys=[k for p in parts for k in p.keys],
+                     frames=np.concatenate([p.frames for p in parts]),
+                     labels=np.concatenate([p.labels for p in parts]),
+                     scores={b: np.concatenate([p.scores[b] for p in parts]) for b in branches})
+
+
+def pool_scores(score_files: list[Path]) -> dict[str, ScoredSet]:
+    """The test sets of several ``scores_test.csv`` files, concatenated per set name."""
+    parts: dict[str, list[ScoredSet]] = {}
+    for path in score_files:
+        for name, scored in read_scores_csv(path).items():
+            parts.setdefault(name, []).append(scored)
+    return {name: _merge_sets(sets) for name, sets in sorted(parts.items())}
+
+
+@dataclasses.dataclass
+class SetResult:
+    """Pooled AUCs of one test set: ``auc[(branch, level)]`` with intervals, and its size."""
+
+    name: str
+    num_real: int
+    num_fake: int
+    auc: dict[tuple[str, str], Interval]
+
+
+def set_results(scored: dict[str, ScoredSet], n_boot: int = 2000, seed: int = 0
+                ) -> list[SetResult]:
+    """AUC with a 95% video-resampling bootstrap interval per set, branch and level."""
+    out = []
+    for name, rows in scored.items():
+        video_labels = dict(zip(rows.keys, rows.labels.tolist(), strict=True))
+        num_fake = sum(video_labels.values())
+        auc = {(branch, level): bootstrap_auc(rows.scores[branch], rows.labels, rows.keys,
+                                              level=level, n_boot=n_boot, seed=seed)
+               for branch in BRANCHES if branch in rows.scores for level in LEVELS}
+        out.append(SetResult(name, len(video_labels) - num_fake, num_fake, auc))
+    return out
+
+
+def results_markdown(results: list[SetResult]) -> str:
+    """Markdown table: one row per test set, AUC (%) [95% CI] per branch and level."""
+    cols = [(b, lvl) for lvl in LEVELS for b in BRANCHES]
+    head = ["test set", "videos (real/fake)"] + [f"{b} {lvl} AUC" for b, lvl in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r.name, f"{r.num_real}/{r.num_fake}"]
+        cells += [r.auc[c].format() if c in r.auc else "—" for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results_csv(results: list[SetResult], path: Path) -> Path:
+    """Long-format CSV: test set, branch, level, auc, ci_low, ci_high, videos per class."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["test_set", "branch", "level", "auc", "ci_low", "ci_high",
+                         "num_real_videos", "num_fake_videos"])
+        for r in results:
+            for (branch, level), iv in r.auc.items():
+                writer.writerow([r.name, branch, level, f"{iv.value:.4f}", f"{iv.low:.4f}",
+                                 f"{iv.high:.4f}", r.num_real, r.num_fake])
+    return path
+
+
+def log_wandb_summary(results: list[SetResult], run_dir: Path, name: str, config: dict) -> Path | None:
+    """One W&B run (offline unless logged in; ``WANDB_MODE`` honoured) holding the pooled table
+    and each AUC with its interval as summary values. Returns the run folder."""
+    import wandb  # heavy: imported when a summary is written
+
+    from deepfakemae.loggers import wandb_logged_in
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    if mode == "disabled":
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project="deepfakemae", name=name, group=name, job_type="cv-summary",
+                     dir=str(run_dir), mode=mode, config=config, reinit="finish_previous")
+    table = wandb.Table(columns=["test_set", "branch", "level", "auc", "ci_low", "ci_high",
+                                 "num_real_videos", "num_fake_videos"])
+    for r in results:
+        for (branch, level), iv in r.auc.items():
+            table.add_data(r.name, branch, level, iv.value, iv.low, iv.high, r.num_real,
+                           r.num_fake)
+            run.summary[f"{r.name}/{branch}/{level}_auc"] = iv.value
+            run.summary[f"{r.name}/{branch}/{level}_auc_ci"] = [iv.low, iv.high]
+    run.log({"cv/results": table})
+    folder = Path(run.dir).parent
+    run.finish()
+    return folder

@@ -1,0 +1,193 @@
+"""Cross-validation: identity-disjoint folds, split overrides, paired sampling, pooled AUCs with
+bootstrap intervals checked against a hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from data_modules import BalancedRealFakeSampler, DeepfakeDataModule, SourceSpec, select_videos
+from data_modules.indexes.ffpp import key_split, split_owner, target_real_key
+from deepfakemae.crossval import (
+    fold_plan,
+    make_folds,
+    pool_scores,
+    results_markdown,
+    set_results,
+    write_fold_splits,
+)
+from deepfakemae.experiments import load_plan
+from deepfakemae.metrics import bootstrap_auc, weighted_auc
+from deepfakemae.modules.evaluation import ScoredSet, read_scores_csv, write_scores_csv
+
+PAIRS = [("000", "001"), ("002", "003"), ("004", "005"), ("006", "007"), ("008", "009")]
+
+
+def _ids(pairs) -> set[str]:
+    return {i for p in pairs for i in p}
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_folds_are_identity_disjoint_and_test_every_pair_once(k):
+    folds = make_folds(PAIRS, k)
+    assert len(folds) == k
+    tested = [p for f in folds for p in f["test"]]
+    assert sorted(tested) == sorted(PAIRS)  # every pair is a test pair exactly once
+    for fold in folds:
+        train, val, test = (_ids(fold[s]) for s in ("train", "val", "test"))
+        assert train and val and test
+        assert not (train & val) and not (train & test) and not (val & test)
+        assert train | val | test == _ids(PAIRS)
+    with pytest.raises(ValueError, match="at least 3 folds"):
+        make_folds(PAIRS, 2)
+    with pytest.raises(ValueError, match="at least 6 id pairs"):
+        make_folds(PAIRS, 6)
+
+
+def test_key_split_and_target_of_ffpp_keys():
+    owner = split_owner({"train": [("000", "001")], "test": [("002", "003")]})
+    assert key_split("ffpp/c23/real/002", owner) == "test"
+    assert key_split("ffpp/c23/FaceSwap/001_000", owner) == "train"
+    assert key_split("ffpp/c23/FaceSwap/000_002", owner) == "unassigned"  # identities of 2 splits
+    assert key_split("ffpp/c23/real/042", owner) == "unassigned"
+    assert key_split("ffpp/c23/DeepFakeDetection/01_02__walk__ABCD1234", owner) is None
+    assert target_real_key("ffpp/c23/LipsSwap/003_002") == "ffpp/c23/real/003"
+    assert target_real_key("ffpp/c23/real/003") is None
+
+
+@pytest.fixture(scope="module")
+def pair_cache(make_face_cache, tmp_path_factory):
+    """FF++-layout cache of 3 pairs (6 reals, 2 fakes per pair and method), all recorded as
+    `train`; reals and fakes have the same length, as FF++ fakes have their target's."""
+    videos = []
+    for a, b in PAIRS[:3]:
+        for vid in (a, b):
+            videos.append({"key": f"ffpp/c23/real/{vid}", "label": 0, "dataset": "ffpp",
+                           "method": "real", "split": "train", "frames": 6})
+        for method in ("FaceSwap", "Deepfakes"):
+            for t, s in ((a, b), (b, a)):
+                videos.append({"key": f"ffpp/c23/{method}/{t}_{s}", "label": 1,
+                               "dataset": "ffpp", "method": method, "split": "train",
+                               "frames": 6})
+    return make_face_cache(tmp_path_factory.mktemp("pair_cache"), videos, size=32)
+
+
+def test_splits_dir_reassigns_the_recorded_splits(pair_cache, tmp_path):
+    fold = make_folds(PAIRS[:3], 3)[1]
+    splits = write_fold_splits(fold, tmp_path / "fold_1")
+    spec = SourceSpec("t", str(pair_cache), "ffpp", "test")
+    with pytest.raises(Exception, match="split='test'"):
+        select_videos(spec)  # recorded: all train
+    test_ids = _ids(fold["test"])
+    keys = [v.key for v in select_videos(spec, splits)]
+    assert len(keys) == 2 + 4 and all(set(k.rsplit("/", 1)[1].split("_")) <= test_ids
+                                      for k in keys)
+    train = select_videos(SourceSpec("t", str(pair_cache), "ffpp", "train"), splits)
+    assert not {i for v in train for i in v.key.rsplit("/", 1)[1].split("_")} & test_ids
+    dm = DeepfakeDataModule(train=[SourceSpec("t", str(pair_cache), "ffpp", "train")],
+                            test=[spec], splits_dir=str(splits), img_size=32)
+    dm.setup("test")
+    assert sorted(v.key for v in dm.test_datasets[0].videos) == sorted(keys)
+
+
+def test_paired_sampler_puts_each_fake_beside_its_target_at_the_same_frame(pair_cache):
+    dm = DeepfakeDataModule(train=[SourceSpec("t", str(pair_cache), "ffpp", "train")],
+                            mode="clip", clip_len=2, balanced=True, paired=True,
+                            samples_per_video=3, img_size=32, augment=False, batch_size=4)
+    dm.setup("fit")
+    ds, sampler = dm.train_dataset, dm.train_sampler()
+    assert isinstance(sampler, BalancedRealFakeSampler) and sampler.paired
+    order = np.asarray(list(sampler))
+    videos = ds.video_of[order].reshape(-1, 2)
+    positions = ds.positions[order].reshape(-1, 2, 2)  # (pairs, member, T)
+    for (v0, v1), pos in zip(videos, positions, strict=True):
+        (real, r_pos), (fake, f_pos) = sorted([(v0, pos[0]), (v1, pos[1])],
+                                              key=lambda x: ds.videos[x[0]].label)
+        assert ds.videos[real].label == 0 and ds.videos[fake].label == 1
+        assert ds.videos[real].key == target_real_key(ds.videos[fake].key)
+        assert (r_pos == f_pos).all()
+    with pytest.raises(Exception, match="balanced=True"):
+        DeepfakeDataModule(train=[SourceSpec("t", str(pair_cache))], paired=True)
+
+
+def _pairwise_auc(pos: list[float], neg: list[float]) -> float:
+    wins = [1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg]
+    return sum(wins) / len(wins)
+
+
+def test_weighted_auc_matches_pairwise_counting():
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.random(40), 1)  # many ties
+    labels = rng.integers(0, 2, 40)
+    weights = rng.integers(0, 3, 40)
+    pos = [s for s, y, w in zip(scores, labels, weights, strict=True) if y == 1 for _ in range(w)]
+    neg = [s for s, y, w in zip(scores, labels, weights, strict=True) if y == 0 for _ in range(w)]
+    assert weighted_auc(scores, labels, weights) == pytest.approx(_pairwise_auc(pos, neg))
+    assert math.isnan(weighted_auc([0.1, 0.2], [1, 1]))
+
+
+def _fixed_scores() -> ScoredSet:
+    # videos r0, r1 real; f0, f1 fake; two frames each
+    keys = ["r0", "r0", "r1", "r1", "f0", "f0", "f1", "f1"]
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.3, 0.6, 0.8, 0.4, 0.6, 0.9, 0.7])
+    return ScoredSet(keys=keys, frames=np.arange(8), labels=labels, scores={"fused": scores})
+
+
+def test_bootstrap_interval_matches_a_hand_computation():
+    s = _fixed_scores()
+    # video means: r0 .2, r1 .7, f0 .5, f1 .8 -> pairs (f0>r0, f0<r1, f1>r0, f1>r1) = 3/4
+    video = bootstrap_auc(s.scores["fused"], s.labels, s.keys, level="video", n_boot=300, seed=7)
+    assert video.value == pytest.approx(0.75)
+    # frames: 16 real/fake pairs, 11 wins + 1 tie (0.6 vs 0.6) -> 11.5 / 16
+    frame = bootstrap_auc(s.scores["fused"], s.labels, s.keys, level="frame", n_boot=300, seed=7)
+    assert frame.value == pytest.approx(11.5 / 16)
+    # the same resamples by hand: draw 2 of the 2 reals and 2 of the 2 fakes with replacement
+    rng = np.random.default_rng(7)
+    means = {"r0": 0.2, "r1": 0.7, "f0": 0.5, "f1": 0.8}
+    frames = {k: [x for kk, x in zip(s.keys, s.scores["fused"], strict=True) if kk == k]
+              for k in means}
+    video_stats, frame_stats = [], []
+    for _ in range(300):
+        reals = [["r0", "r1"][i] for i in rng.integers(0, 2, 2)]
+        fakes = [["f0", "f1"][i] for i in rng.integers(0, 2, 2)]
+        video_stats.append(_pairwise_auc([means[f] for f in fakes], [means[r] for r in reals]))
+        frame_stats.append(_pairwise_auc([x for f in fakes for x in frames[f]],
+                                         [x for r in reals for x in frames[r]]))
+    for interval, stats in ((video, video_stats), (frame, frame_stats)):
+        low, high = np.quantile(stats, [0.025, 0.975])
+        assert (interval.low, interval.high) == pytest.approx((low, high))
+        assert interval.low <= interval.value <= interval.high
+
+
+def test_scores_are_pooled_across_folds(tmp_path):
+    s = _fixed_scores()
+    half = [ScoredSet(keys=s.keys[i:i + 4], frames=s.frames[i:i + 4], labels=s.labels[i:i + 4],
+                      scores={"fused": s.scores["fused"][i:i + 4]}) for i in (0, 4)]
+    # fold 0 scored the reals, fold 1 the fakes: only the pooled set has both classes
+    files = [write_scores_csv({"Swap": h}, tmp_path / f"fold_{i}.csv") for i, h in enumerate(half)]
+    back = read_scores_csv(files[0])["Swap"]
+    assert back.keys == s.keys[:4] and np.allclose(back.scores["fused"], s.scores["fused"][:4])
+    pooled = pool_scores(files)
+    results = set_results(pooled, n_boot=100)
+    assert [(r.name, r.num_real, r.num_fake) for r in results] == [("Swap", 2, 2)]
+    assert results[0].auc[("fused", "video")].value == pytest.approx(0.75)
+    table = results_markdown(results)
+    assert "| Swap | 2/2 | 75.0 [" in table
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a scores file"):
+        read_scores_csv(other)
+
+
+def test_fold_plan_gives_every_stage_its_fold_splits(tmp_path):
+    base = load_plan("experiments/demo/plan.yaml", demo=True)
+    dirs = [tmp_path / f"fold_{i}" for i in range(3)]
+    plan = fold_plan(base, dirs, "demo-cv")
+    assert plan.name == "demo-cv" and list(plan.variants) == ["fold_0", "fold_1", "fold_2"]
+    for name, stages in plan.variants.items():
+        expected = str((tmp_path / name).resolve())
+        for spec in stages.values():
+            assert spec.args["data"]["init_args"]["splits_dir"] == expected
