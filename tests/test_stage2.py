@@ -259,3 +259,26 @@ def test_masked_target_takes_masking_from_stage1(lips_stage1):
     plain.setup("fit")
     assert plain.hparams.target == "unmasked" and plain._masker is None
     assert plain.hparams.mask_strategy is None
+
+
+def test_paper_configs_follow_the_paper_and_the_demo_stays_offline():
+    import yaml
+
+    def init_args(path: Path, section: str) -> dict:
+        return yaml.safe_load(path.read_text())[section]["init_args"]
+
+    assert init_args(EXP / "pretrain.yaml", "data")["augment"] is False  # §4.1 names none
+    mapping = init_args(EXP / "mapping.yaml", "model")
+    assert mapping["target"] == "unmasked"  # §4.1: faces "without mask patches"
+    assert mapping["pretrained_backbone"] is True
+    assert not {"mask_strategy", "mask_ratio", "part_variant"} & set(mapping)  # stage 1 decides
+    assert init_args(EXP / "demo" / "mapping.yaml", "model")["pretrained_backbone"] is False
+
+
+def test_cli_rejects_unknown_mapping_target(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(EXP / "mapping.yaml"), *RANDOM_INIT,
+              "--model.init_args.target=pixels", "--print_config"])
+    assert exit_info.value.code != 0  # --print_config alone would exit 0
+    err = capsys.readouterr().err
+    assert "target" in err and "pixels" in err
