@@ -4,9 +4,11 @@ One outer step, given a meta-train batch, a meta-test batch and a reference batc
 
 1. Inner loop: ``K`` plain SGD steps on functional copies of the parameters,
    ``θ_k = θ_{k-1} - α ∇ L_train(θ_{k-1})``, where ``L = λcls·BCE + λmse·MSE`` on the meta-train batch.
-2. Selection: after every inner step the accuracy on ``T_ref`` is measured (no grad); the step with
-   the highest accuracy is kept (ties → the earliest step, i.e. the smallest departure from ``θ``).
-   Only steps 1..K are candidates: the paper selects among gradient steps.
+2. Selection: after every inner step the accuracy and the loss on ``T_ref`` are measured (no grad);
+   the step with the highest accuracy is kept (paper §3.2.2). Accuracy on a few dozen samples moves
+   in coarse steps, so ties are broken by the lower ``T_ref`` loss, and a remaining tie by the
+   earliest step (the smallest departure from ``θ``). Only steps 1..K are candidates: the paper
+   selects among gradient steps.
 3. Meta-train term: ``L(θ_sel)`` on the meta-train batch.
 4. Meta-test term: ``L(θ_sel)`` on the meta-test batch concatenated with a meta-train batch, shuffled.
 5. Outer loss = meta-train term + meta-test term (eq. (1)); it carries a graph back to ``θ``.
@@ -132,6 +134,7 @@ class MetaStepResult:
         meta_test_loss: ``L(θ_sel)`` on the shuffled meta-test ∪ meta-train batch.
         selected_step: number of inner updates in the selected parameters (1..K).
         ref_accuracies: accuracy on ``T_ref`` after each inner step (length K).
+        ref_losses: loss on ``T_ref`` after each inner step (length K, floats; breaks accuracy ties).
         inner_losses: meta-train loss before each inner update (length K, floats).
         meta_train_parts / meta_test_parts: the loss components returned by ``loss_fn`` (detached).
         selected_params: the selected fast parameters (graph attached).
@@ -142,6 +145,7 @@ class MetaStepResult:
     meta_test_loss: Tensor
     selected_step: int
     ref_accuracies: list[float]
+    ref_losses: list[float]
     inner_losses: list[float]
     meta_train_parts: dict[str, Tensor] = field(default_factory=dict)
     meta_test_parts: dict[str, Tensor] = field(default_factory=dict)
@@ -155,6 +159,7 @@ class MetaStepResult:
             f"{prefix}test_loss": float(self.meta_test_loss.detach()),
             f"{prefix}selected_step": float(self.selected_step),
             f"{prefix}ref_acc": self.ref_accuracies[self.selected_step - 1],
+            f"{prefix}ref_loss": self.ref_losses[self.selected_step - 1],
         }
         out.update({f"{prefix}train_{k}": float(v) for k, v in self.meta_train_parts.items()})
         out.update({f"{prefix}test_{k}": float(v) for k, v in self.meta_test_parts.items()})
@@ -162,6 +167,7 @@ class MetaStepResult:
 
 
 def _split_loss(value: Tensor | tuple[Tensor, dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
+    """``loss_fn``'s result as ``(loss, detached parts)``."""
     if isinstance(value, tuple):
         loss, parts = value
         return loss, {k: v.detach() for k, v in parts.items()}
@@ -197,7 +203,10 @@ def meta_step(
         params: ``dict(model.named_parameters())`` (the outer parameters θ, requires_grad).
         buffers: ``dict(model.named_buffers())`` (the real buffers; see ``update_running_stats``).
         meta_train_batch / meta_test_batch / ref_batch: batch dicts; ``model(batch[input_key])``.
-        loss_fn: ``loss_fn(outputs, batch) -> loss`` or ``(loss, parts)``, e.g. :class:`MappingLoss`.
+            ``ref_batch`` (T_ref) should hold samples of its own (see
+            :func:`deepfakemae.modules.mapping.meta_split`).
+        loss_fn: ``loss_fn(outputs, batch) -> loss`` or ``(loss, parts)``, e.g. :class:`MappingLoss`;
+            also scores ``T_ref`` to break accuracy ties.
         inner_steps: K ≥ 1 inner SGD steps.
         inner_lr: inner SGD learning rate α.
         first_order: FOMAML (inner gradients detached) instead of second-order MAML.
@@ -219,6 +228,7 @@ def meta_step(
     fast: dict[str, Tensor] = {n: params[n] for n in names}
     candidates: list[dict[str, Tensor]] = []
     ref_acc: list[float] = []
+    ref_loss: list[float] = []
     inner_losses: list[float] = []
     for _ in range(inner_steps):
         loss, _parts = _split_loss(loss_fn(call(fast, scratch, meta_train_batch), meta_train_batch))
@@ -235,9 +245,12 @@ def meta_step(
         fast = new_fast
         candidates.append(fast)
         with torch.no_grad():
-            ref_acc.append(float(accuracy_fn(call(fast, scratch, ref_batch), ref_batch)))
+            ref_out = call(fast, scratch, ref_batch)
+            ref_acc.append(float(accuracy_fn(ref_out, ref_batch)))
+            ref_loss.append(float(_split_loss(loss_fn(ref_out, ref_batch))[0]))
 
-    best = max(range(inner_steps), key=lambda i: (ref_acc[i], -i))  # ties → earliest step
+    # highest accuracy; ties → lowest T_ref loss, then the earliest step
+    best = max(range(inner_steps), key=lambda i: (ref_acc[i], -ref_loss[i], -i))
     selected = candidates[best]
 
     train_loss, train_parts = _split_loss(loss_fn(call(selected, scratch, meta_train_batch), meta_train_batch))
@@ -255,6 +268,7 @@ def meta_step(
         meta_test_loss=test_loss,
         selected_step=best + 1,
         ref_accuracies=ref_acc,
+        ref_losses=ref_loss,
         inner_losses=inner_losses,
         meta_train_parts=train_parts,
         meta_test_parts=test_parts,

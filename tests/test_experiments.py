@@ -133,7 +133,23 @@ def test_table6_wo_meta_and_branch_columns(tmp_path):
     assert _flag(detector, "model.init_args.finetune_checkpoint") == \
         str(tmp_path / "table1/main/finetune/checkpoints/last.ckpt")
     columns = plan.report["blocks"][0]["columns"]
-    assert [c.get("metric") for c in columns] == ["F/auc", "M/auc", None, None]
+    assert [c.get("metric") for c in columns] == ["F/auc", "M/auc", None, None, "M/auc", None]
+
+
+def test_table6_masked_target_retrains_only_the_mapping_network(tmp_path):
+    plan = load_plan(TABLES_DIR / "table6.yaml")
+    jobs = pending_stages(plan, tmp_path, variants=["masked_target"])
+    mine = [(j.table, j.variant, j.stage) for j in jobs if j.table == "table6"]
+    assert mine == [("table6", "masked_target", "mapping"), ("table6", "masked_target", "detector")]
+    mapping = next(j for j in jobs if j.variant == "masked_target" and j.stage == "mapping")
+    assert _flag(mapping, "model.init_args.target") == "masked"
+    # no masking flags: the masked target takes its masking from Table 1's stage-1 checkpoint
+    assert not any(a.startswith("--model.init_args.mask_") for a in mapping.args)
+    assert _flag(mapping, "model.init_args.mae_checkpoint") == \
+        str(tmp_path / "table1/main/pretrain/checkpoints/last.ckpt")
+    columns = {c["label"]: c for c in plan.report["blocks"][0]["columns"]}
+    assert columns["M branch (masked target)"] == {"label": "M branch (masked target)",
+                                                   "variant": "masked_target", "metric": "M/auc"}
 
 
 def test_table5_strategies():
@@ -179,7 +195,8 @@ def test_reused_table_work_is_kept_under_fresh(tmp_path):
     _touch(tmp_path / "table1/main/detector/results_test.json")
     pending = pending_stages(plan, tmp_path, fresh=True)
     assert [(j.table, j.variant, j.stage) for j in pending] == [
-        ("table6", "wo_meta", "mapping"), ("table6", "wo_meta", "detector")]
+        ("table6", "wo_meta", "mapping"), ("table6", "wo_meta", "detector"),
+        ("table6", "masked_target", "mapping"), ("table6", "masked_target", "detector")]
     assert pending_stages(plan, tmp_path, variants=["fused"]) == []
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -146,3 +151,17 @@ def test_classifier_with_project_mae() -> None:
     torch.testing.assert_close(clf.forward_features(clips)[0, 0], tokens[0, 1:].mean(0))
     logits.sum().backward()
     assert mae.blocks[-1].mlp.fc2.weight.grad.abs().sum() > 0
+
+
+def test_imagenet_weights_offline_error_names_the_switch(tmp_path) -> None:
+    """Offline with an empty Hugging Face cache: a clear error, not a stack of hub internals."""
+    code = ("from deepfakemae.models.mapping import MappingNetwork, PretrainedWeightsError\n"
+            "try:\n    MappingNetwork(pretrained=True)\n"
+            "except PretrainedWeightsError as exc:\n    print(exc)\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ImageNet weights for ResNet-18" in out.stdout
+    assert "--model.init_args.pretrained_backbone false" in out.stdout

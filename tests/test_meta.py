@@ -52,7 +52,8 @@ def _push_bias_up(outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         # b_k = k, decision "fake" iff x > -k
         ([-1.5, -2.5, -0.5], [1, 0, 1], [2 / 3, 1.0, 2 / 3, 2 / 3], 2),
         ([-2.5, -3.5], [1, 0], [0.5, 0.5, 1.0, 0.5], 3),
-        ([-0.5], [1], [1.0, 1.0, 1.0, 1.0], 1),  # ties → earliest step
+        # accuracy ties → lowest T_ref loss (-(x + b_k) falls with k): the last step
+        ([-0.5], [1], [1.0, 1.0, 1.0, 1.0], 4),
     ],
 )
 def test_selects_step_with_best_ref_accuracy(ref_x, ref_y, expected_acc, expected_step) -> None:
@@ -69,6 +70,34 @@ def test_selects_step_with_best_ref_accuracy(ref_x, ref_y, expected_acc, expecte
     assert res.inner_losses == pytest.approx([0.0, -1.0, -2.0, -3.0])
     # meta-train term uses the selected parameters: -b_sel
     assert res.meta_train_loss.item() == pytest.approx(-float(expected_step))
+
+
+def _bias_up_then_ref_distance(outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+    # meta-train: -b as above; T_ref (has "center"): squared distance of the logits from it
+    if "center" in batch:
+        return ((outputs - batch["center"]) ** 2).mean()
+    return -outputs.mean()
+
+
+@pytest.mark.parametrize(
+    "center, expected_losses, expected_step",
+    [
+        (3.5, [9.0, 4.0, 1.0, 0.0], 4),  # equal accuracy → the lowest T_ref loss wins
+        (2.0, [2.25, 0.25, 0.25, 2.25], 2),  # equal accuracy and loss → the earliest step
+    ],
+)
+def test_ref_accuracy_tie_is_broken_by_ref_loss(center, expected_losses, expected_step) -> None:
+    model = _Line()
+    params, buffers = _params_buffers(model)
+    # logits on T_ref are b_k - 0.5 = k - 0.5 > 0: every step classifies T_ref perfectly
+    ref = dict(_batch([-0.5, -0.5], [1, 1]), center=torch.full((2,), center))
+    res = meta_step(model, params, buffers, _batch([0.0, 0.0], [1, 1]), _batch([0.0], [0]), ref,
+                    _bias_up_then_ref_distance, inner_steps=4, inner_lr=1.0)
+    assert res.ref_accuracies == pytest.approx([1.0] * 4)
+    assert res.ref_losses == pytest.approx([(k - 0.5 - center) ** 2 for k in range(1, 5)])
+    assert res.ref_losses == pytest.approx(expected_losses)
+    assert res.selected_step == expected_step
+    assert res.log_dict()["meta/ref_loss"] == pytest.approx(expected_losses[expected_step - 1])
 
 
 # ----------------------------------------------------------------------------- eq. (1) and reference unroll
@@ -95,21 +124,22 @@ def _map_batch(g: torch.Generator, n: int, label: int) -> dict:
     }
 
 
-def _reference_unroll(model, train, test, ref, loss_fn, k, lr, sel_perm):
+def _reference_unroll(model, train, test, ref, mix, loss_fn, k, lr, sel_perm):
     """Plain autograd MAML with the same selection rule, written independently of meta_step."""
     theta = dict(model.named_parameters())
-    fast, cands, accs = theta, [], []
+    fast, cands, accs, ref_losses = theta, [], [], []
     for _ in range(k):
         loss, _ = loss_fn(functional_call(model, fast, (train["image"],)), train)
         grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
         fast = {n: p - lr * g for (n, p), g in zip(fast.items(), grads, strict=True)}
         cands.append(fast)
-        logit, _ = functional_call(model, fast, (ref["image"],))
-        accs.append(((logit > 0).long() == ref["label"]).double().mean().item())
-    best = max(range(k), key=lambda i: (accs[i], -i))
+        out = functional_call(model, fast, (ref["image"],))
+        accs.append(((out[0] > 0).long() == ref["label"]).double().mean().item())
+        ref_losses.append(loss_fn(out, ref)[0].item())
+    best = max(range(k), key=lambda i: (accs[i], -ref_losses[i], -i))
     sel = cands[best]
     l_tr, _ = loss_fn(functional_call(model, sel, (train["image"],)), train)
-    mixed = {key: torch.cat([test[key], train[key]])[sel_perm] for key in ("image", "label", "map_target")}
+    mixed = {key: torch.cat([test[key], mix[key]])[sel_perm] for key in ("image", "label", "map_target")}
     l_te, _ = loss_fn(functional_call(model, sel, (mixed["image"],)), mixed)
     return l_tr, l_te, best + 1
 
@@ -122,19 +152,20 @@ def test_outer_loss_is_sum_of_terms_and_matches_reference(first_order: bool) -> 
     train = concat_batches(_map_batch(g, 3, 0), _map_batch(g, 3, 1))
     test = concat_batches(_map_batch(g, 2, 0), _map_batch(g, 2, 1))
     ref = concat_batches(_map_batch(g, 4, 0), _map_batch(g, 4, 1))
+    mix = concat_batches(_map_batch(g, 2, 0), _map_batch(g, 2, 1))  # meta-train domain, own samples
     loss_fn = MappingLoss(lambda_cls=1.0, lambda_mse=0.5)
     params, buffers = _params_buffers(model)
     res = meta_step(
         model, params, buffers, train, test, ref, loss_fn, inner_steps=3, inner_lr=0.5,
-        first_order=first_order, generator=torch.Generator().manual_seed(7),
+        first_order=first_order, mix_batch=mix, generator=torch.Generator().manual_seed(7),
     )
     torch.testing.assert_close(res.loss, res.meta_train_loss + res.meta_test_loss)
     assert set(res.meta_train_parts) == {"cls", "mse"} and set(res.meta_test_parts) == {"cls", "mse"}
     torch.testing.assert_close(
         res.meta_test_loss, loss_fn.lambda_cls * res.meta_test_parts["cls"] + 0.5 * res.meta_test_parts["mse"]
     )
-    perm = torch.randperm(10, generator=torch.Generator().manual_seed(7))
-    l_tr, l_te, step = _reference_unroll(model, train, test, ref, loss_fn, 3, 0.5, perm)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(7))
+    l_tr, l_te, step = _reference_unroll(model, train, test, ref, mix, loss_fn, 3, 0.5, perm)
     assert res.selected_step == step
     torch.testing.assert_close(res.meta_train_loss, l_tr)
     torch.testing.assert_close(res.meta_test_loss, l_te)

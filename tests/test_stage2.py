@@ -24,6 +24,7 @@ EXP = REPO / "experiments"
 SMALL = ["--data.init_args.img_size=64", "--data.init_args.num_workers=0",
          "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.logger=false",
          "--trainer.enable_progress_bar=false"]
+RANDOM_INIT = ["--model.init_args.pretrained_backbone=false"]  # no ImageNet download in tests
 
 
 def eval_sets(cache_dir: Path) -> str:
@@ -51,8 +52,9 @@ def trained(tmp_path_factory, ffpp_cache, celebdf_cache):
                      "--model.init_args.preset=mae_vit_micro", "--data.init_args.batch_size=4"]) == 0
         assert main(["fit", "-c", str(EXP / "finetune.yaml"), *SMALL, "--trainer.max_steps=2",
                      "--data.init_args.batch_size=4", eval_sets(cache_dir)]) == 0
-        assert main(["fit", "-c", str(EXP / "mapping.yaml"), *SMALL, "--trainer.max_steps=2",
-                     "--data.init_args.batch_size=8", "--model.init_args.image_log_every_n_steps=1",
+        assert main(["fit", "-c", str(EXP / "mapping.yaml"), *SMALL, *RANDOM_INIT,
+                     "--trainer.max_steps=2", "--data.init_args.batch_size=8",
+                     "--model.init_args.image_log_every_n_steps=1",
                      eval_sets(cache_dir)]) == 0
         yield root
     finally:
@@ -129,19 +131,64 @@ def test_detector_reports_every_branch_and_ddp_matches_single_process(trained):
             assert double[name][key] == pytest.approx(single[name][key], abs=1e-9)
 
 
-def test_meta_split_separates_domains_and_keeps_both_classes():
-    labels = torch.tensor([0] * 8 + [1] * 8)
-    domains = torch.tensor([0] * 8 + [1, 1, 2, 2, 3, 3, 4, 4])
-    batch = {"label": labels, "domain": domains, "image": torch.arange(16.0)[:, None],
-             "video_key": [f"v{i}" for i in range(16)]}
-    train, test, ref = meta_split(batch, np.random.default_rng(0))
-    fake_train = set(train["domain"][train["label"] == 1].tolist())
-    fake_test = set(test["domain"][test["label"] == 1].tolist())
-    assert len(fake_test) == 1 and not fake_train & fake_test
-    for part in (train, test, ref):
+def _meta_batch(real_videos: int, frames_per_real: int, fakes_per_domain: int,
+                domains: tuple[int, ...] = (1, 2, 3, 4)) -> dict:
+    """A balanced batch dict; real videos contribute several frames, fakes one each."""
+    keys, frames, labels, doms = [], [], [], []
+    for v in range(real_videos):
+        for f in range(frames_per_real):
+            keys.append(f"ffpp/real/{v:03d}"), frames.append(7 * f), labels.append(0), doms.append(0)
+    for d in domains:
+        for v in range(fakes_per_domain):
+            keys.append(f"ffpp/m{d}/{v:03d}"), frames.append(3), labels.append(1), doms.append(d)
+    n = len(keys)
+    return {"label": torch.tensor(labels), "domain": torch.tensor(doms),
+            "image": torch.arange(float(n))[:, None], "video_key": keys,
+            "frame_index": torch.tensor(frames)}
+
+
+def _sample_keys(part: dict) -> list[tuple[str, int]]:
+    return list(zip(part["video_key"], part["frame_index"].tolist(), strict=True))
+
+
+def test_meta_split_gives_four_disjoint_parts():
+    """Paper §3.2.2: the meta-test term mixes meta-test with *another* meta-train-domain batch."""
+    batch = _meta_batch(real_videos=16, frames_per_real=2, fakes_per_domain=8)  # 64 samples
+    for seed in range(5):
+        split = meta_split(batch, np.random.default_rng(seed))
+        parts = {"train": split.train, "ref": split.ref, "mix": split.mix, "test": split.test}
+        keys = {name: _sample_keys(p) for name, p in parts.items()}
+        assert sorted(sum(keys.values(), [])) == sorted(_sample_keys(batch))  # a partition
+        videos = {name: {k for k, _ in ks} for name, ks in keys.items()}
+        names = list(parts)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                assert not videos[a] & videos[b], (a, b)  # no video (hence no sample) shared
+        test_domains = set(split.test["domain"][split.test["label"] == 1].tolist())
+        assert len(test_domains) == 1
+        for name in ("train", "ref", "mix"):
+            part = parts[name]
+            assert set(part["label"].tolist()) == {0, 1}
+            assert not test_domains & set(part["domain"][part["label"] == 1].tolist())
+        # mix: as many samples per class as meta-test; the rest halved into T_ref and the inner batch
+        for label in (0, 1):
+            assert (split.mix["label"] == label).sum() == (split.test["label"] == label).sum() == 8
+            assert (split.ref["label"] == label).sum() == (split.train["label"] == label).sum() == 8
+
+
+def test_meta_split_single_domain_and_tiny_batches():
+    one = meta_split(_meta_batch(10, 1, 10, domains=(1,)), np.random.default_rng(0))
+    assert (one.test["label"] == 1).sum() == 2  # cross-manipulation protocol: fakes split 8:2
+    assert not set(_sample_keys(one.mix)) & set(_sample_keys(one.train))
+    # two videos per class: T_ref gets its own samples, the mix batch falls back to the inner batch
+    small = meta_split(_meta_batch(3, 1, 1, domains=(1, 2, 3)), np.random.default_rng(0))
+    assert not set(_sample_keys(small.ref)) & set(_sample_keys(small.train))
+    assert _sample_keys(small.mix) == _sample_keys(small.train)
+    for part in small:
         assert set(part["label"].tolist()) == {0, 1}
-    used = train["video_key"] + test["video_key"] + ref["video_key"]
-    assert sorted(used) == sorted(batch["video_key"])  # a partition of the batch
+    tiny = meta_split(_meta_batch(2, 1, 1, domains=(1, 2)), np.random.default_rng(0))
+    assert _sample_keys(tiny.ref) == _sample_keys(tiny.mix) == _sample_keys(tiny.train)
+    assert meta_split(_meta_batch(1, 4, 1), np.random.default_rng(0)) is None  # one real video
 
 
 def test_mapping_without_meta_learning_trains(trained, monkeypatch):
@@ -150,10 +197,88 @@ def test_mapping_without_meta_learning_trains(trained, monkeypatch):
     monkeypatch.setenv("RUN_DIR", str(trained / "runs_plain"))
     monkeypatch.chdir(trained)
     mae = _ckpt(trained, "pretrain")
-    assert main(["fit", "-c", str(EXP / "mapping.yaml"), *SMALL, "--trainer.max_steps=2",
-                 "--data.init_args.batch_size=8", "--model.init_args.meta_learning=false",
+    assert main(["fit", "-c", str(EXP / "mapping.yaml"), *SMALL, *RANDOM_INIT,
+                 "--trainer.max_steps=2", "--data.init_args.batch_size=8",
+                 "--model.init_args.meta_learning=false",
                  f"--model.init_args.mae_checkpoint={mae}",
                  eval_sets(trained / "cache")]) == 0
     last = trained / "runs_plain" / "mapping" / "checkpoints" / "last.ckpt"
     module = load_module(MappingModule, last, mae_checkpoint=None)
     assert module.hparams.meta_learning is False
+
+
+@pytest.fixture(scope="module")
+def lips_stage1(tmp_path_factory) -> Path:
+    """A stage-1 checkpoint (micro preset) trained one step with lips masking at 25 %."""
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    from deepfakemae.masking import synthetic_landmarks
+    from deepfakemae.modules.pretrain import MAEPretrainModule
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(4, 3, 64, 64, generator=g),
+             "landmarks": synthetic_landmarks(4, 64, generator=g)}
+    module = MAEPretrainModule(preset="mae_vit_micro", mask_strategy="lips", mask_ratio=0.25,
+                               image_log_every_n_steps=0)
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=DataLoader([batch], batch_size=None))
+    path = tmp_path_factory.mktemp("lips") / "stage1.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_masked_target_takes_masking_from_stage1(lips_stage1):
+    """Tables 4 and 5 vary stage 1; a masked Mapping target follows unless told otherwise."""
+    from deepfakemae.masking import FacialPartMasker, synthetic_landmarks
+
+    module = MappingModule(mae_checkpoint=str(lips_stage1), target="masked", map_size=16)
+    module.setup("fit")
+    hp = module.hparams
+    assert (hp.mask_strategy, hp.mask_ratio, hp.part_variant) == ("lips", 0.25, "algorithm1")
+    assert (module._masker.strategy, module._masker.ratio) == ("lips", 0.25)
+    # the target is the MAE's reconstruction under exactly that masking
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    landmarks = synthetic_landmarks(3, 64, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(5)
+    target = module.map_target(images, landmarks)
+    torch.manual_seed(5)
+    mask = FacialPartMasker("lips", 0.25, "algorithm1", 64, 8)(landmarks).mask
+    with torch.no_grad():
+        expected = module._mae.reconstruct(images, mask)
+    expected = torch.nn.functional.interpolate(expected, size=(16, 16), mode="bilinear",
+                                               align_corners=False, antialias=True)
+    torch.testing.assert_close(target, expected)
+    # explicit values override stage 1; the unmasked target (the paper config) uses no masking
+    override = MappingModule(mae_checkpoint=str(lips_stage1), target="masked", mask_ratio=0.75)
+    override.setup("fit")
+    assert (override.hparams.mask_strategy, override.hparams.mask_ratio) == ("lips", 0.75)
+    plain = MappingModule(mae_checkpoint=str(lips_stage1))
+    plain.setup("fit")
+    assert plain.hparams.target == "unmasked" and plain._masker is None
+    assert plain.hparams.mask_strategy is None
+
+
+def test_paper_configs_follow_the_paper_and_the_demo_stays_offline():
+    import yaml
+
+    def init_args(path: Path, section: str) -> dict:
+        return yaml.safe_load(path.read_text())[section]["init_args"]
+
+    assert init_args(EXP / "pretrain.yaml", "data")["augment"] is False  # §4.1 names none
+    mapping = init_args(EXP / "mapping.yaml", "model")
+    assert mapping["target"] == "unmasked"  # §4.1: faces "without mask patches"
+    assert mapping["pretrained_backbone"] is True
+    assert not {"mask_strategy", "mask_ratio", "part_variant"} & set(mapping)  # stage 1 decides
+    assert init_args(EXP / "demo" / "mapping.yaml", "model")["pretrained_backbone"] is False
+
+
+def test_cli_rejects_unknown_mapping_target(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(EXP / "mapping.yaml"), *RANDOM_INIT,
+              "--model.init_args.target=pixels", "--print_config"])
+    assert exit_info.value.code != 0  # --print_config alone would exit 0
+    err = capsys.readouterr().err
+    assert "target" in err and "pixels" in err

@@ -372,7 +372,8 @@ def create_mae(name: str = "mae_vit_base_patch16", **overrides: Any) -> MaskedAu
     return model
 
 
-# paper (§4.1): ViT-B/16 encoder at 224, MAE's 512-d / 8-block decoder
+# paper configs: ViT-B/16 encoder at 224 (§4.1 gives patch 16 and 224; the ViT-B size is ours),
+# MAE's 512-d / 8-block decoder
 register_preset(
     "mae_vit_base_patch16", img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
     decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,

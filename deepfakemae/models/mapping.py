@@ -28,7 +28,33 @@ from torch import Tensor, nn
 
 ClassifierInput = Literal["features", "mapped", "both"]
 
+#: the command-line switch that trains from a random init instead of ImageNet weights
+RANDOM_INIT_SWITCH = "--model.init_args.pretrained_backbone false"
+
 _STAGE_CHANNELS = (64, 128, 256)  # ResNet-18 layer1, layer2, layer3
+
+
+class PretrainedWeightsError(RuntimeError):
+    """timm's ImageNet weights for ResNet-18 could not be obtained (offline, no cached copy)."""
+
+
+def create_resnet18(pretrained: bool) -> nn.Module:
+    """timm's ResNet-18, with its ImageNet weights (``pretrained``) or randomly initialised.
+
+    The weights come from the Hugging Face Hub (``timm/resnet18.a1_in1k``) and are cached under
+    ``HF_HOME``; once cached they load offline (``HF_HUB_OFFLINE=1``). Without them a
+    :class:`PretrainedWeightsError` names the switch to a random init.
+    """
+    if not pretrained:
+        return timm.create_model("resnet18", pretrained=False)
+    try:
+        return timm.create_model("resnet18", pretrained=True)
+    except Exception as exc:  # hub, HTTP and file errors differ by version and platform
+        raise PretrainedWeightsError(
+            f"models/mapping.py: cannot load timm's ImageNet weights for ResNet-18 "
+            f"({type(exc).__name__}: {exc}). Run once with internet access so that they are "
+            f"cached under HF_HOME, or train the Mapping Network from a random init with "
+            f"`{RANDOM_INIT_SWITCH}`") from exc
 
 
 class MappingNetwork(nn.Module):
@@ -36,7 +62,8 @@ class MappingNetwork(nn.Module):
 
     Args:
         pretrained: initialise the ResNet-18 part from timm's ImageNet weights (needs internet or a
-            populated Hugging Face cache the first time). ``False`` gives a random init (tests, offline).
+            populated Hugging Face cache; see :func:`create_resnet18`). ``False`` gives a random
+            init (demo, tests).
         map_size: side of the fused feature map and of the mapped face (paper: 56).
         hidden_channels: output channels of the first mapping convolution (the second has half).
         classifier_input: what the final FC layer sees.
@@ -74,7 +101,7 @@ class MappingNetwork(nn.Module):
         self.map_size = map_size
         self.classifier_input = classifier_input
 
-        resnet = timm.create_model("resnet18", pretrained=pretrained)
+        resnet = create_resnet18(pretrained)
         # stem: first convolution of ResNet-18 (with its BN, ReLU and max-pool), stride 4
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.act1, resnet.maxpool)
         # first three residual stages; layer4 / global_pool / fc of the ResNet are dropped

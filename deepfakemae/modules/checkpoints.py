@@ -49,10 +49,12 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str,
             f"({len(result.unexpected_keys)}); was it written with another preset?")
 
 
-def load_stage1_mae(path: str | Path, preset: str | None = None) -> MaskedAutoencoderViT:
-    """The MAE of a stage-1 (``MAEPretrainModule``) checkpoint, with its own preset by default."""
+def load_stage1(path: str | Path, preset: str | None = None
+                ) -> tuple[MaskedAutoencoderViT, dict]:
+    """The MAE of a stage-1 (``MAEPretrainModule``) checkpoint and the hyper-parameters it was
+    trained with (``preset``, ``mask_strategy``, ``mask_ratio``, ``part_variant``, ...)."""
     ckpt = read_checkpoint(path)
-    hparams = ckpt.get("hyper_parameters", {})
+    hparams = dict(ckpt.get("hyper_parameters", {}))
     preset = preset or hparams.get("preset")
     if preset is None:
         raise CheckpointError(f"{path} records no MAE preset; is it a stage-1 checkpoint? "
@@ -63,7 +65,12 @@ def load_stage1_mae(path: str | Path, preset: str | None = None) -> MaskedAutoen
                               "MAEPretrainModule checkpoint")
     mae = create_mae(preset, norm_pix_loss=bool(hparams.get("norm_pix_loss", False)))
     load_into(mae, state, str(path))
-    return mae
+    return mae, hparams
+
+
+def load_stage1_mae(path: str | Path, preset: str | None = None) -> MaskedAutoencoderViT:
+    """The MAE of a stage-1 (``MAEPretrainModule``) checkpoint, with its own preset by default."""
+    return load_stage1(path, preset)[0]
 
 
 MODULE_TAG = "deepfakemae_module"

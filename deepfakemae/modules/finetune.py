@@ -28,8 +28,9 @@ class FinetuneModule(VideoEvaluation, LightningModule):
 
     Batches are clips (``image`` (B,T,3,H,W)); each frame is encoded, mean-pooled over patch
     tokens (see :class:`~deepfakemae.models.classifier.FinetuneClassifier`), averaged over the T
-    frames and classified. AdamW, lr 1e-3 (paper), warmup + cosine per step. Evaluation scores a
-    clip's fake probability and gives it to each of its frames.
+    frames and classified. AdamW, lr 1e-3 (paper §4.1); weight decay 0.05, warmup + cosine per
+    step and mean-token pooling are ours (docs/DESIGN.md). Evaluation scores a clip's fake
+    probability and gives it to each of its frames.
 
     ``mae_checkpoint``: a stage-1 checkpoint (required for real runs; ``None`` starts from a
     randomly initialised ``preset``, for tests and ablations).

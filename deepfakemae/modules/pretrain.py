@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from lightning.pytorch import LightningModule
 
@@ -11,18 +13,23 @@ from deepfakemae.modules.checkpoints import tag_checkpoint
 from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
 from deepfakemae.visualize import log_image, reconstruction_grid
 
+MaskStrategy = Literal["facial_part", "eyes", "cheek_nose", "lips", "random"]  # Table 5
+PartVariant = Literal["algorithm1", "region"]  # reading of Algorithm 1's bands (docs/DESIGN.md)
+
 
 class MAEPretrainModule(LightningModule):
     """Trains :class:`~deepfakemae.models.mae.MaskedAutoencoderViT` with facial-part masking.
 
     Batches follow the batch contract (``image`` (B,3,H,W), ``landmarks`` (B,68,2)); the
-    datamodule runs in real-only frame mode. Paper defaults: ViT-B/16 at 224, mask ratio 0.5 of
-    the selected part, AdamW lr 1.5e-4, betas (0.9, 0.95), weight decay 0.05 (none on norms,
-    biases, tokens), linear warmup then cosine decay per step.
+    datamodule runs in real-only frame mode. From the paper (§4.1): patch 16 at 224, mask ratio
+    0.5 of the selected part, AdamW lr 1.5e-4 with β1 = 0.9 ("momentum"), weight decay 0.05.
+    Ours, where the paper is silent (docs/DESIGN.md): the ViT-B size, β2 = 0.95 and no decay on
+    norms, biases and tokens (MAE's recipe), linear warmup then cosine decay per step.
     """
 
-    def __init__(self, preset: str = "mae_vit_base_patch16", mask_strategy: str = "facial_part",
-                 mask_ratio: float = 0.5, part_variant: str = "algorithm1",
+    def __init__(self, preset: str = "mae_vit_base_patch16",
+                 mask_strategy: MaskStrategy = "facial_part", mask_ratio: float = 0.5,
+                 part_variant: PartVariant = "algorithm1",
                  norm_pix_loss: bool = False, lr: float = 1.5e-4,
                  betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05,
                  warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0,
