@@ -1,0 +1,86 @@
+"""Reliability of the face cache and the preprocess command on damaged caches, reruns and
+awkward inputs, with real clips (the bundled GRID clips, copied, re-encoded or broken)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from face_assets import GRID
+
+from deepfakemae.commands.preprocess import add_preprocess_arguments, run_preprocess_command
+from deepfakemae.faces.cache import DAMAGED, DamagedEntryError, FaceCache
+
+FAST = ["--frames", "2", "--size", "64", "--no-progress"]
+
+
+def preprocess(*argv: str) -> int:
+    """``deepfakemae preprocess ARGV`` in this process; returns the exit code."""
+    parser = add_preprocess_arguments(argparse.ArgumentParser())
+    return run_preprocess_command(parser.parse_args([str(a) for a in argv]))
+
+
+def flip_byte_in_member(npz: Path, member: str, back: int = 5) -> None:
+    """Flip one byte of ``member``'s data inside the ``.npz`` zip (``back`` bytes from its end)."""
+    with zipfile.ZipFile(npz) as zf:
+        info = zf.getinfo(member)
+    data = bytearray(npz.read_bytes())
+    header = info.header_offset
+    name_len = int.from_bytes(data[header + 26:header + 28], "little")
+    extra_len = int.from_bytes(data[header + 28:header + 30], "little")
+    pos = header + 30 + name_len + extra_len + info.file_size - back
+    data[pos] ^= 0x01
+    npz.write_bytes(bytes(data))
+
+
+def stamps(cache: FaceCache) -> dict[str, tuple[int, int]]:
+    """key -> (inode, mtime_ns) of every finished entry."""
+    out = {}
+    for key in cache.keys():
+        st = cache.entry_path(key).stat()
+        out[key] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def grid10(tmp_path_factory) -> Path:
+    """The ten bundled GRID clips in one input folder."""
+    folder = tmp_path_factory.mktemp("grid10")
+    for clip in sorted(GRID.glob("*.mpg")):
+        shutil.copy(clip, folder / clip.name)
+    assert len(list(folder.iterdir())) == 10
+    return folder
+
+
+# -- 1. a damaged entry -------------------------------------------------------------------------
+
+def test_bit_flipped_entry_costs_exactly_its_own_rebuild(grid10, tmp_path, capsys):
+    out = tmp_path / "cache"
+    assert preprocess("--input", grid10, "--output", out, *FAST) == 0
+    cache = FaceCache(out)
+    before = stamps(cache)
+    assert len(before) == 10
+    victim = "lbax4n"
+    flip_byte_in_member(cache.entry_path(victim), "meta.npy")
+    with pytest.raises(DamagedEntryError, match=victim) as err:
+        cache.read(victim)
+    assert str(cache.entry_path(victim)) in str(err.value) and "CRC" in str(err.value)
+    cache.manifest_path.unlink()
+    cache.rebuild_manifest()  # crashed with BadZipFile before
+    records = {r["key"]: r for r in cache.manifest()}
+    assert records[victim]["status"] == DAMAGED and victim in records[victim]["error"]
+    assert sum(r["status"] == "ok" for r in records.values()) == 9
+    capsys.readouterr()
+
+    assert preprocess("--input", grid10, "--output", out, *FAST) == 0
+    printed = capsys.readouterr().out
+    assert "damaged 1 (rebuilt)" in printed and "processed 1," in printed and victim in printed
+    after = stamps(cache)
+    assert after[victim] != before[victim]
+    assert {k: v for k, v in after.items() if k != victim} == \
+        {k: v for k, v in before.items() if k != victim}  # nothing else was rewritten
+    assert len(cache.read(victim)) == 2
+    assert {r["status"] for r in cache.manifest()} == {"ok"}
