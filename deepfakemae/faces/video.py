@@ -1,7 +1,9 @@
 """Decode only the sampled frames of a video file (PyAV or decord) or a frame folder.
 
 ``open_video(path)`` returns a :class:`FrameSource` with ``num_frames``, ``fps`` and
-``read(indices) -> list of (H,W,3) uint8 RGB``. ``sample_indices(total, n)`` picks ``n``
+``read(indices) -> list of (H,W,3) uint8 RGB``, upright: a stream's display rotation (phones
+store portrait video as landscape pixels plus a 90-degree display matrix) is applied by every
+decoder (PyAV here, decord by itself). ``sample_indices(total, n)`` picks ``n``
 uniformly spread, deterministic frame numbers. Anything that cannot be decoded raises
 :class:`VideoError` with ``status`` ``"unreadable"`` or ``"empty"``.
 """
@@ -67,6 +69,17 @@ def sniff_container(path: Path) -> str | None:
     if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
         return "mpegts"
     return None
+
+
+def upright_rgb(frame) -> np.ndarray:
+    """A PyAV video frame as (H,W,3) uint8 RGB with its display rotation applied.
+
+    ``frame.rotation`` is the counterclockwise angle (degrees) of the stream's display matrix;
+    it is rounded to a multiple of 90.
+    """
+    image = frame.to_ndarray(format="rgb24")
+    turns = int(round((frame.rotation or 0) / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 class FrameSource(ABC):
@@ -261,7 +274,7 @@ class PyAVSource(FrameSource):
                 i = index.frame_of_pts.get(frame.pts)
                 self._fed.discard(i)
                 if i in remaining:
-                    found[i] = frame.to_ndarray(format="rgb24")  # (H, W, 3) wanted frames only
+                    found[i] = upright_rgb(frame)  # (H, W, 3) wanted frames only
                     remaining.discard(i)
 
         try:
@@ -355,7 +368,7 @@ class PyAVSource(FrameSource):
                     self.decoded += 1
                     self._pos = self._index_of(frame)
                     if self._pos >= index:
-                        found[index] = frame.to_ndarray(format="rgb24")
+                        found[index] = upright_rgb(frame)
                         break
                 else:
                     break  # the stream ended early
