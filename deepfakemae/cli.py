@@ -60,9 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(parser.parse_args(args[1:])) or 0)
     if command in LIGHTNING_COMMANDS:
         from deepfakemae.lightning_cli import run_lightning_cli
+        from deepfakemae.modules.checkpoints import CheckpointError
 
-        # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
-        run_lightning_cli(None if argv is None else args)
+        try:  # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
+            run_lightning_cli(None if argv is None else args)
+        except CheckpointError as exc:
+            print(f"deepfakemae {command}: error: {exc}", file=sys.stderr)
+            return 2
         return 0
     print(f"deepfakemae: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2
