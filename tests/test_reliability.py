@@ -84,3 +84,65 @@ def test_bit_flipped_entry_costs_exactly_its_own_rebuild(grid10, tmp_path, capsy
         {k: v for k, v in before.items() if k != victim}  # nothing else was rewritten
     assert len(cache.read(victim)) == 2
     assert {r["status"] for r in cache.manifest()} == {"ok"}
+
+
+# -- 5. inputs that crashed ---------------------------------------------------------------------
+
+def test_two_files_with_one_key_is_a_usage_error_naming_both(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", inputs / "clip.mpg")
+    shutil.copy(GRID / "lbax4n.mpg", inputs / "clip.avi")
+    assert preprocess("--input", inputs, "--output", tmp_path / "cache", *FAST) == 2
+    err = capsys.readouterr().err
+    assert "'clip'" in err and "clip.mpg" in err and "clip.avi" in err
+
+
+def test_list_with_parent_paths_is_processed(tmp_path, capsys):
+    (tmp_path / "videos").mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", tmp_path / "videos" / "a.mpg")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    listing = lists / "inputs.txt"
+    listing.write_text("../videos/a.mpg\n../videos/missing.mp4\n")
+    out = tmp_path / "cache"
+    assert preprocess("--input", listing, "--output", out, *FAST) == 1  # one input is missing
+    manifest = {r["key"]: r for r in FaceCache(out).manifest()}
+    base = (tmp_path / "videos").absolute().as_posix().lstrip("/")
+    assert manifest[f"{base}/a"]["status"] == "ok"
+    assert manifest[f"{base}/missing"]["status"] == "unreadable"
+    assert "no such file" in manifest[f"{base}/missing"]["error"]
+
+
+def test_predict_accepts_a_list_with_parent_paths(tmp_path, capsys):
+    from deepfakemae.cli import main
+
+    (tmp_path / "videos").mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", tmp_path / "videos" / "a.mpg")
+    (tmp_path / "lists").mkdir()
+    listing = tmp_path / "lists" / "inputs.txt"
+    listing.write_text("../videos/a.mpg\n")
+    code = main(["predict", "--video", str(listing), "--output", str(tmp_path / "out"),
+                 "--finetune-ckpt", str(tmp_path / "none.ckpt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "none.ckpt does not exist" in err  # the list itself was accepted
+
+
+# -- 6. inputs that vanished --------------------------------------------------------------------
+
+def test_dangling_links_and_link_loops_are_recorded(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", inputs / "good.mpg")
+    (inputs / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    (inputs / "loop_a.mp4").symlink_to(inputs / "loop_b.mp4")
+    (inputs / "loop_b.mp4").symlink_to(inputs / "loop_a.mp4")
+    out = tmp_path / "cache"
+    assert preprocess("--input", inputs, "--output", out, *FAST) == 1
+    printed = capsys.readouterr().out
+    assert "inputs 4: ok 1, failed 3 (unreadable 3)" in printed
+    manifest = {r["key"]: r for r in FaceCache(out).manifest()}
+    assert set(manifest) == {"good", "dangling", "loop_a", "loop_b"}
+    assert "dangling symbolic link" in manifest["dangling"]["error"]
+    assert "gone.mp4" in manifest["dangling"]["error"]
+    assert "symbolic link loop" in manifest["loop_a"]["error"]

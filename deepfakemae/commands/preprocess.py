@@ -11,13 +11,7 @@ from data_modules.records import VideoRecord
 from deepfakemae.faces.align import DEFAULT_MARGIN
 from deepfakemae.faces.cache import CacheError
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
-from deepfakemae.faces.pipeline import (
-    FaceConfig,
-    describe_duplicates,
-    duplicate_keys,
-    records_from_inputs,
-    run_preprocess,
-)
+from deepfakemae.faces.pipeline import FaceConfig, records_from_inputs, run_preprocess
 
 
 class UsageError(ValueError):
@@ -90,13 +84,9 @@ def records_for_args(args: argparse.Namespace) -> list[VideoRecord]:
     if args.input is None:
         raise UsageError("give --input (a video, a folder or a .txt list) or --dataset/--root")
     try:
-        records = records_from_inputs(args.input)
+        return records_from_inputs(args.input)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
-    dups = duplicate_keys(records)
-    if dups:
-        raise UsageError(describe_duplicates(dups))
-    return records
 
 
 def config_for_args(args: argparse.Namespace) -> FaceConfig:

@@ -442,8 +442,12 @@ def run_preprocess(records: list[VideoRecord], output: Path, config: FaceConfig 
 
 # -- plain inputs ------------------------------------------------------------------------------
 
-def _record(path: Path, key: str) -> VideoRecord:
-    return VideoRecord(key=validate_key(key), path=str(path), label=-1, dataset="files",
+def _record(path: Path, key: str, where: str) -> VideoRecord:
+    try:
+        validate_key(key)
+    except CacheError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+    return VideoRecord(key=key, path=str(path), label=-1, dataset="files",
                        method="unknown", split="test")
 
 
@@ -452,42 +456,77 @@ def _key_for(path: Path, root: Path) -> str:
     return (rel.with_suffix("") if path.is_file() else rel).as_posix()
 
 
+def _is_broken_link(path: Path) -> bool:
+    """A symbolic link that does not lead to a file or folder (dangling, or a loop)."""
+    return path.is_symlink() and not path.exists()
+
+
+def _list_records(listing: Path) -> list[VideoRecord]:
+    """Records of a ``.txt`` list: one path per line (``#`` comments, blank lines skipped).
+
+    Paths are normalised lexically against the list's folder; one inside it is keyed relative
+    to it, any other (``../x.mp4``, ``/data/x.mp4``) by its absolute path without the anchor.
+    """
+    base = Path(os.path.normpath(listing.parent.absolute()))
+    try:
+        text = listing.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{listing} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         "save the list as UTF-8, one path per line") from exc
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(os.path.normpath(base / line))  # base / "/abs" is "/abs"
+        is_file = path.is_file() or not path.exists()  # missing: strip a suffix like a file's
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            rel = path.relative_to(path.anchor)
+        key = (rel.with_suffix("") if is_file else rel).as_posix()
+        records.append(_record(path, key, f"{listing}:{lineno}"))
+    return records
+
+
+def _folder_records(folder: Path) -> list[VideoRecord]:
+    """Records of the videos and leaf frame folders under ``folder``; video-named symbolic
+    links that lead nowhere (dangling, loops) are kept so that they get a status too."""
+    records = []
+    for path in sorted(folder.rglob("*")):
+        is_video = path.suffix.lower() in VIDEO_SUFFIXES
+        if is_video and (path.is_file() or _is_broken_link(path)):
+            records.append(_record(path, path.relative_to(folder).with_suffix("").as_posix(),
+                                   str(path)))
+        elif path.is_dir() and not any(
+                p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES for p in path.iterdir()):
+            records.append(_record(path, _key_for(path, folder), str(path)))  # a frame folder
+    if not records and list_frame_images(folder):
+        records.append(_record(folder, folder.name, str(folder)))  # one frame folder itself
+    return records
+
+
 def records_from_inputs(input: Path) -> list[VideoRecord]:
     """Records for a video file, a folder of videos and/or frame folders, or a ``.txt`` list.
 
     Keys are the paths relative to the input folder without suffix (POSIX); a single file's key
     is its stem; list entries are keyed relative to the list file's folder when inside it.
-    Raises ``FileNotFoundError`` / ``ValueError`` with the offending path.
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the offending path (also when two
+    inputs share a key, e.g. ``clip.mp4`` and ``clip.avi``).
     """
     input = Path(input)
     if not input.exists():
         raise FileNotFoundError(f"input {input} does not exist")
     if input.is_file() and input.suffix.lower() == ".txt":
-        base = input.parent
-        records = []
-        for line in input.read_text().splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            path = Path(line) if Path(line).is_absolute() else base / line
-            try:
-                key = _key_for(path, base) if path.exists() else Path(line).with_suffix("").as_posix()
-            except ValueError:  # outside the list's folder: key by the path without anchor
-                key = path.with_suffix("").as_posix().lstrip("/")
-            records.append(_record(path, key))
-        return records
-    if input.is_file():
-        return [_record(input, input.stem)]
-    records = []
-    for path in sorted(input.rglob("*")):
-        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-            records.append(_record(path, _key_for(path, input)))
-        elif path.is_dir() and not any(
-                p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES for p in path.iterdir()):
-            records.append(_record(path, _key_for(path, input)))  # a leaf frame folder
-    if not records and list_frame_images(input):
-        records.append(_record(input, input.name))  # the input itself is one frame folder
-    if not records:
-        raise ValueError(f"{input} holds no videos {VIDEO_SUFFIXES} and no frame folders "
-                         f"{IMAGE_SUFFIXES}")
+        records = _list_records(input)
+    elif input.is_file():
+        records = [_record(input, input.stem, str(input))]
+    else:
+        records = _folder_records(input)
+        if not records:
+            raise ValueError(f"{input} holds no videos {VIDEO_SUFFIXES} and no frame folders "
+                             f"{IMAGE_SUFFIXES}")
+    dups = duplicate_keys(records)
+    if dups:
+        raise ValueError(describe_duplicates(dups))
     return records

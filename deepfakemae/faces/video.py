@@ -10,7 +10,9 @@ uniformly spread, deterministic frame numbers. Anything that cannot be decoded r
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import re
 from abc import ABC, abstractmethod
 from fractions import Fraction
@@ -439,7 +441,7 @@ def open_video(path: str | Path, threads: int = 1, backend: str = "decord") -> F
             raise VideoError("empty", f"{path}: folder holds no frame images {IMAGE_SUFFIXES}")
         return source
     if not path.is_file():
-        raise VideoError("unreadable", f"{path}: no such file or folder")
+        raise VideoError("unreadable", f"{path}: {_missing_reason(path)}")
     if path.stat().st_size == 0:
         raise VideoError("empty", f"{path}: zero-byte file")
     container = sniff_container(path)
@@ -453,6 +455,21 @@ def open_video(path: str | Path, threads: int = 1, backend: str = "decord") -> F
         raise
     except Exception:  # decord.DECORDError and friends: retry with PyAV
         return _checked(PyAVSource(path, threads=threads))
+
+
+def _missing_reason(path: Path) -> str:
+    """Why ``path`` is neither a file nor a folder: a dangling link, a link loop, or absent."""
+    if not path.is_symlink():
+        return "no such file or folder"
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "symbolic link loop"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"dangling symbolic link to {os.readlink(path)} (the target does not exist)"
+    return "symbolic link to something that is neither a file nor a folder"
 
 
 def _checked(source: FrameSource) -> FrameSource:
