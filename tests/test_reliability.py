@@ -4,6 +4,7 @@ awkward inputs, with real clips (the bundled GRID clips, copied, re-encoded or b
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -146,3 +147,56 @@ def test_dangling_links_and_link_loops_are_recorded(tmp_path, capsys):
     assert "dangling symbolic link" in manifest["dangling"]["error"]
     assert "gone.mp4" in manifest["dangling"]["error"]
     assert "symbolic link loop" in manifest["loop_a"]["error"]
+
+
+# -- 7. reruns that say the truth ---------------------------------------------------------------
+
+def test_rerun_reports_recorded_failures_and_retries_them(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", inputs / "good.mpg")
+    (inputs / "zero.mp4").write_bytes(b"")
+    out = tmp_path / "cache"
+    assert preprocess("--input", inputs, "--output", out, *FAST) == 1
+    capsys.readouterr()
+    assert preprocess("--input", inputs, "--output", out, *FAST) == 1  # exited 0 before
+    printed = capsys.readouterr().out
+    assert "inputs 2: ok 1, failed 1 (empty 1)" in printed and "already done 2" in printed
+    assert "--retry-failed" in printed
+    assert preprocess("--input", inputs, "--output", out, *FAST, "--retry-failed") == 1
+    assert "retried 1" in capsys.readouterr().out
+    shutil.copy(GRID / "lbax4n.mpg", inputs / "zero.mp4")  # the input was fixed: retried
+    assert preprocess("--input", inputs, "--output", out, *FAST) == 0
+    assert "retried 1" in capsys.readouterr().out
+    assert {r["status"] for r in FaceCache(out).manifest()} == {"ok"}
+
+
+def test_transient_failures_are_retried_by_default(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", inputs / "clip.mpg")
+    cache = FaceCache(tmp_path / "cache")
+    cache.write_failure("clip", "error", "MemoryError: a worker ran out of memory",
+                        {"path": str(inputs / "clip.mpg")})  # what a crashed worker records
+    assert preprocess("--input", inputs, "--output", cache.root, *FAST) == 0
+    assert "retried 1" in capsys.readouterr().out
+    assert cache.record("clip")["status"] == "ok"
+
+
+def test_other_settings_are_refused_unless_allowed(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", inputs / "a.mpg")
+    out = tmp_path / "cache"
+    assert preprocess("--input", inputs, "--output", out, *FAST) == 0
+    assert json.loads((out / "cache.json").read_text())["settings"]["size"] == 64
+    shutil.copy(GRID / "lbax4n.mpg", inputs / "b.mpg")
+    capsys.readouterr()
+    assert preprocess("--input", inputs, "--output", out, "--frames", "3", "--size", "96",
+                      "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert "size 64 (cache) vs 96 (this run)" in err and "frames 2 (cache) vs 3" in err
+    assert not FaceCache(out).has_entry("b")
+    assert preprocess("--input", inputs, "--output", out, "--frames", "3", "--size", "96",
+                      "--no-progress", "--allow-mixed-settings") == 0
+    assert FaceCache(out).read("b").crops.shape[1:] == (96, 96, 3)
