@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -200,3 +206,97 @@ def test_other_settings_are_refused_unless_allowed(tmp_path, capsys):
     assert preprocess("--input", inputs, "--output", out, "--frames", "3", "--size", "96",
                       "--no-progress", "--allow-mixed-settings") == 0
     assert FaceCache(out).read("b").crops.shape[1:] == (96, 96, 3)
+
+
+# -- 8. leftovers and permissions ---------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def test_temp_file_of_a_killed_write_is_swept(tmp_path, capsys):
+    cache = FaceCache(tmp_path / "cache")
+    code = ("import os, sys; from pathlib import Path; from deepfakemae.faces import cache; "
+            "cache._atomic_write_bytes(Path(sys.argv[1]), "
+            "lambda h: (h.write(b'half an entry'), os.kill(os.getpid(), 9)))")
+    target = cache.entries_dir / "clip.npz"
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], env=ENV, cwd=REPO)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = cache.temp_files()
+    assert len(leftovers) == 1 and not target.exists()
+    old_style = cache.entries_dir / ".tmp-k3j4h5.npz"  # mkstemp name of older versions, a day old
+    old_style.write_bytes(b"x")
+    os.utime(old_style, (time.time() - 2 * 86400,) * 2)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", inputs / "clip.mpg")
+    assert preprocess("--input", inputs, "--output", cache.root, *FAST) == 0
+    assert "removed 2 stale temporary file(s)" in capsys.readouterr().out
+    assert cache.temp_files() == [] and cache.has_entry("clip")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_cache_files_follow_the_umask(tmp_path, umask):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", inputs / "clip.mpg")
+    (inputs / "zero.mp4").write_bytes(b"")
+    out = tmp_path / "cache"
+    previous = os.umask(umask)
+    try:
+        preprocess("--input", inputs, "--output", out, *FAST)
+    finally:
+        os.umask(previous)
+    cache = FaceCache(out)
+    for path in (cache.entry_path("clip"), cache.failure_path("zero"), cache.manifest_path,
+                 cache.settings_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path  # was 0600
+
+
+def _children(pid: int) -> list[int]:
+    """Pool worker processes of ``pid`` (its resource tracker excluded)."""
+    tasks = Path(f"/proc/{pid}/task")
+    found = []
+    for task in tasks.iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                found.append(int(child))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_workers_exit_with_their_killed_parent(grid10, tmp_path):
+    out = tmp_path / "cache"
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deepfakemae.cli", "preprocess", "--input", str(grid10),
+             "--output", str(out), "--frames", "16", "--size", "64", "--workers", "2",
+             "--no-progress"], env=ENV, cwd=REPO, stderr=stderr, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _children(proc.pid)
+            if len(workers) == 2 and FaceCache(out).keys():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None and len(workers) == 2, "the run ended before the kill"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60  # a bound on the wait, not a speed requirement
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.05)
+        survivors = [w for w in workers if _alive(w)]
+        for w in survivors:
+            os.kill(w, signal.SIGKILL)
+    assert survivors == []
+    assert "Traceback" not in log.read_text() and "BrokenPipeError" not in log.read_text()
