@@ -300,3 +300,36 @@ def test_workers_exit_with_their_killed_parent(grid10, tmp_path):
             os.kill(w, signal.SIGKILL)
     assert survivors == []
     assert "Traceback" not in log.read_text() and "BrokenPipeError" not in log.read_text()
+
+
+# -- 9. smaller ---------------------------------------------------------------------------------
+
+def test_truncated_faststart_file_is_stored_with_a_warning(tmp_path, capsys):
+    import av
+    from face_assets import grid_frames
+
+    frames = grid_frames(GRID / "bbaf2n.mpg")  # 75 frames
+    full = tmp_path / "full.mp4"
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    data = full.read_bytes()  # the index (moov) is at the front and announces 75 frames
+    (inputs / "cut.mp4").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "cache"
+    assert preprocess("--input", inputs, "--output", out, "--frames", "32", "--size", "64",
+                      "--no-progress") == 0
+    printed = capsys.readouterr().out
+    record = FaceCache(out).record("cut")
+    assert record["status"] == "ok" and record["num_frames_total"] == 75
+    decoded = record["frames_sampled"]
+    assert 1 <= decoded < 32
+    assert f"only {decoded} of 32 sampled frames decoded" in record["warning"]
+    assert "warnings 1" in printed and f"cut: only {decoded} of 32" in printed

@@ -34,6 +34,7 @@ from deepfakemae.faces.video import (
     VideoError,
     list_frame_images,
     read_sampled,
+    sample_indices,
 )
 
 
@@ -111,6 +112,10 @@ class FacePipeline:
                                        "sampled frames")
         meta = dict(record.as_meta(), num_frames_total=int(total), fps=float(fps),
                     landmarks=self.landmarks.name, size=cfg.size, frames_sampled=len(indices))
+        wanted = len(sample_indices(int(total), cfg.frames))
+        if len(indices) < wanted:  # the container promised more frames than decode
+            meta["warning"] = (f"only {len(indices)} of {wanted} sampled frames decoded "
+                               f"({total} frames announced): truncated or damaged file?")
         return FaceEntry(
             key=record.key,
             crops=np.stack(crops),  # (T, S, S, 3)
