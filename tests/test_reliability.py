@@ -333,3 +333,36 @@ def test_truncated_faststart_file_is_stored_with_a_warning(tmp_path, capsys):
     assert 1 <= decoded < 32
     assert f"only {decoded} of 32 sampled frames decoded" in record["warning"]
     assert "warnings 1" in printed and f"cut: only {decoded} of 32" in printed
+
+
+# -- cache verify -------------------------------------------------------------------------------
+
+def test_cache_verify_finds_and_repairs_damage(tmp_path, capsys):
+    from deepfakemae.cli import main
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("bbaf2n", "lbax4n", "swiz3n"):
+        shutil.copy(GRID / f"{name}.mpg", inputs / f"{name}.mpg")
+    (inputs / "zero.mp4").write_bytes(b"")
+    out = tmp_path / "cache"
+    assert preprocess("--input", inputs, "--output", out, *FAST) == 1
+    cache = FaceCache(out)
+    assert main(["cache", "verify", str(out)]) == 0
+    assert "4 entries: ok 3, failed 1 (empty 1), damaged 0" in capsys.readouterr().out
+    flip_byte_in_member(cache.entry_path("swiz3n"), "jpeg.npy", back=100)  # manifest: still ok
+    stale = cache.entries_dir / ".tmp-otherhost-1-abc.npz"
+    stale.write_bytes(b"x")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    assert main(["cache", "verify", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "damaged 1" in printed and "stale temporary files 1" in printed
+    assert f"damaged swiz3n: {cache.entry_path('swiz3n')}" in printed and "CRC" in printed
+    assert main(["cache", "verify", str(out), "--repair"]) == 0
+    assert "repaired: removed 1 damaged entries and 1 temporary files" in capsys.readouterr().out
+    assert not cache.has_entry("swiz3n") and not stale.exists()
+    assert main(["cache", "verify", str(out)]) == 0
+    assert preprocess("--input", inputs, "--output", out, *FAST) == 1  # zero.mp4 still fails
+    assert "processed 1, already done 3" in capsys.readouterr().out
+    assert main(["cache", "verify", str(inputs)]) == 2
+    assert "is not a face cache" in capsys.readouterr().err
