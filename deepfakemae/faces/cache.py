@@ -155,7 +155,8 @@ def check_arrays(arrays: dict[str, np.ndarray]) -> dict:
         if name not in arrays:
             raise ValueError(f"array {name!r} is missing")
         if arrays[name].dtype.kind != kind:
-            raise ValueError(f"array {name!r} has dtype {arrays[name].dtype}, expected kind {kind!r}")
+            raise ValueError(f"array {name!r} has dtype {arrays[name].dtype}, "
+                             f"expected kind {kind!r}")
     t = arrays["landmarks"].shape[0] if arrays["landmarks"].ndim else -1
     for name, (_, trailing) in ENTRY_ARRAYS.items():
         if trailing is not None and arrays[name].shape != (t, *trailing):

@@ -144,7 +144,7 @@ class PreprocessSummary:
     failed: dict[str, int] = field(default_factory=dict)  # status -> count, this run
     already_ok: int = 0  # finished entries found intact
     already_failed: dict[str, int] = field(default_factory=dict)  # recorded failures kept
-    damaged: int = 0  # entries (or failure records) found damaged and rebuilt
+    damaged: list[str] = field(default_factory=list)  # "key: why" of entries found damaged
     retried: int = 0  # recorded failures processed again
     swept: int = 0  # stale temporary files removed at the start
     faces: int = 0  # aligned faces written
@@ -180,7 +180,7 @@ class PreprocessSummary:
         lines = [f"inputs {self.total}: ok {self.ok + self.already_ok}, failed "
                  f"{self.num_unusable}" + (f" ({detail})" if detail else "")
                  + f"; this run: processed {self.total - self.skipped}, already done "
-                 f"{self.skipped}, damaged {self.damaged} (rebuilt), retried {self.retried}, "
+                 f"{self.skipped}, damaged {len(self.damaged)} (rebuilt), retried {self.retried}, "
                  f"warnings {len(self.warnings)}",
                  f"{self.faces} faces from {self.frames} frames in {self.seconds:.1f} s "
                  f"({rate:.1f} faces/s, start-up {self.startup_seconds:.1f} s)"]
@@ -190,7 +190,8 @@ class PreprocessSummary:
                          "rerun with --retry-failed to process them again")
         if self.swept:
             lines.append(f"  removed {self.swept} stale temporary file(s) of an interrupted run")
-        for title, items in (("", self.errors), ("warning: ", self.warnings)):
+        for title, items in (("", self.errors), ("rebuilt: ", self.damaged),
+                             ("warning: ", self.warnings)):
             lines += [f"  {title}{e}" for e in items[:20]]
             if len(items) > 20:
                 lines.append(f"  ... and {len(items) - 20} more (see manifest.jsonl)")
@@ -348,14 +349,12 @@ def plan_work(cache: FaceCache, records: list[VideoRecord], summary: PreprocessS
                 summary.already_ok += 1
                 continue
             except DamagedEntryError as exc:
-                summary.damaged += 1
-                summary.warnings.append(f"{r.key}: {exc}")
+                summary.damaged.append(f"{r.key}: {exc}")
         elif cache.failure_path(r.key).exists():
             try:
                 failure = cache.read_failure(r.key)
             except DamagedEntryError as exc:
-                summary.damaged += 1
-                summary.warnings.append(f"{r.key}: {exc}")
+                summary.damaged.append(f"{r.key}: {exc}")
             else:
                 if not (retry_failed or failure.get("status") in TRANSIENT_STATUSES
                         or failure.get("input") != input_signature(r.path)):
