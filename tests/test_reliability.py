@@ -366,3 +366,14 @@ def test_cache_verify_finds_and_repairs_damage(tmp_path, capsys):
     assert "processed 1, already done 3" in capsys.readouterr().out
     assert main(["cache", "verify", str(inputs)]) == 2
     assert "is not a face cache" in capsys.readouterr().err
+
+
+def test_predict_names_a_folder_given_as_a_checkpoint(tmp_path, capsys):
+    from deepfakemae.cli import main
+
+    run = tmp_path / "runs" / "finetune"
+    run.mkdir(parents=True)
+    code = main(["predict", "--video", str(GRID / "bbaf2n.mpg"), "--output",
+                 str(tmp_path / "out"), "--finetune-ckpt", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{run} is a folder, not a checkpoint file" in err  # "does not exist"
