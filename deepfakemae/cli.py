@@ -1,8 +1,8 @@
 """The ``deepfakemae`` command.
 
-Data tools are plain subcommands (``preprocess``, ``demo-data``, ``report``); training and
-evaluation are LightningCLI's ``fit`` / ``validate`` / ``test`` / ``predict`` driven by YAML configs
-in ``experiments/``. ``deepfakemae predict --video ...`` scores videos end to end.
+Data tools are plain subcommands (``preprocess``, ``cache verify``, ``demo-data``, ``report``);
+training and evaluation are LightningCLI's ``fit`` / ``validate`` / ``test`` / ``predict`` driven
+by YAML configs in ``experiments/``. ``deepfakemae predict --video ...`` scores videos end to end.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Sequence
 TOOLS = {
     "preprocess": ("deepfakemae.commands.preprocess", "add_preprocess_arguments", "run_preprocess_command",
                    "detect, align and cache faces of videos or a whole dataset"),
+    "cache": ("deepfakemae.faces.verify", "add_cache_arguments", "run_cache_command",
+              "check a face cache: `cache verify DIR [--repair]`"),
     "demo-data": ("deepfakemae.synth.demo_data", "add_demo_data_arguments", "run_demo_data_command",
                   "build the embedded FF++-layout demo dataset from the bundled GRID clips"),
     "demo": ("deepfakemae.commands.demo", "add_demo_arguments", "run_demo_command",
@@ -60,9 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(parser.parse_args(args[1:])) or 0)
     if command in LIGHTNING_COMMANDS:
         from deepfakemae.lightning_cli import run_lightning_cli
+        from deepfakemae.modules.checkpoints import CheckpointError
 
-        # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
-        run_lightning_cli(None if argv is None else args)
+        try:  # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
+            run_lightning_cli(None if argv is None else args)
+        except CheckpointError as exc:
+            print(f"deepfakemae {command}: error: {exc}", file=sys.stderr)
+            return 2
         return 0
     print(f"deepfakemae: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2

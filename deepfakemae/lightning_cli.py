@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from deepfakemae.modules.checkpoints import CHECKPOINT_ARGUMENTS, check_checkpoint
 from deepfakemae.runinfo import run_info
 from deepfakemae.visualize import local_log_dir
 
@@ -25,6 +27,44 @@ class SaveConfigAndRunInfo(SaveConfigCallback):
         for logger in trainer.loggers:
             config = self.parser.dump(self.config, skip_none=False, format="json")
             logger.log_hyperparams({"config": json.loads(config), "run_info": info})
+
+
+#: ``--ckpt_path`` values Lightning resolves itself (when no file of that name exists)
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+def _value(namespace, key: str):
+    """``namespace[key]`` of a jsonargparse namespace or dict, ``None`` when absent."""
+    try:
+        return namespace[key]
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def check_run_checkpoints(config) -> None:
+    """Check every checkpoint a parsed LightningCLI config names, before any model is built:
+    ``--ckpt_path`` must be written by the configured model class (with its MAE preset), and
+    the model's ``*_checkpoint`` inputs by the stage each one expects. Raises
+    :class:`~deepfakemae.modules.checkpoints.CheckpointError`."""
+    command = _value(config, "subcommand")
+    run = _value(config, command) if command else None
+    model = _value(run, "model") if run is not None else None
+    class_path = _value(model, "class_path") if model is not None else None
+    if not class_path:
+        return
+    name = str(class_path).rsplit(".", 1)[-1]
+    init = _value(model, "init_args") or {}
+    preset = _value(init, "preset")
+    inputs = {arg: _value(init, arg) for arg in CHECKPOINT_ARGUMENTS}
+    if inputs.get("mae_checkpoint"):  # stage 2 takes its preset from the stage-1 checkpoint
+        preset = None
+    ckpt_path = _value(run, "ckpt_path")
+    if ckpt_path and (Path(ckpt_path).exists() or ckpt_path not in LIGHTNING_CKPT_KEYWORDS):
+        check_checkpoint(ckpt_path, name, preset=preset,
+                         purpose=f"`{command} --ckpt_path` with model {name}")
+    for arg, needs in CHECKPOINT_ARGUMENTS.items():
+        if inputs[arg]:
+            check_checkpoint(inputs[arg], needs, purpose=f"{name}'s --model.init_args.{arg}")
 
 
 class DeepfakeMAECLI(LightningCLI):
@@ -44,6 +84,12 @@ class DeepfakeMAECLI(LightningCLI):
             args=list(args) if args is not None else None,
             run=run,
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then check the checkpoints the config names before anything is loaded or
+        built (LightningCLI itself would load ``--ckpt_path`` next and swap the model class)."""
+        super().parse_arguments(parser, args)
+        check_run_checkpoints(self.config)
 
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> DeepfakeMAECLI:

@@ -5,7 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from deepfakemae.faces.cache import CacheError, FaceCache, FaceEntry, validate_key
+from deepfakemae.faces.cache import (
+    CacheError,
+    DamagedEntryError,
+    FaceCache,
+    FaceEntry,
+    validate_key,
+)
 
 
 def _entry(key: str, t: int = 3, size: int = 32) -> FaceEntry:
@@ -76,3 +82,43 @@ def test_malformed_manifest_line_is_reported(tmp_path):
     cache.manifest_path.write_text(json.dumps({"key": "v1"}) + "\n{broken\n")
     with pytest.raises(CacheError, match="manifest.jsonl:2"):
         cache.manifest()
+
+
+def _damaged(cache: FaceCache, key: str, **replace) -> None:
+    """Rewrite ``key``'s entry with some arrays replaced (e.g. an object array)."""
+    path = cache.entry_path(key)
+    with np.load(path) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays.update(replace)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def test_damaged_entries_are_reported_not_raised(tmp_path):
+    cache = FaceCache(tmp_path)
+    for key in ("good", "object", "flipped", "shape"):
+        cache.write(_entry(key))
+    _damaged(cache, "object", meta=np.array([{"key": "object"}], dtype=object))
+    _damaged(cache, "shape", landmarks=np.zeros((3, 5, 2), np.float32))
+    data = bytearray(cache.entry_path("flipped").read_bytes())
+    data[len(data) // 3] ^= 0x10  # inside the JPEG bytes
+    cache.entry_path("flipped").write_bytes(bytes(data))
+    cache.write_failure("bad_json", "no_face", "x")
+    cache.failure_path("bad_json").write_bytes(b"\xff{not json")
+    cache.rebuild_manifest()
+    status = {r["key"]: r["status"] for r in cache.manifest()}
+    assert status == {"good": "ok", "object": "damaged", "flipped": "ok", "shape": "ok",
+                      "bad_json": "damaged"}  # the manifest reads meta only
+    for key, reason in (("object", "pickle"), ("flipped", "CRC"), ("shape", "landmarks")):
+        with pytest.raises(DamagedEntryError, match=reason) as err:
+            cache.read(key)
+        assert err.value.key == key and str(cache.entry_path(key)) in str(err.value)
+    cache.check("good")
+
+
+def test_failure_replaces_a_damaged_entry(tmp_path):
+    cache = FaceCache(tmp_path)
+    cache.write(_entry("v"))
+    cache.entry_path("v").write_bytes(b"garbage")
+    cache.write_failure("v", "no_face", "no face")
+    assert not cache.has_entry("v") and cache.record("v")["status"] == "no_face"

@@ -496,3 +496,29 @@ def test_finalize_rejects_duplicate_keys():
     assert finalize([VideoRecord("x/2", "/d/2.mp4", FAKE, "x", "m", "train"), rec], "x")[0] == rec
     with pytest.raises(DatasetError, match="1 duplicate video keys: x/1"):
         finalize([rec, VideoRecord("x/1", "/e/1.mp4", REAL, "x", "real", "train")], "x")
+
+
+def test_celebdf_list_with_a_byte_order_mark(celebdf_root):
+    lst = celebdf_root / "List_of_testing_videos.txt"
+    lst.write_bytes(b"\xef\xbb\xbf" + lst.read_bytes())  # saved by a Windows editor
+    assert len(build_index("celebdf", celebdf_root, split="test")) == 4
+
+
+def test_non_utf8_metadata_and_labels_name_the_file(tmp_path, celebdf_root):
+    root = make_dfdc(tmp_path / "dfdc")
+    meta_path = root / "train/dfdc_train_part_1/metadata.json"
+    meta_path.write_bytes('{"ccc.mp4": {"label": "FAKE", "x": "é"}}'.encode("latin-1"))
+    with pytest.raises(DatasetError, match="not UTF-8") as err:
+        build_index("dfdc", root, split="train")
+    assert str(meta_path) in str(err.value) and "re-download" in str(err.value)
+    labels = root / "dfdc_test/labels.csv"
+    labels.write_bytes(b"\xef\xbb\xbf" + labels.read_bytes())  # a BOM is fine
+    assert len(build_index("dfdc", root, split="test")) == 3
+    labels.write_bytes(b"filename,label\nt\xe9t.mp4,1\n")
+    with pytest.raises(DatasetError, match="not UTF-8") as err:
+        build_index("dfdc", root, split="test")
+    assert str(labels) in str(err.value)
+    lst = celebdf_root / "List_of_testing_videos.txt"
+    lst.write_bytes(b"1 YouTube-real/0\xff.mp4\n")
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        build_index("celebdf", celebdf_root, split="test")

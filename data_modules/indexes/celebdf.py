@@ -23,6 +23,7 @@ from data_modules.indexes.common import (
     finalize,
     handle_missing,
     is_safe_relative,
+    read_text,
     scan_videos,
     splits_for,
     wrong_root,
@@ -55,7 +56,8 @@ def parse_test_list(path: str | os.PathLike) -> list[tuple[str, str, int]]:
                            fix=f"Celeb-DF v2 ships {TEST_LIST} in its root; put it there or pass "
                                f"test_list=<path>")
     entries: dict[tuple[str, str], int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    text = read_text(path, "Celeb-DF test list", f"restore the official {TEST_LIST}")
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

@@ -122,6 +122,20 @@ def wrong_root(root: Path, dataset: str, layout: str, marker: str) -> DatasetErr
                         path=root, fix=fix)
 
 
+def read_text(path: Path, what: str, fix: str) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is dropped); a file that is not
+    UTF-8 or cannot be read raises :class:`DatasetError` naming it, the byte and ``fix``."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{what} is not UTF-8 text ({exc.reason}: byte "
+                           f"0x{exc.object[exc.start]:02x} at offset {exc.start})", path=path,
+                           fix=f"{fix} (the file must be UTF-8)") from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot read {what} ({exc.strerror or exc})", path=path,
+                           fix=fix) from exc
+
+
 def splits_for(split: str, offered: Sequence[str], dataset: str) -> tuple[str, ...]:
     """Validate a ``split`` argument and return the splits it selects (``"all"`` = ``offered``)."""
     if split == ALL:

@@ -17,6 +17,7 @@ dataset, and nothing outside the root is touched. Malformed JSON/CSV raises
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -28,6 +29,7 @@ from data_modules.indexes.common import (
     handle_missing,
     is_safe_relative,
     preview,
+    read_text,
     safe_join,
     splits_for,
     warn,
@@ -69,7 +71,8 @@ def find_test_labels(root: Path) -> Path | None:
 def read_metadata(path: Path) -> list[tuple[str, int]]:
     """``(file name, our label)`` pairs of one part's ``metadata.json``; unsafe names skipped."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "DFDC metadata", "re-download this part's "
+                                                          "metadata.json"))
     except json.JSONDecodeError as err:
         raise DatasetError(f"malformed JSON in DFDC metadata (line {err.lineno}: {err.msg})",
                            path=path, fix="re-download this part's metadata.json") from err
@@ -96,7 +99,9 @@ def read_test_labels(path: Path) -> list[tuple[str, int]]:
     """``(file name, our label)`` pairs of the test ``labels.csv`` (1 = fake); unsafe names skipped."""
     entries: dict[str, int] = {}
     unsafe = []
-    with path.open(newline="", encoding="utf-8") as fh:
+    text = read_text(path, "DFDC labels.csv", "use the labels.csv shipped with the DFDC public "
+                                              "test set")
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         fields = {(f or "").strip().lower(): f for f in (reader.fieldnames or [])}
         if "filename" not in fields or "label" not in fields:

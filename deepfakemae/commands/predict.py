@@ -196,7 +196,11 @@ def score_entry(scorer: VideoScorer, entry: FaceEntry, crops: np.ndarray, record
 # -- the command -------------------------------------------------------------------------------
 
 def _checkpoint(given: Path | None, stage: str, what: str, fix: str) -> Path:
+    """The checkpoint file to load for ``stage``; :class:`UsageError` naming it otherwise."""
     path = given if given is not None else run_dir() / stage / "checkpoints" / "last.ckpt"
+    if path.is_dir():
+        raise UsageError(f"{what} checkpoint {path} is a folder, not a checkpoint file; pass "
+                         f"the .ckpt file inside it (e.g. {path}/checkpoints/last.ckpt)")
     if not path.is_file():
         raise UsageError(f"{what} checkpoint {path} does not exist; {fix}")
     return path

@@ -9,6 +9,7 @@ from pathlib import Path
 from data_modules.indexes import DatasetError, list_indexes, records_for_dataset
 from data_modules.records import VideoRecord
 from deepfakemae.faces.align import DEFAULT_MARGIN
+from deepfakemae.faces.cache import CacheError
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
 from deepfakemae.faces.pipeline import FaceConfig, records_from_inputs, run_preprocess
 
@@ -58,6 +59,12 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1),
                         help="process only shard i of n (i/n), for several machines")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="process inputs with a recorded failure again (by default only "
+                             "'error' failures and inputs that changed since are retried)")
+    parser.add_argument("--allow-mixed-settings", action="store_true",
+                        help="add entries made with other --frames/--size/... to an existing "
+                             "cache instead of refusing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -94,7 +101,8 @@ def config_for_args(args: argparse.Namespace) -> FaceConfig:
 
 
 def run_preprocess_command(args: argparse.Namespace) -> int:
-    """Run ``preprocess``; exit code 0 when every input succeeded, 1 if any failed, 2 on usage."""
+    """Run ``preprocess``; exit code 0 when the cache holds faces for every input of the shard,
+    1 if any input failed (in this run or recorded by an earlier one and kept), 2 on usage."""
     try:
         records = records_for_args(args)
         config = config_for_args(args)
@@ -103,13 +111,15 @@ def run_preprocess_command(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = run_preprocess(records, args.output, config, workers=args.workers,
-                                 shard=args.shard, progress=not args.no_progress)
-    except LandmarkError as exc:
+                                 shard=args.shard, progress=not args.no_progress,
+                                 retry_failed=getattr(args, "retry_failed", False),
+                                 allow_mixed=getattr(args, "allow_mixed_settings", False))
+    except (LandmarkError, CacheError) as exc:
         print(f"deepfakemae preprocess: error: {exc}", file=sys.stderr)
         return 2
     print(summary.format())
     print(f"face cache: {args.output} (manifest {Path(args.output) / 'manifest.jsonl'})")
-    return 1 if summary.num_failed else 0
+    return 1 if summary.num_unusable else 0
 
 
 def main(argv: list[str] | None = None) -> int:

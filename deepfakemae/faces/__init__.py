@@ -1,7 +1,13 @@
 """Face pipeline: decode sampled frames, detect, landmark, align, and cache the crops."""
 
 from deepfakemae.faces.align import align_face, five_points, similarity_transform, template_points
-from deepfakemae.faces.cache import CacheError, FaceCache, FaceEntry, validate_key
+from deepfakemae.faces.cache import (
+    CacheError,
+    DamagedEntryError,
+    FaceCache,
+    FaceEntry,
+    validate_key,
+)
 from deepfakemae.faces.detect import Detection, FaceDetector, select_face
 from deepfakemae.faces.landmarks import (
     DlibLandmarks,
@@ -22,7 +28,7 @@ from deepfakemae.faces.pipeline import (
 from deepfakemae.faces.video import VideoError, open_video, read_sampled, sample_indices
 
 __all__ = [
-    "CacheError", "Detection", "DlibLandmarks", "FaceCache", "FaceConfig", "FaceDetector",
+    "CacheError", "DamagedEntryError", "Detection", "DlibLandmarks", "FaceCache", "FaceConfig", "FaceDetector",
     "FaceEntry", "FaceError", "FacePipeline", "FanLandmarks", "LandmarkBackend", "LandmarkError",
     "PreprocessSummary", "VideoError", "align_face", "build_landmarks", "five_points",
     "open_video", "read_sampled", "records_from_inputs", "run_preprocess", "sample_indices",

@@ -5,20 +5,30 @@ Layout under a cache root::
     <root>/entries/<video_key>.npz        finished video (status ``ok``)
     <root>/entries/<video_key>.fail.json  input that could not be used (status and error text)
     <root>/manifest.jsonl                 one JSON line per input, rebuilt from ``entries/``
+    <root>/cache.json                     the settings the entries were made with
+
+An entry that cannot be read back in full (a flipped byte fails its zip CRC, an array has the
+wrong shape or dtype, a JPEG does not decode) is *damaged*: reads raise
+:class:`DamagedEntryError` naming the key and the file, the manifest lists it with status
+``damaged``, and ``preprocess`` treats it as not done and rebuilds it.
 
 An ``.npz`` entry holds the face crops as JPEG bytes (``jpeg`` concatenated, ``jpeg_offsets``
 of length T+1), ``landmarks`` (T,68,2) float32 in crop pixels, ``frame_indices`` (T,) int64,
 ``scores`` (T,) float32 detection scores, ``boxes`` (T,4) float32 face boxes ``x0,y0,x1,y1`` in
 source-frame pixels, and ``meta`` (a JSON string: key, path, label, dataset, method, split, size,
 ...). Every write goes to a temporary file in the same folder and is renamed into place, so an
-interrupted run never leaves a half-written entry that looks finished.
+interrupted run never leaves a half-written entry that looks finished; temporary files are named
+``.tmp-<host>-<pid>-<random>`` so a later run can sweep those whose writer is gone. Files are
+created with mode 0666 minus the umask, like any other file the user writes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import socket
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,12 +41,38 @@ FAIL_SUFFIX = ".fail.json"
 MANIFEST_NAME = "manifest.jsonl"
 JPEG_QUALITY = 95
 
-#: statuses a manifest line may carry
+SETTINGS_NAME = "cache.json"
+TMP_PREFIX = ".tmp-"
+#: a temporary file of another host (or of an unknown writer) this old is swept as stale
+STALE_TMP_SECONDS = 24 * 3600
+
+#: statuses a manifest line may carry for an input (``damaged`` is not written, only found)
 STATUSES = ("ok", "no_face", "unreadable", "empty", "error")
+DAMAGED = "damaged"
+#: arrays of an ``.npz`` entry: name -> (dtype kind, trailing shape after the frame axis)
+ENTRY_ARRAYS = {
+    "jpeg": ("u", None),
+    "jpeg_offsets": ("i", None),
+    "landmarks": ("f", (68, 2)),
+    "frame_indices": ("i", ()),
+    "scores": ("f", ()),
+    "boxes": ("f", (4,)),
+    "meta": ("U", None),
+}
 
 
 class CacheError(RuntimeError):
     """A cache root or entry that cannot be used (the message names the path and the fix)."""
+
+
+class DamagedEntryError(CacheError):
+    """An entry file that exists but cannot be read back in full (``key``, ``path``, ``reason``)."""
+
+    def __init__(self, key: str, path: Path, reason: str):
+        self.key, self.path, self.reason = key, Path(path), reason
+        super().__init__(f"damaged cache entry {key!r} ({path}): {reason}; rerun "
+                         "`deepfakemae preprocess` to rebuild it (or `deepfakemae cache verify "
+                         f"{path.parent} --repair`)")
 
 
 @dataclass
@@ -65,9 +101,21 @@ def validate_key(key: str) -> str:
     return key
 
 
+def _tmp_name(suffix: str) -> str:
+    """``.tmp-<host>-<pid>-<random><suffix>``: who wrote it, so stale ones can be swept."""
+    host = socket.gethostname().replace("-", "_") or "host"
+    return f"{TMP_PREFIX}{host}-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
+
+
 def _atomic_write_bytes(path: Path, write) -> None:
+    """Write through a temporary file in ``path``'s folder, then rename it into place.
+
+    The file is created with mode 0666 minus the umask (not ``mkstemp``'s 0600), so a cache on
+    shared storage is as readable as the user's umask allows.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    tmp = str(path.parent / _tmp_name(path.suffix))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -98,6 +146,58 @@ def decode_jpeg(data: np.ndarray | bytes) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def check_arrays(arrays: dict[str, np.ndarray]) -> dict:
+    """Check the arrays of one entry against the layout; return its ``meta`` dict.
+
+    Raises ``ValueError`` naming the first array that is missing or has the wrong dtype or shape.
+    """
+    for name, (kind, _) in ENTRY_ARRAYS.items():
+        if name not in arrays:
+            raise ValueError(f"array {name!r} is missing")
+        if arrays[name].dtype.kind != kind:
+            raise ValueError(f"array {name!r} has dtype {arrays[name].dtype}, "
+                             f"expected kind {kind!r}")
+    t = arrays["landmarks"].shape[0] if arrays["landmarks"].ndim else -1
+    for name, (_, trailing) in ENTRY_ARRAYS.items():
+        if trailing is not None and arrays[name].shape != (t, *trailing):
+            raise ValueError(f"array {name!r} has shape {arrays[name].shape}, "
+                             f"expected {(t, *trailing)}")
+    offsets, jpeg = arrays["jpeg_offsets"], arrays["jpeg"]
+    if (offsets.shape != (t + 1,) or jpeg.ndim != 1 or offsets[0] != 0
+            or offsets[-1] != jpeg.size or np.any(np.diff(offsets) <= 0)):
+        raise ValueError(f"jpeg_offsets {offsets.shape} do not split the {jpeg.size} JPEG bytes "
+                         f"into {t} images")
+    meta = json.loads(str(arrays["meta"]))
+    if not isinstance(meta, dict):
+        raise ValueError("meta is not a JSON object")
+    return meta
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_tmp(path: Path, now: float | None = None) -> bool:
+    """True for a leftover temporary file: its writer on this host is gone, or (another host's,
+    or an unknown writer's) it is older than :data:`STALE_TMP_SECONDS`."""
+    parts = path.name[len(TMP_PREFIX):].split("-")
+    if len(parts) >= 3 and parts[0] == socket.gethostname().replace("-", "_") and \
+            parts[1].isdigit():
+        return int(parts[1]) != os.getpid() and not pid_alive(int(parts[1]))
+    try:
+        age = (now or time.time()) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_TMP_SECONDS
+
+
 class FaceCache:
     """Reads and writes face entries under one root folder."""
 
@@ -107,21 +207,29 @@ class FaceCache:
 
     # -- paths -------------------------------------------------------------------------------
     def entry_path(self, key: str) -> Path:
+        """The ``.npz`` file of ``key``."""
         return self.entries_dir / (validate_key(key) + ENTRY_SUFFIX)
 
     def failure_path(self, key: str) -> Path:
+        """The ``.fail.json`` file of ``key``."""
         return self.entries_dir / (validate_key(key) + FAIL_SUFFIX)
 
     @property
     def manifest_path(self) -> Path:
         return self.root / MANIFEST_NAME
 
+    @property
+    def settings_path(self) -> Path:
+        return self.root / SETTINGS_NAME
+
     # -- state -------------------------------------------------------------------------------
     def is_done(self, key: str) -> bool:
-        """True when ``key`` has a finished entry or a recorded failure."""
+        """True when ``key`` has a finished entry or a recorded failure (existence only; see
+        :meth:`check` for whether an entry reads back)."""
         return self.entry_path(key).exists() or self.failure_path(key).exists()
 
     def has_entry(self, key: str) -> bool:
+        """True when ``key`` has an ``.npz`` entry (readable or not)."""
         return self.entry_path(key).exists()
 
     # -- writing -----------------------------------------------------------------------------
@@ -152,67 +260,148 @@ class FaceCache:
         return path
 
     def write_failure(self, key: str, status: str, error: str, meta: dict | None = None) -> Path:
-        """Atomically record that ``key`` could not be used, and why."""
+        """Atomically record that ``key`` could not be used, and why; an older entry of the
+        same key (damaged, or from an input that has since changed) is removed."""
         if status not in STATUSES or status == "ok":
             raise ValueError(f"failure status must be one of {STATUSES[1:]}, got {status!r}")
         record = dict(meta or {}, key=key, status=status, error=error)
         path = self.failure_path(key)
         data = json.dumps(record, sort_keys=True).encode()
         _atomic_write_bytes(path, lambda h: h.write(data))
+        self.entry_path(key).unlink(missing_ok=True)
         return path
+
+    def remove(self, key: str) -> None:
+        """Delete ``key``'s entry and failure record (so that the next run rebuilds it)."""
+        self.entry_path(key).unlink(missing_ok=True)
+        self.failure_path(key).unlink(missing_ok=True)
 
     # -- reading -----------------------------------------------------------------------------
     def read_meta(self, key: str) -> dict:
-        with self._open(key) as npz:
-            return json.loads(str(npz["meta"]))
+        """The ``meta`` dict of ``key``'s entry (reads only that member)."""
+        arrays = self._load(key, ("meta",))
+        try:
+            meta = json.loads(str(arrays["meta"]))
+        except (ValueError, TypeError) as exc:
+            raise DamagedEntryError(key, self.entry_path(key), f"meta is not JSON ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise DamagedEntryError(key, self.entry_path(key), "meta is not a JSON object")
+        return meta
 
     def read(self, key: str, frames: Sequence[int] | None = None) -> FaceEntry:
-        """Load an entry; ``frames`` selects positions 0..T-1 so that only those JPEGs decode."""
-        with self._open(key) as npz:
-            offsets = npz["jpeg_offsets"]
-            total = len(offsets) - 1
-            idx = np.arange(total) if frames is None else np.asarray(frames, dtype=np.int64)
-            if idx.size and (idx.min() < 0 or idx.max() >= total):
-                raise CacheError(f"{self.entry_path(key)}: frame position out of range 0..{total - 1}")
-            jpeg = npz["jpeg"]
-            crops = [decode_jpeg(jpeg[offsets[i]:offsets[i + 1]]) for i in idx]
-            size = json.loads(str(npz["meta"])).get("size", 0)
-            return FaceEntry(
-                key=key,
-                crops=np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8),
-                landmarks=npz["landmarks"][idx],
-                frame_indices=npz["frame_indices"][idx],
-                scores=npz["scores"][idx],
-                boxes=npz["boxes"][idx],
-                meta=json.loads(str(npz["meta"])),
-            )
+        """Load an entry; ``frames`` selects positions 0..T-1 so that only those JPEGs decode.
 
-    def _open(self, key: str):
+        Every array is read in full (the zip CRCs are checked) and checked against the layout;
+        any damage raises :class:`DamagedEntryError`.
+        """
+        arrays, meta = self.check(key, decode=False)
+        path = self.entry_path(key)
+        offsets, jpeg = arrays["jpeg_offsets"], arrays["jpeg"]
+        total = len(offsets) - 1
+        idx = np.arange(total) if frames is None else np.asarray(frames, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= total):
+            raise CacheError(f"{path}: frame position out of range 0..{total - 1}")
+        try:
+            crops = [decode_jpeg(jpeg[offsets[i]:offsets[i + 1]]) for i in idx]
+        except CacheError as exc:
+            raise DamagedEntryError(key, path, str(exc)) from exc
+        size = meta.get("size", 0)
+        return FaceEntry(
+            key=key,
+            crops=np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8),
+            landmarks=arrays["landmarks"][idx],
+            frame_indices=arrays["frame_indices"][idx],
+            scores=arrays["scores"][idx],
+            boxes=arrays["boxes"][idx],
+            meta=meta,
+        )
+
+    def check(self, key: str, decode: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+        """Read every array of ``key`` (zip CRCs), check shapes and dtypes and, with ``decode``,
+        that every JPEG decodes; return ``(arrays, meta)`` or raise :class:`DamagedEntryError`."""
+        arrays = self._load(key, tuple(ENTRY_ARRAYS))
+        path = self.entry_path(key)
+        try:
+            meta = check_arrays(arrays)
+        except ValueError as exc:
+            raise DamagedEntryError(key, path, str(exc)) from exc
+        if decode:
+            offsets, jpeg = arrays["jpeg_offsets"], arrays["jpeg"]
+            for i in range(len(offsets) - 1):
+                try:
+                    decode_jpeg(jpeg[offsets[i]:offsets[i + 1]])
+                except CacheError as exc:
+                    raise DamagedEntryError(key, path, f"JPEG {i} does not decode") from exc
+        return arrays, meta
+
+    def _load(self, key: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The arrays ``names`` of ``key``'s entry, read in full; damage of any kind (zip CRC,
+        truncation, object arrays, missing members) raises :class:`DamagedEntryError`."""
         path = self.entry_path(key)
         if not path.exists():
             raise CacheError(f"no cache entry {path}; run `deepfakemae preprocess` first")
         try:
-            return np.load(path, allow_pickle=False)
-        except Exception as exc:  # corrupt zip, truncated file
-            raise CacheError(f"corrupt cache entry {path} ({exc}); delete it and rerun "
-                             "`deepfakemae preprocess` to rebuild it") from exc
+            with np.load(path, allow_pickle=False) as npz:
+                return {name: npz[name] for name in names}
+        except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError, ValueError (pickle)
+            raise DamagedEntryError(key, path, f"{type(exc).__name__}: {exc}") from exc
+
+    def read_failure(self, key: str) -> dict:
+        """The record of ``key``'s ``.fail.json``; :class:`DamagedEntryError` when unreadable."""
+        path = self.failure_path(key)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DamagedEntryError(key, path, f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(record, dict):
+            raise DamagedEntryError(key, path, "not a JSON object")
+        return record
+
+    # -- listing -----------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Every key with an entry or a failure record on disk (temporary files excluded)."""
+        found = set()
+        if self.entries_dir.exists():
+            for path in self.entries_dir.rglob("*"):
+                if path.name.startswith(TMP_PREFIX) or not path.is_file():
+                    continue
+                rel = path.relative_to(self.entries_dir).as_posix()
+                for suffix in (FAIL_SUFFIX, ENTRY_SUFFIX):
+                    if rel.endswith(suffix):
+                        found.add(rel[: -len(suffix)])
+                        break
+        return sorted(found)
+
+    def temp_files(self) -> list[Path]:
+        """Temporary files (``.tmp-*``) under the cache root."""
+        if not self.root.exists():
+            return []
+        return sorted(p for p in self.root.rglob(TMP_PREFIX + "*") if p.is_file())
+
+    def sweep_temp_files(self) -> list[Path]:
+        """Delete the stale temporary files (see :func:`is_stale_tmp`); return them."""
+        swept = []
+        for path in self.temp_files():
+            if is_stale_tmp(path):
+                path.unlink(missing_ok=True)
+                swept.append(path)
+        return swept
 
     # -- manifest ----------------------------------------------------------------------------
+    def record(self, key: str) -> dict:
+        """The manifest record of ``key``: its entry's meta, its failure record, or a
+        ``damaged`` record naming the file when either cannot be read."""
+        try:
+            if self.has_entry(key):
+                return self.read_meta(key)
+            return self.read_failure(key)
+        except DamagedEntryError as exc:
+            return {"key": key, "status": DAMAGED, "error": str(exc), "entry": str(exc.path)}
+
     def iter_records(self) -> Iterator[dict]:
-        """Yield one manifest record per finished or failed entry found on disk."""
-        if not self.entries_dir.exists():
-            return
-        for path in sorted(self.entries_dir.rglob("*")):
-            if path.name.startswith(".tmp-") or not path.is_file():
-                continue
-            if path.name.endswith(FAIL_SUFFIX):
-                yield json.loads(path.read_text())
-            elif path.name.endswith(ENTRY_SUFFIX):
-                key = path.relative_to(self.entries_dir).as_posix()[: -len(ENTRY_SUFFIX)]
-                try:
-                    yield self.read_meta(key)
-                except CacheError as exc:
-                    yield {"key": key, "status": "error", "error": str(exc)}
+        """Yield one manifest record per finished, failed or damaged entry found on disk."""
+        for key in self.keys():
+            yield self.record(key)
 
     def rebuild_manifest(self) -> Path:
         """Rewrite ``manifest.jsonl`` atomically from what ``entries/`` holds."""
@@ -237,3 +426,22 @@ class FaceCache:
                     raise CacheError(f"{self.manifest_path}:{n}: malformed JSON ({exc}); "
                                      "rerun `deepfakemae preprocess` to rebuild it") from exc
         return records
+
+    # -- settings ----------------------------------------------------------------------------
+    def read_settings(self) -> dict | None:
+        """The settings recorded in ``cache.json`` (``None`` for a cache without one)."""
+        if not self.settings_path.exists():
+            return None
+        try:
+            data = json.loads(self.settings_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"{self.settings_path} is unreadable ({exc}); delete it and rerun "
+                             "`deepfakemae preprocess` with the settings the cache was made "
+                             "with") from exc
+        return data if isinstance(data, dict) else None
+
+    def write_settings(self, settings: dict) -> Path:
+        """Record ``settings`` in ``cache.json`` (atomically)."""
+        data = json.dumps(settings, indent=2, sort_keys=True).encode()
+        _atomic_write_bytes(self.settings_path, lambda h: h.write(data))
+        return self.settings_path

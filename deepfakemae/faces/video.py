@@ -1,14 +1,18 @@
 """Decode only the sampled frames of a video file (PyAV or decord) or a frame folder.
 
 ``open_video(path)`` returns a :class:`FrameSource` with ``num_frames``, ``fps`` and
-``read(indices) -> list of (H,W,3) uint8 RGB``. ``sample_indices(total, n)`` picks ``n``
+``read(indices) -> list of (H,W,3) uint8 RGB``, upright: a stream's display rotation (phones
+store portrait video as landscape pixels plus a 90-degree display matrix) is applied by every
+decoder (PyAV here, decord by itself). ``sample_indices(total, n)`` picks ``n``
 uniformly spread, deterministic frame numbers. Anything that cannot be decoded raises
 :class:`VideoError` with ``status`` ``"unreadable"`` or ``"empty"``.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import re
 from abc import ABC, abstractmethod
 from fractions import Fraction
@@ -67,6 +71,17 @@ def sniff_container(path: Path) -> str | None:
     if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
         return "mpegts"
     return None
+
+
+def upright_rgb(frame) -> np.ndarray:
+    """A PyAV video frame as (H,W,3) uint8 RGB with its display rotation applied.
+
+    ``frame.rotation`` is the counterclockwise angle (degrees) of the stream's display matrix;
+    it is rounded to a multiple of 90.
+    """
+    image = frame.to_ndarray(format="rgb24")
+    turns = int(round((frame.rotation or 0) / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 class FrameSource(ABC):
@@ -261,7 +276,7 @@ class PyAVSource(FrameSource):
                 i = index.frame_of_pts.get(frame.pts)
                 self._fed.discard(i)
                 if i in remaining:
-                    found[i] = frame.to_ndarray(format="rgb24")  # (H, W, 3) wanted frames only
+                    found[i] = upright_rgb(frame)  # (H, W, 3) wanted frames only
                     remaining.discard(i)
 
         try:
@@ -355,7 +370,7 @@ class PyAVSource(FrameSource):
                     self.decoded += 1
                     self._pos = self._index_of(frame)
                     if self._pos >= index:
-                        found[index] = frame.to_ndarray(format="rgb24")
+                        found[index] = upright_rgb(frame)
                         break
                 else:
                     break  # the stream ended early
@@ -426,7 +441,7 @@ def open_video(path: str | Path, threads: int = 1, backend: str = "decord") -> F
             raise VideoError("empty", f"{path}: folder holds no frame images {IMAGE_SUFFIXES}")
         return source
     if not path.is_file():
-        raise VideoError("unreadable", f"{path}: no such file or folder")
+        raise VideoError("unreadable", f"{path}: {_missing_reason(path)}")
     if path.stat().st_size == 0:
         raise VideoError("empty", f"{path}: zero-byte file")
     container = sniff_container(path)
@@ -440,6 +455,21 @@ def open_video(path: str | Path, threads: int = 1, backend: str = "decord") -> F
         raise
     except Exception:  # decord.DECORDError and friends: retry with PyAV
         return _checked(PyAVSource(path, threads=threads))
+
+
+def _missing_reason(path: Path) -> str:
+    """Why ``path`` is neither a file nor a folder: a dangling link, a link loop, or absent."""
+    if not path.is_symlink():
+        return "no such file or folder"
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "symbolic link loop"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"dangling symbolic link to {os.readlink(path)} (the target does not exist)"
+    return "symbolic link to something that is neither a file nor a folder"
 
 
 def _checked(source: FrameSource) -> FrameSource:

@@ -15,18 +15,29 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or not the kind the caller needs."""
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load(path, weights_only=True)`` with errors that name the file and the fix."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and the fix.
+
+    ``mmap`` maps the tensors instead of reading them (for checks that need the header only).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; pass the "
+                              f".ckpt file inside it (e.g. {path}/checkpoints/last.ckpt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train the stage that writes it "
                               "first (see README: make pretrain / make train-stage2)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is an empty file (0 bytes; an interrupted "
+                              "copy or save?); use another checkpoint or retrain that stage")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # pickle with code, truncated zip, not a torch file at all
-        raise CheckpointError(f"cannot load {path} as a weights-only checkpoint ({exc}); only "
-                              "checkpoints written by DeepfakeMAE's Lightning runs are accepted"
-                              ) from exc
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"cannot load {path} as a weights-only checkpoint "
+                              f"({type(exc).__name__}: {reason}); it is truncated, corrupt or not "
+                              "a checkpoint; only checkpoints written by DeepfakeMAE's Lightning "
+                              "runs are accepted") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
     return ckpt
@@ -97,3 +108,49 @@ def load_module(cls, path: str | Path, **overrides):
     module = cls(**{**saved, **overrides})  # LightningCLI adds keys such as _class_path
     load_into(module, ckpt["state_dict"], str(path))
     return module
+
+
+#: module class -> what its checkpoint is, for messages
+KINDS = {
+    "MAEPretrainModule": "a stage-1 MAE checkpoint (deepfakemae fit -c experiments/pretrain.yaml)",
+    "FinetuneModule": "a stage-2 Finetuning Network checkpoint "
+                      "(deepfakemae fit -c experiments/finetune.yaml)",
+    "MappingModule": "a stage-2 Mapping Network checkpoint "
+                     "(deepfakemae fit -c experiments/mapping.yaml)",
+    "DualNetworkDetector": "no checkpoint of its own: the fused detector is built from its "
+                           "finetune_checkpoint and mapping_checkpoint, so drop --ckpt_path",
+}
+#: model init argument -> the module class whose checkpoint it takes
+CHECKPOINT_ARGUMENTS = {"mae_checkpoint": "MAEPretrainModule",
+                        "finetune_checkpoint": "FinetuneModule",
+                        "mapping_checkpoint": "MappingModule"}
+
+
+def describe_kind(kind: str | None) -> str:
+    """What a checkpoint written by module class ``kind`` is, in words."""
+    if kind is None:
+        return "not written by a DeepfakeMAE module (no stage tag)"
+    what = KINDS.get(kind, f"a {kind} checkpoint")
+    return what if kind != "DualNetworkDetector" else "a DualNetworkDetector checkpoint"
+
+
+def check_checkpoint(path: str | Path, needs: str, preset: str | None = None,
+                     purpose: str = "this run") -> dict:
+    """Check, before any model is built, that ``path`` is a readable weights-only checkpoint
+    written by module class ``needs`` (and, when both are known, with MAE ``preset``).
+
+    Returns the checkpoint's hyper-parameters; raises :class:`CheckpointError` with one message
+    naming the file, what it is and what ``purpose`` needs. Tensors are memory-mapped, not read.
+    """
+    ckpt = read_checkpoint(path, mmap=True)
+    kind = ckpt.get(MODULE_TAG)
+    if kind != needs:
+        raise CheckpointError(f"checkpoint {path} is {describe_kind(kind)}; {purpose} needs "
+                              f"{KINDS.get(needs, f'a {needs} checkpoint')}")
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    saved = hparams.get("preset")
+    if preset is not None and saved is not None and saved != preset:
+        raise CheckpointError(f"checkpoint {path} holds a {saved} MAE but {purpose} is "
+                              f"configured for {preset}; pass --model.init_args.preset {saved} "
+                              "or the checkpoint of a matching run")
+    return hparams
