@@ -54,6 +54,10 @@ class LandmarkHorizontalFlip(A.HorizontalFlip):
         return faces[:, FLIP_PERMUTATION].reshape(n, -1)
 
 
+#: the probabilities ``build_train_transform`` takes (the datamodule's ``augment`` mapping keys)
+AUGMENT_PROBABILITIES = ("flip_p", "affine_p", "color_p", "jpeg_p", "noise_p", "blur_p")
+
+
 def build_train_transform(
     flip_p: float = 0.5,
     affine_p: float = 0.3,

@@ -21,7 +21,7 @@ from typing import Literal
 import lightning as L
 from torch.utils.data import DataLoader
 
-from data_modules.augment import FaceAugment
+from data_modules.augment import AUGMENT_PROBABILITIES, FaceAugment, build_train_transform
 from data_modules.datasets import (
     DataError,
     FaceClipDataset,
@@ -49,7 +49,9 @@ class DeepfakeDataModule(L.LightningDataModule):
         balanced: balanced real/fake training sampler.
         domains: fake methods in domain-id order (ids 1..n; real = 0); default sorted training
             fake methods. Evaluation methods outside the map get domain -1.
-        augment: training augmentation (flip, affine, colour, JPEG, noise, blur).
+        augment: training augmentation (flip, affine, colour, JPEG, noise, blur): ``True`` for the
+            default probabilities, ``False`` for none, or a mapping of
+            ``build_train_transform`` probabilities (``{flip_p: 0.5, jpeg_p: 0.0, ...}``).
         seed: seed of the training frame / video choice.
         samples_per_video: training draws per video per epoch (each with its own random
             frame or clip); with ``balanced`` the epoch holds this many pairs per real video.
@@ -75,7 +77,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         clip_len: int = 5,
         balanced: bool = False,
         domains: list[str] | None = None,
-        augment: bool = True,
+        augment: bool | dict[str, float] = True,
         seed: int = 0,
         pin_memory: bool = False,
         samples_per_video: int = 1,
@@ -107,6 +109,10 @@ class DeepfakeDataModule(L.LightningDataModule):
         self.clip_len = clip_len
         self.balanced = balanced
         self.domains = domains
+        if isinstance(augment, dict):
+            unknown = sorted(set(augment) - set(AUGMENT_PROBABILITIES))
+            if unknown:
+                raise DataError(f"augment: unknown keys {unknown}; use {list(AUGMENT_PROBABILITIES)}")
         self.augment = augment
         self.seed = seed
         self.pin_memory = pin_memory
@@ -173,11 +179,16 @@ class DeepfakeDataModule(L.LightningDataModule):
             clip_len = self.clip_len if self.mode == "clip" else 1
             self.train_dataset = FaceClipDataset(
                 train_videos, self.domain_map, self.img_size, clip_len=clip_len, windows="all",
-                augment=FaceAugment() if self.augment else None)
+                augment=self._augmentation())
         if stage in (None, "fit", "validate") and not self.val_datasets:
             self.val_datasets = [self._eval_dataset(s) for s in self.val_sources]
         if stage in (None, "test", "predict") and not self.test_datasets:
             self.test_datasets = [self._eval_dataset(s) for s in self.test_sources]
+
+    def _augmentation(self) -> FaceAugment | None:
+        if isinstance(self.augment, dict):
+            return FaceAugment(build_train_transform(**self.augment))
+        return FaceAugment() if self.augment else None
 
     # -- loaders -----------------------------------------------------------------------------
     def train_sampler(self) -> VideoEpochSampler | BalancedRealFakeSampler:

@@ -268,6 +268,19 @@ def test_full_augmentation_is_shared_across_clip_frames(astronaut_face_session):
     assert not np.array_equal(other[0], out[0])
 
 
+def test_augment_mapping_sets_the_pipeline_probabilities(ffpp_cache, celebdf_cache):
+    flip_only = {"flip_p": 1.0, "affine_p": 0.0, "color_p": 0.0, "jpeg_p": 0.0, "noise_p": 0.0,
+                 "blur_p": 0.0}
+    plain = _dm(ffpp_cache, celebdf_cache, augment=False)
+    flipped = _dm(ffpp_cache, celebdf_cache, augment=flip_only)
+    plain.setup("fit")
+    flipped.setup("fit")
+    a, b = plain.train_dataset[0]["image"], flipped.train_dataset[0]["image"]
+    torch.testing.assert_close(b, a.flip(-1))  # a mirror image, nothing else
+    with pytest.raises(DataError, match="unknown keys"):
+        _dm(ffpp_cache, celebdf_cache, augment={"hue_p": 0.5})
+
+
 # -- DDP evaluation ---------------------------------------------------------------------------
 def test_ddp_eval_shards_cover_every_frame_once_after_dedup(ffpp_cache, celebdf_cache):
     dm = _dm(ffpp_cache, celebdf_cache)
