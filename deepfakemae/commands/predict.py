@@ -27,6 +27,7 @@ import torch
 from data_modules.datasets import resize_faces, to_tensor, window_positions
 from data_modules.records import VideoRecord
 from deepfakemae.faces.cache import JPEG_QUALITY, FaceEntry, decode_jpeg, encode_jpeg
+from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
 from deepfakemae.faces.pipeline import FaceConfig, FaceError, FacePipeline, records_from_inputs
 from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
@@ -68,6 +69,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                              "(default: the model's input size; use the preprocess --size the "
                              "training cache was built with to mirror training exactly)")
     parser.add_argument("--landmarks", choices=BACKENDS, default="dlib", help="landmark backend")
+    parser.add_argument("--detector", choices=DETECTORS, default="dlib+mtcnn",
+                        help="face detector: dlib HOG with MTCNN on frames where it finds no "
+                             "face (default), dlib alone, or MTCNN alone")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--batch-size", type=int, default=8, help="5-frame clips per forward pass")
     parser.add_argument("--threshold", type=float, default=0.5,
@@ -311,13 +315,18 @@ def run_predict_command(args: argparse.Namespace) -> int:
             records = records_from_inputs(args.video)
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
+        try:
+            check_detector(args.detector)
+        except DetectorError as exc:
+            raise UsageError(str(exc)) from exc
         device = resolve_device(args.device)
         scorer = VideoScorer(load_detector(args), device, args.batch_size)
         size = args.crop_size or scorer.img_size
         if size < 16:
             raise UsageError("--crop-size must be >= 16")
         pipeline = FacePipeline(FaceConfig(frames=args.frames, size=size,
-                                           landmarks=args.landmarks, device=str(device)))
+                                           landmarks=args.landmarks, device=str(device),
+                                           detector=args.detector))
     except (UsageError, LandmarkError) as exc:
         print(f"deepfakemae predict: error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from data_modules.indexes import DatasetError, list_indexes, records_for_dataset
 from data_modules.records import VideoRecord
 from deepfakemae.faces.align import DEFAULT_MARGIN
 from deepfakemae.faces.cache import CacheError
+from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
 from deepfakemae.faces.pipeline import FaceConfig, records_from_inputs, run_preprocess
 
@@ -52,6 +53,9 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("--landmarks", choices=BACKENDS, default="dlib",
                         help="landmark backend (fan downloads its weights on first use)")
     parser.add_argument("--device", default="cpu", help="torch device for --landmarks fan")
+    parser.add_argument("--detector", choices=DETECTORS, default="dlib+mtcnn",
+                        help="face detector: dlib HOG with MTCNN on frames where it finds no "
+                             "face (default), dlib alone, or MTCNN alone")
     parser.add_argument("--detect-max-side", type=int, default=640,
                         help="longest side frames are downscaled to for face detection")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
@@ -95,9 +99,13 @@ def config_for_args(args: argparse.Namespace) -> FaceConfig:
         raise UsageError("--frames and --workers must be >= 1 and --size >= 16")
     if not 0 <= args.margin < 0.5:
         raise UsageError("--margin must be in [0, 0.5)")
+    try:
+        check_detector(args.detector)
+    except DetectorError as exc:
+        raise UsageError(str(exc)) from exc
     return FaceConfig(frames=args.frames, size=args.size, landmarks=args.landmarks,
                       device=args.device, detect_max_side=args.detect_max_side,
-                      margin=args.margin)
+                      detector=args.detector, margin=args.margin)
 
 
 def run_preprocess_command(args: argparse.Namespace) -> int:
