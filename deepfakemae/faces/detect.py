@@ -126,10 +126,17 @@ class MtcnnDetector:
         self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face, device=device)
 
     def detect_all(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Faces of ``image`` (H,W,3) uint8 RGB (an underexposed one brightened first): boxes
-        (K,4), scores (K,), points (K,5,2), all in source pixels, faces below ``threshold``
-        dropped."""
+        """Faces of ``image`` (H,W,3) uint8 RGB (an underexposed one brightened first; at full
+        resolution when the downscaled copy has none): boxes (K,4), scores (K,), points
+        (K,5,2), all in source pixels, faces below ``threshold`` dropped."""
         scale = min(1.0, self.max_side / max(image.shape[:2]))
+        found = self._run(image, scale)
+        if len(found[0]) == 0 and scale < 1.0:  # a face too small for the downscaled copy
+            found = self._run(image, 1.0)
+        return found
+
+    def _run(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """MTCNN on ``image`` resized by ``scale``; results in ``image`` pixels."""
         small = image
         if scale < 1.0:
             h, w = image.shape[:2]
