@@ -93,7 +93,7 @@ class DeepfakeMAECLI(LightningCLI):
 
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> DeepfakeMAECLI:
-    """Run ``fit``/``validate``/``test``/``predict``; ``args`` None reads ``sys.argv``.
+    """Run ``fit``/``validate``/``test``; ``args`` None reads ``sys.argv``.
 
     Several runs in one process (``make demo``, tests) each get their own W&B run: the one a run
     opened is finished when it returns.

@@ -14,7 +14,7 @@ from deepfakemae.cli import main
 def test_usage_lists_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("fit", "test", "predict", "preprocess"):
+    for command in ("fit", "test", "score", "predict", "preprocess"):
         assert command in out
 
 
@@ -107,7 +107,7 @@ def test_model_input_checkpoints_are_checked(checkpoints, capsys):
 
 
 @pytest.mark.parametrize(("broken", "command"), [("truncated", "fit"), ("empty", "validate"),
-                                                 ("random", "test"), ("folder", "predict")])
+                                                 ("random", "test"), ("folder", "validate")])
 def test_unreadable_checkpoint_is_a_usage_error(checkpoints, capsys, broken, command):
     code, err = run_cli([command, "-c", str(EXP / "pretrain.yaml"),
                          "--model.init_args.preset=mae_vit_micro",
