@@ -263,9 +263,10 @@ def test_pipeline_records_which_detector_found_each_face(tmp_path, fallback_pipe
     assert "mtcnn" in entry.meta["detectors"] and len(entry.meta["detectors"]) == len(entry)
     with pytest.raises(FaceError, match="no face"):
         FacePipeline(FaceConfig(frames=4, size=112, detector="dlib")).process(record)
-    bright = FacePipeline(FaceConfig(frames=4, size=112, detector="dlib")).process(
-        VideoRecord("grid/bbaf2n", str(CLIP), 0, "grid", "real", "test"))
+    easy = FacePipeline(FaceConfig(frames=4, size=112, detector="dlib+mtcnn"))
+    bright = easy.process(VideoRecord("grid/bbaf2n", str(CLIP), 0, "grid", "real", "test"))
     assert set(bright.meta["detectors"]) <= {"dlib", "tracked"}
+    assert easy.detector._mtcnn is None  # an easy video never loads MTCNN
 
 
 def test_detector_choice_is_checked():

@@ -179,8 +179,16 @@ class FaceDetector:
         self.track_window = track_window
         self.upsample = upsample
         self._detector = dlib.get_frontal_face_detector()
-        self.mtcnn = MtcnnDetector(max_side) if "mtcnn" in backend else None
+        self._mtcnn: MtcnnDetector | None = None  # loaded when first needed (imports torch)
         self.stats = {"tracked": 0, "detected": 0, "full_res": 0, "mtcnn": 0, "missed": 0}
+
+    @property
+    def mtcnn(self) -> MtcnnDetector | None:
+        """The MTCNN backend (built on first use, so easy videos never load it), or ``None``
+        when ``backend`` is ``dlib``."""
+        if self._mtcnn is None and "mtcnn" in self.backend:
+            self._mtcnn = MtcnnDetector(self.max_side)
+        return self._mtcnn
 
     def _run(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
         """Detect on ``image`` resized by ``scale``; boxes (K,4) in ``image`` pixels, scores (K,)."""
@@ -242,7 +250,7 @@ class FaceDetector:
         if found is not None:
             self.stats["detected"] += 1
             return found
-        if self.mtcnn is not None:
+        if "mtcnn" in self.backend:
             found = self.mtcnn.select(image, previous)
         self.stats["mtcnn" if found is not None else "missed"] += 1
         return found
