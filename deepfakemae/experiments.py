@@ -49,8 +49,26 @@ RUNNING_MARKER = ".running"
 PLAN_RECORD = "plan.json"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TABLES_DIR = PROJECT_ROOT / "experiments" / "tables"
 COMMON_PLAN = "common.yaml"
+
+
+def experiments_dir() -> Path:
+    """The stage configs and table plans: ``experiments/`` of a clone (or editable install),
+    else the copy a wheel ships as the ``deepfakemae.configs`` package data."""
+    clone = PROJECT_ROOT / "experiments"
+    return clone if clone.is_dir() else Path(__file__).resolve().parent / "configs"
+
+
+def locate(path: str | Path) -> Path:
+    """``path`` as given when it exists from the working directory (or is absolute); a path
+    under ``experiments/`` that does not is looked up in :func:`experiments_dir`."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or not p.parts or p.parts[0] != "experiments":
+        return p
+    return experiments_dir().joinpath(*p.parts[1:])
+
+
+TABLES_DIR = experiments_dir() / "tables"
 
 
 class PlanError(ValueError):
@@ -113,7 +131,7 @@ class Job:
 # ------------------------------------------------------------------------------------------ loading
 def resolve_plan_path(path: str | Path) -> Path:
     """A plan file path, or a bare table name (``table4``) looked up in ``experiments/tables``."""
-    p = Path(path)
+    p = locate(path)
     if p.exists():
         return p
     if re.fullmatch(r"table\d+", str(path)) and (TABLES_DIR / f"{path}.yaml").exists():
@@ -249,11 +267,9 @@ def _flag_value(value) -> str:
 # ------------------------------------------------------------------------------------------ jobs
 def _config_path(path: str) -> str:
     """A config path as it should appear in a command: as written when it exists from the
-    working directory, else anchored at the project root."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return path
-    return str(PROJECT_ROOT / p)
+    working directory, else where :func:`locate` finds it."""
+    p = locate(path)
+    return path if p == Path(path) else str(p)
 
 
 def stage_output(run_dir: Path, stage: str) -> Path:

@@ -92,6 +92,20 @@ class DeepfakeMAECLI(LightningCLI):
         check_run_checkpoints(self.config)
 
 
+def locate_configs(args: Sequence[str]) -> list[str]:
+    """``args`` with each ``-c``/``--config`` file under ``experiments/`` that is not found from
+    the working directory replaced by the installed copy (a wheel install ships them)."""
+    from deepfakemae.experiments import locate
+
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg in ("-c", "--config") and i + 1 < len(out):
+            out[i + 1] = str(locate(out[i + 1]))
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + str(locate(arg.split("=", 1)[1]))
+    return out
+
+
 def run_lightning_cli(args: Sequence[str] | None = None) -> DeepfakeMAECLI:
     """Run ``fit``/``validate``/``test``; ``args`` None reads ``sys.argv``.
 
@@ -101,6 +115,7 @@ def run_lightning_cli(args: Sequence[str] | None = None) -> DeepfakeMAECLI:
     saved_argv = sys.argv
     if args is not None:  # let LightningCLI read them as if typed (it warns when given both)
         sys.argv = [saved_argv[0] if saved_argv else "deepfakemae", *args]
+    sys.argv = [sys.argv[0], *locate_configs(sys.argv[1:])]
     try:
         return DeepfakeMAECLI()
     finally:

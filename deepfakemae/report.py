@@ -23,16 +23,16 @@ import yaml
 
 from deepfakemae.experiments import (
     PLAN_RECORD,
-    PROJECT_ROOT,
     TABLES_DIR,
     Plan,
     PlanError,
     Resolver,
+    experiments_dir,
     load_plan,
     plan_from_record,
 )
 
-PAPER_RESULTS = PROJECT_ROOT / "experiments" / "paper_results.yaml"
+PAPER_RESULTS = experiments_dir() / "paper_results.yaml"
 DEFAULT_METRIC = "fused/auc"
 MISSING = "—"  # no run / no result
 NOT_REPORTED = "*"  # the paper's own mark for a number it does not give
