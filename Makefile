@@ -40,7 +40,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,fan]'
 	@# face-alignment pins the GUI opencv-python, which would shadow the headless build, and
 	@# facenet-pytorch (MTCNN, weights in its wheel) pins torch<2.3 and numpy<2, which the code
 	@# does not need: both without their dependencies.

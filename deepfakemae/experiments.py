@@ -496,10 +496,29 @@ def _check_ready(job: Job, todo: list[Job]) -> None:
             raise PlanError(f"{job.label}: config {config} does not exist; run from the "
                             f"project root or fix the plan's `configs:`")
     produced = {j.output for j in todo}
-    for path in job.inputs:
-        if not path.exists() and path not in produced:
+    for (flag, producer), path in zip(STAGE_INPUTS[job.stage], job.inputs, strict=True):
+        if path.exists():
+            _check_input(job, flag, producer, path)
+        elif path not in produced:
             raise PlanError(f"{job.label} needs {path}, which neither exists nor is produced by "
                             f"this selection; add its stage to --stages or run that table first")
+
+
+#: the module class whose checkpoint each input flag needs
+INPUT_MODULES = {"mae_checkpoint": "MAEPretrainModule", "finetune_checkpoint": "FinetuneModule",
+                 "mapping_checkpoint": "MappingModule"}
+
+
+def _check_input(job: Job, flag: str, producer: str, path: Path) -> None:
+    """:class:`PlanError` when the existing input checkpoint ``path`` is not usable for ``flag``."""
+    from deepfakemae.modules.checkpoints import CheckpointError, check_checkpoint
+
+    name = flag.rsplit(".", 1)[-1]
+    try:
+        check_checkpoint(path, INPUT_MODULES[name], purpose=f"{job.label} ({name})")
+    except CheckpointError as exc:
+        raise PlanError(f"{exc}; rerun the stage that writes it with `deepfakemae run "
+                        f"{job.table} --stages {producer} --fresh`, or remove {path}") from exc
 
 
 # ------------------------------------------------------------------------------------------ CLI

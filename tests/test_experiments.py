@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from deepfakemae.cli import main
 from deepfakemae.experiments import (
@@ -239,3 +240,23 @@ def test_demo_and_paper_runs_never_share_a_folder(tmp_path):
     write_plan_record(load_plan("table1", demo=True), tmp_path)
     with pytest.raises(PlanError, match="demo runs"):
         write_plan_record(load_plan("table1", demo=False), tmp_path)
+
+
+def test_an_existing_input_of_the_wrong_stage_is_refused_before_training(tmp_path):
+    from deepfakemae.modules.finetune import FinetuneModule
+
+    plan = load_plan(TABLES_DIR / "table1.yaml", demo=True)
+    ckpt = tmp_path / "table1/main/pretrain/checkpoints/last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    module = FinetuneModule(mae_checkpoint=None, preset="mae_vit_micro")
+    saved = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(saved)
+    torch.save(saved, ckpt)
+    with pytest.raises(PlanError) as info:
+        run_plan(plan, tmp_path, stages=["finetune"])
+    message = str(info.value)
+    assert str(ckpt) in message and "--stages pretrain --fresh" in message
+    ckpt.write_bytes(b"")
+    with pytest.raises(PlanError, match="empty file"):
+        run_plan(plan, tmp_path, stages=["finetune"])
+    assert not (tmp_path / "table1/main/finetune").exists()  # nothing ran
