@@ -65,12 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser, run = _tool_parser(command)
         return int(run(parser.parse_args(args[1:])) or 0)
     if command in LIGHTNING_COMMANDS:
-        from deepfakemae.lightning_cli import run_lightning_cli
+        from deepfakemae.lightning_cli import RunDirError, run_lightning_cli
         from deepfakemae.modules.checkpoints import CheckpointError
 
         try:  # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
             run_lightning_cli(None if argv is None else args)
-        except CheckpointError as exc:
+        except (CheckpointError, RunDirError) as exc:
             print(f"deepfakemae {command}: error: {exc}", file=sys.stderr)
             return 2
         return 0

@@ -15,13 +15,32 @@ from deepfakemae.runinfo import run_info
 from deepfakemae.visualize import local_log_dir
 
 
+class RunDirError(ValueError):
+    """A run that would overwrite a finished one (exit code 2; the message names the fix)."""
+
+
+def record_names(stage) -> tuple[str, str]:
+    """``(config, run info)`` file names of a ``stage``: ``config.yaml`` / ``run_info.json`` for
+    ``fit``, ``config_<stage>.yaml`` / ``run_info_<stage>.json`` for an evaluation, so that
+    testing a training run's checkpoint keeps that run's own records."""
+    stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn
+    if stage == "fit":
+        return "config.yaml", "run_info.json"
+    return f"config_{stage}.yaml", f"run_info_{stage}.json"
+
+
 class SaveConfigAndRunInfo(SaveConfigCallback):
-    """Saves ``config.yaml`` (LightningCLI) plus ``run_info.json`` and sends both to the logger."""
+    """Saves the config (LightningCLI) plus the run info and sends both to the logger; an
+    evaluation's go beside its results under their own names (:func:`record_names`)."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.config_filename = record_names(stage)[0]
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         info = run_info()
         if trainer.is_global_zero:  # only rank 0 gets here: no collectives (trainer.log_dir is one)
-            path = local_log_dir(trainer) / "run_info.json"
+            path = local_log_dir(trainer) / record_names(stage)[1]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(info, indent=2, default=str))
         for logger in trainer.loggers:
@@ -67,6 +86,40 @@ def check_run_checkpoints(config) -> None:
             check_checkpoint(inputs[arg], needs, purpose=f"{name}'s --model.init_args.{arg}")
 
 
+def place_outputs(run) -> None:
+    """Make ``trainer.default_root_dir`` the one run-folder switch: a logger ``save_dir`` or a
+    checkpoint ``dirpath`` left unset (null, as the stage configs leave them) becomes ``<root>``
+    or ``<root>/checkpoints``; one given explicitly is kept."""
+    trainer = _value(run, "trainer")
+    root = _value(trainer, "default_root_dir") if trainer is not None else None
+    if not root:
+        return
+    loggers = _value(trainer, "logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init = _value(logger, "init_args")
+        if init is not None and "save_dir" in init and init["save_dir"] is None:
+            init["save_dir"] = str(root)
+    for callback in _value(trainer, "callbacks") or []:
+        init = _value(callback, "init_args")
+        if init is not None and "dirpath" in init and init["dirpath"] is None:
+            init["dirpath"] = str(Path(root) / "checkpoints")
+
+
+def check_not_finished(run) -> None:
+    """Refuse a ``fit`` that would train over a run's ``last.ckpt`` without ``--ckpt_path``
+    (resume) or ``--fresh``; raises :class:`RunDirError` naming the file and both switches."""
+    if _value(run, "fresh") or _value(run, "ckpt_path"):
+        return
+    for callback in _value(_value(run, "trainer"), "callbacks") or []:
+        dirpath = _value(_value(callback, "init_args"), "dirpath")
+        last = Path(dirpath) / "last.ckpt" if dirpath else None
+        if last is not None and last.is_file():
+            raise RunDirError(
+                f"{last} exists: this run folder already holds a trained model; resume it with "
+                f"--ckpt_path {last}, train anew over it with --fresh, or write elsewhere with "
+                "RUN_DIR=<folder> (or --trainer.default_root_dir <folder>)")
+
+
 class DeepfakeMAECLI(LightningCLI):
     """LightningCLI with ``parser_mode="omegaconf"`` so configs can use ``${...}`` interpolation."""
 
@@ -89,7 +142,18 @@ class DeepfakeMAECLI(LightningCLI):
         """Parse, then check the checkpoints the config names before anything is loaded or
         built (LightningCLI itself would load ``--ckpt_path`` next and swap the model class)."""
         super().parse_arguments(parser, args)
+        command = _value(self.config, "subcommand")
+        run = _value(self.config, command) if command else self.config
+        place_outputs(run)
+        if command == "fit":
+            check_not_finished(run)
         check_run_checkpoints(self.config)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        """``--fresh``: let ``fit`` train anew over a finished run."""
+        parser.add_argument("--fresh", action="store_true",
+                            help="fit: train anew although the run folder already holds "
+                                 "last.ckpt (refused otherwise)")
 
 
 def locate_configs(args: Sequence[str]) -> list[str]:

@@ -124,3 +124,36 @@ def test_matching_checkpoint_passes_the_check(checkpoints):
 
     hparams = check_checkpoint(checkpoints["pretrain"], "MAEPretrainModule", "mae_vit_micro")
     assert hparams["preset"] == "mae_vit_micro"
+
+
+# -- run folders keep their records --------------------------------------------------------------
+
+MICRO = ["--model.init_args.preset=mae_vit_micro", "--data.init_args.img_size=64"]
+
+
+def test_default_root_dir_moves_every_output(tmp_path, monkeypatch):
+    from deepfakemae.lightning_cli import DeepfakeMAECLI
+
+    monkeypatch.setenv("RUN_DIR", str(tmp_path / "runs"))
+    elsewhere = tmp_path / "elsewhere"
+    cli = DeepfakeMAECLI(args=["-c", str(EXP / "pretrain.yaml"), *MICRO, "--trainer.logger=false",
+                               f"--trainer.default_root_dir={elsewhere}"], run=False)
+    (checkpoint,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "FinalModelCheckpoint"]
+    assert Path(checkpoint.dirpath) == elsewhere / "checkpoints"
+    cli = DeepfakeMAECLI(args=["-c", str(EXP / "finetune.yaml"), "--data.init_args.img_size=64",
+                               "--model.init_args.mae_checkpoint=null",
+                               "--model.init_args.preset=mae_vit_micro",
+                               f"--trainer.default_root_dir={elsewhere}"], run=False)
+    assert Path(cli.trainer.loggers[0].save_dir) == elsewhere
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fit_refuses_to_train_over_a_finished_run(checkpoints, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RUN_DIR", str(tmp_path))
+    last = tmp_path / "pretrain" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(checkpoints["pretrain"].read_bytes())
+    code, err = run_cli(["fit", "-c", str(EXP / "pretrain.yaml"), *MICRO], capsys)
+    assert code == 2
+    assert str(last) in err and "--fresh" in err and f"--ckpt_path {last}" in err
+    assert "Traceback" not in err
