@@ -117,10 +117,20 @@ class Job:
         return f"{self.table}/{self.variant} {self.stage}"
 
     def env(self) -> dict[str, str]:
-        """Variables to set for this run (``RUN_DIR`` plus the data roots in use)."""
+        """Variables to set for this run (``RUN_DIR``, the data roots in use, and the W&B run's
+        name, group, job type and tags, read by :class:`deepfakemae.loggers.AutoWandbLogger`)."""
         env = {"RUN_DIR": str(self.run_dir)}
         env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+        env.update(self.wandb_env())
         return env
+
+    def wandb_env(self) -> dict[str, str]:
+        """W&B's own variables for this stage: run ``<table>/<variant>/<stage>`` in group
+        ``<table>/<variant>``, job type ``<stage>``, tagged with all three."""
+        return {"WANDB_NAME": f"{self.table}/{self.variant}/{self.stage}",
+                "WANDB_RUN_GROUP": f"{self.table}/{self.variant}",
+                "WANDB_JOB_TYPE": self.stage,
+                "WANDB_TAGS": ",".join((self.table, self.variant, self.stage))}
 
     def shell(self) -> str:
         """The run as one shell line: ``RUN_DIR=... deepfakemae fit -c ... --...``."""

@@ -29,6 +29,18 @@ def record_names(stage) -> tuple[str, str]:
     return f"config_{stage}.yaml", f"run_info_{stage}.json"
 
 
+def effective_config(config: dict, hparams) -> dict:
+    """``config`` with the model's ``init_args`` replaced by the values the module actually
+    uses (its ``hparams``: e.g. stage 2's ``preset`` read from the stage-1 checkpoint)."""
+    init = (config.get("model") or {}).get("init_args")
+    if isinstance(init, dict):
+        for key in init:
+            value = hparams.get(key) if hasattr(hparams, "get") else None
+            if isinstance(value, (str, int, float, bool)):
+                init[key] = value
+    return config
+
+
 class SaveConfigAndRunInfo(SaveConfigCallback):
     """Saves the config (LightningCLI) plus the run info and sends both to the logger; an
     evaluation's go beside its results under their own names (:func:`record_names`)."""
@@ -44,8 +56,9 @@ class SaveConfigAndRunInfo(SaveConfigCallback):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(info, indent=2, default=str))
         for logger in trainer.loggers:
-            config = self.parser.dump(self.config, skip_none=False, format="json")
-            logger.log_hyperparams({"config": json.loads(config), "run_info": info})
+            config = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
+            logger.log_hyperparams({"config": effective_config(config, pl_module.hparams),
+                                    "run_info": info})
 
 
 #: ``--ckpt_path`` values Lightning resolves itself (when no file of that name exists)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from deepfakemae.loggers import log_wandb_results
 from deepfakemae.metrics import compute_metrics, roc_curve, video_level
 from deepfakemae.visualize import log_image, roc_figure
 
@@ -237,4 +238,5 @@ class VideoEvaluation:
                        if not math.isnan(c[2])}
             if plotted:
                 log_image(trainer, "test/roc", roc_figure(plotted), trainer.global_step)
+            log_wandb_results(trainer, results, curves_by_set)
         return results
