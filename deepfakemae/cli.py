@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -60,17 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0 if args else 2
+    os.environ.setdefault("WANDB_SILENT", "true")  # no W&B banner lines on every run
     command = ALIASES.get(args[0], args[0])
     if command in TOOLS:
         parser, run = _tool_parser(command)
         return int(run(parser.parse_args(args[1:])) or 0)
     if command in LIGHTNING_COMMANDS:
+        from data_modules.datasets import DataError
         from deepfakemae.lightning_cli import RunDirError, run_lightning_cli
         from deepfakemae.modules.checkpoints import CheckpointError
 
         try:  # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
             run_lightning_cli(None if argv is None else args)
-        except (CheckpointError, RunDirError) as exc:
+        except (CheckpointError, RunDirError, DataError) as exc:
             print(f"deepfakemae {command}: error: {exc}", file=sys.stderr)
             return 2
         return 0

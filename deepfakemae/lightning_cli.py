@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -152,14 +154,19 @@ class DeepfakeMAECLI(LightningCLI):
         )
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse, then check the checkpoints the config names before anything is loaded or
-        built (LightningCLI itself would load ``--ckpt_path`` next and swap the model class)."""
+        """Parse, place the outputs, refuse to train over a finished run, quiet Lightning's
+        evaluation tables unless ``--verbose`` is given (a short summary is printed instead),
+        then check the checkpoints the config names before anything is loaded or built
+        (LightningCLI itself would load ``--ckpt_path`` next and swap the model class)."""
         super().parse_arguments(parser, args)
         command = _value(self.config, "subcommand")
         run = _value(self.config, command) if command else self.config
         place_outputs(run)
         if command == "fit":
             check_not_finished(run)
+        given = sys.argv[1:] if args is None else list(args)
+        if command in ("validate", "test") and not any(a.startswith("--verbose") for a in given):
+            run["verbose"] = False  # our summary instead of Lightning's tables
         check_run_checkpoints(self.config)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -183,12 +190,31 @@ def locate_configs(args: Sequence[str]) -> list[str]:
     return out
 
 
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising tips (litlogger, litmodels) from its console log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_upstream_noise() -> None:
+    """Silence upstream noise printed on every run that says nothing about it: Lightning's
+    litlogger/litmodels tips and its own ``LeafSpec`` deprecation warning."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def run_lightning_cli(args: Sequence[str] | None = None) -> DeepfakeMAECLI:
     """Run ``fit``/``validate``/``test``; ``args`` None reads ``sys.argv``.
 
     Several runs in one process (``make demo``, tests) each get their own W&B run: the one a run
     opened is finished when it returns.
     """
+    quiet_upstream_noise()
     saved_argv = sys.argv
     if args is not None:  # let LightningCLI read them as if typed (it warns when given both)
         sys.argv = [saved_argv[0] if saved_argv else "deepfakemae", *args]

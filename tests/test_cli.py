@@ -157,3 +157,14 @@ def test_fit_refuses_to_train_over_a_finished_run(checkpoints, tmp_path, monkeyp
     assert code == 2
     assert str(last) in err and "--fresh" in err and f"--ckpt_path {last}" in err
     assert "Traceback" not in err
+
+
+def test_a_missing_face_cache_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RUN_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CACHE_DIR", str(tmp_path / "no_cache"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    code, err = run_cli(["fit", "-c", str(EXP / "pretrain.yaml"), *MICRO,
+                         "--trainer.logger=false", "--trainer.max_steps=1"], capsys)
+    assert code == 2
+    assert "no face cache" in err and str(tmp_path / "no_cache") in err
+    assert "Traceback" not in err

@@ -111,6 +111,11 @@ def _detector_test(root: Path, devices: int, out_dir: str) -> dict:
         args.append("--trainer.strategy=ddp")
     out = subprocess.run(args, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    # our summary, not Lightning's tables that repeat every set under every DataLoader column
+    assert "| test set | fused AUC | F AUC | M AUC | videos |" in out.stdout
+    assert "DataLoader" not in out.stdout and "Tip:" not in out.stdout + out.stderr
+    assert "LeafSpec" not in out.stderr
+    assert str(root / "runs" / "detector" / "results_test.json") in out.stdout
     return json.loads((root / "runs" / "detector" / "results_test.json").read_text())
 
 
