@@ -71,9 +71,14 @@ def test_table4_dry_run_commands(tmp_path, capsys):
     assert _flag(by_key["table4", "ratio_25", "pretrain"], "model.init_args.mask_ratio") == "0.25"
     assert _flag(by_key["table4", "ratio_75", "pretrain"], "model.init_args.mask_ratio") == "0.75"
     out = capsys.readouterr().out
-    assert (f"RUN_DIR={tmp_path}/table4/ratio_25 deepfakemae fit -c experiments/pretrain.yaml "
-            f"--model.init_args.mask_ratio=0.25") in out
-    assert f"RUN_DIR={tmp_path}/table4/ratio_75 deepfakemae test -c experiments/detector.yaml" in out
+    w25 = ("WANDB_NAME=table4/ratio_25/pretrain WANDB_RUN_GROUP=table4/ratio_25 "
+           "WANDB_JOB_TYPE=pretrain WANDB_TAGS=table4,ratio_25,pretrain")
+    assert (f"RUN_DIR={tmp_path}/table4/ratio_25 {w25} deepfakemae fit -c "
+            f"experiments/pretrain.yaml --model.init_args.mask_ratio=0.25") in out
+    w75 = ("WANDB_NAME=table4/ratio_75/detector WANDB_RUN_GROUP=table4/ratio_75 "
+           "WANDB_JOB_TYPE=detector WANDB_TAGS=table4,ratio_75,detector")
+    assert (f"RUN_DIR={tmp_path}/table4/ratio_75 {w75} deepfakemae test -c "
+            "experiments/detector.yaml") in out
     assert "# table4: 12 of 12 stage runs pending" in out
 
 
