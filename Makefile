@@ -40,9 +40,11 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	@# face-alignment pins the GUI opencv-python, which would shadow the headless build: no deps.
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'face-alignment>=1.4,<1.6'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,fan]'
+	@# face-alignment pins the GUI opencv-python, which would shadow the headless build, and
+	@# facenet-pytorch (MTCNN, weights in its wheel) pins torch<2.3 and numpy<2, which the code
+	@# does not need: both without their dependencies.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'face-alignment>=1.4,<1.6' 'facenet-pytorch==2.6.0'
 	@touch $(STAMP)
 
 ## test: set up, then run the whole test suite
@@ -99,5 +101,6 @@ $(TABLES): table%: setup
 ## bench: speed figures (face pipeline, stage 1, stage 2)
 bench: setup
 	$(PY) bench/preprocess.py
+	$(PY) bench/hard_faces.py
 	$(PY) bench/pretrain.py
 	$(PY) bench/stage2.py

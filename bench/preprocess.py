@@ -16,8 +16,9 @@ For each resolution it prints faces/s, videos/s and face yield (faces / frames s
   to RGB like ``cv2.VideoCapture.read``, keep the sampled ones, dlib HOG (upsample 0) on the
   full-resolution frame, largest face, dlib landmarks, alignment -- one process;
 * ``ours 1 proc``: :meth:`FacePipeline.process` (PyAV with keyframe seeking and non-reference
-  frames skipped, RGB only for sampled frames, detection on a downscaled frame, tracking), models
-  loaded once, with 1 decoder thread and with the default (all CPUs);
+  frames skipped, RGB only for sampled frames, detection on a downscaled frame, tracking, MTCNN
+  where dlib finds nothing), models loaded once, with 1 decoder thread and with the default (all
+  CPUs); with 1 thread also ``--detector dlib`` (no MTCNN fallback), the cost of the fallback;
 * ``run_preprocess w=1 / w=2``: the full command path (cache writes, pool start-up included),
   and the same with the start-up (spawn, imports, model loading) excluded.
 
@@ -242,6 +243,8 @@ def main() -> None:
     ours = {threads: FacePipeline(FaceConfig(frames=args.frames, size=args.size,
                                              decode_threads=threads))
             for threads in (1, 0)}
+    dlib_only = FacePipeline(FaceConfig(frames=args.frames, size=args.size, decode_threads=1,
+                                        detector="dlib"))
     ref = Reference(args.frames, args.size, args.ref_upsample)
     cpus = available_cpus()
     print(f"{len(sources)} clips per resolution, {args.frames} sampled frames each, keyframe "
@@ -268,10 +271,13 @@ def main() -> None:
                 return len(pipeline.process(record_for(path))), args.frames
 
             tallies = {"reference": Tally(), "ours 1 proc, 1 dec thread": Tally(),
+                       "  same, --detector dlib (no MTCNN)": Tally(),
                        f"ours 1 proc, {cpus} dec threads": Tally()}
             for clip in clips:  # alternate so every pipeline sees the same machine load
                 tallies["reference"].add(ref, clip)
                 tallies["ours 1 proc, 1 dec thread"].add(lambda p: run_ours(p, ours[1]), clip)
+                tallies["  same, --detector dlib (no MTCNN)"].add(
+                    lambda p: run_ours(p, dlib_only), clip)
                 tallies[f"ours 1 proc, {cpus} dec threads"].add(
                     lambda p: run_ours(p, ours[0]), clip)
             rows = [(name, t.seconds, t.cpu, t.faces, t.frames, t.videos)

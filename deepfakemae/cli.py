@@ -1,14 +1,16 @@
 """The ``deepfakemae`` command.
 
 Data tools are plain subcommands (``preprocess``, ``cache verify``, ``demo-data``, ``report``);
-training and evaluation are LightningCLI's ``fit`` / ``validate`` / ``test`` / ``predict`` driven
-by YAML configs in ``experiments/``. ``deepfakemae predict --video ...`` scores videos end to end.
+training and evaluation are LightningCLI's ``fit`` / ``validate`` / ``test`` driven by YAML
+configs in ``experiments/``. ``deepfakemae score --video ...`` scores videos end to end
+(``predict`` is the same command: LightningCLI's own predict wrote nothing and is not offered).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,10 +28,13 @@ TOOLS = {
             "run a paper-table plan (experiments/tables/tableN.yaml): its stages, resumably"),
     "report": ("deepfakemae.report", "add_report_arguments", "run_report_command",
                "tables of results_test.json beside the paper's numbers (Markdown + CSV)"),
-    "predict": ("deepfakemae.commands.predict", "add_predict_arguments", "run_predict_command",
-                "with --video/--input: score videos end to end (JSON/CSV, --explain figures)"),
+    "score": ("deepfakemae.commands.predict", "add_predict_arguments", "run_predict_command",
+              "score videos: `score --video clip.mp4 [--run-dir runs/demo/main]` "
+              "(JSON/CSV, --explain figures)"),
 }
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+#: other spellings of a tool
+ALIASES = {"predict": "score"}
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
 def _tool_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
@@ -46,6 +51,7 @@ def _usage() -> str:
         lines.append(f"  {name:<11} LightningCLI {name} (see `deepfakemae {name} --help`)")
     for name, (_, _, _, help_text) in TOOLS.items():
         lines.append(f"  {name:<11} {help_text}")
+    lines += [f"  {alias:<11} the same as `{name}`" for alias, name in ALIASES.items()]
     return "\n".join(lines)
 
 
@@ -55,18 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0 if args else 2
-    command = args[0]
-    video_predict = any(a.split("=")[0] in ("--video", "--input") for a in args[1:])
-    if command in TOOLS and (command != "predict" or video_predict):
+    os.environ.setdefault("WANDB_SILENT", "true")  # no W&B banner lines on every run
+    command = ALIASES.get(args[0], args[0])
+    if command in TOOLS:
         parser, run = _tool_parser(command)
         return int(run(parser.parse_args(args[1:])) or 0)
     if command in LIGHTNING_COMMANDS:
-        from deepfakemae.lightning_cli import run_lightning_cli
+        from data_modules.datasets import DataError
+        from deepfakemae.lightning_cli import RunDirError, run_lightning_cli
         from deepfakemae.modules.checkpoints import CheckpointError
 
         try:  # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
             run_lightning_cli(None if argv is None else args)
-        except CheckpointError as exc:
+        except (CheckpointError, RunDirError, DataError) as exc:
             print(f"deepfakemae {command}: error: {exc}", file=sys.stderr)
             return 2
         return 0

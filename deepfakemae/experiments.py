@@ -49,8 +49,26 @@ RUNNING_MARKER = ".running"
 PLAN_RECORD = "plan.json"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TABLES_DIR = PROJECT_ROOT / "experiments" / "tables"
 COMMON_PLAN = "common.yaml"
+
+
+def experiments_dir() -> Path:
+    """The stage configs and table plans: ``experiments/`` of a clone (or editable install),
+    else the copy a wheel ships as the ``deepfakemae.configs`` package data."""
+    clone = PROJECT_ROOT / "experiments"
+    return clone if clone.is_dir() else Path(__file__).resolve().parent / "configs"
+
+
+def locate(path: str | Path) -> Path:
+    """``path`` as given when it exists from the working directory (or is absolute); a path
+    under ``experiments/`` that does not is looked up in :func:`experiments_dir`."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or not p.parts or p.parts[0] != "experiments":
+        return p
+    return experiments_dir().joinpath(*p.parts[1:])
+
+
+TABLES_DIR = experiments_dir() / "tables"
 
 
 class PlanError(ValueError):
@@ -99,10 +117,20 @@ class Job:
         return f"{self.table}/{self.variant} {self.stage}"
 
     def env(self) -> dict[str, str]:
-        """Variables to set for this run (``RUN_DIR`` plus the data roots in use)."""
+        """Variables to set for this run (``RUN_DIR``, the data roots in use, and the W&B run's
+        name, group, job type and tags, read by :class:`deepfakemae.loggers.AutoWandbLogger`)."""
         env = {"RUN_DIR": str(self.run_dir)}
         env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+        env.update(self.wandb_env())
         return env
+
+    def wandb_env(self) -> dict[str, str]:
+        """W&B's own variables for this stage: run ``<table>/<variant>/<stage>`` in group
+        ``<table>/<variant>``, job type ``<stage>``, tagged with all three."""
+        return {"WANDB_NAME": f"{self.table}/{self.variant}/{self.stage}",
+                "WANDB_RUN_GROUP": f"{self.table}/{self.variant}",
+                "WANDB_JOB_TYPE": self.stage,
+                "WANDB_TAGS": ",".join((self.table, self.variant, self.stage))}
 
     def shell(self) -> str:
         """The run as one shell line: ``RUN_DIR=... deepfakemae fit -c ... --...``."""
@@ -113,7 +141,7 @@ class Job:
 # ------------------------------------------------------------------------------------------ loading
 def resolve_plan_path(path: str | Path) -> Path:
     """A plan file path, or a bare table name (``table4``) looked up in ``experiments/tables``."""
-    p = Path(path)
+    p = locate(path)
     if p.exists():
         return p
     if re.fullmatch(r"table\d+", str(path)) and (TABLES_DIR / f"{path}.yaml").exists():
@@ -249,11 +277,9 @@ def _flag_value(value) -> str:
 # ------------------------------------------------------------------------------------------ jobs
 def _config_path(path: str) -> str:
     """A config path as it should appear in a command: as written when it exists from the
-    working directory, else anchored at the project root."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return path
-    return str(PROJECT_ROOT / p)
+    working directory, else where :func:`locate` finds it."""
+    p = locate(path)
+    return path if p == Path(path) else str(p)
 
 
 def stage_output(run_dir: Path, stage: str) -> Path:
@@ -480,10 +506,29 @@ def _check_ready(job: Job, todo: list[Job]) -> None:
             raise PlanError(f"{job.label}: config {config} does not exist; run from the "
                             f"project root or fix the plan's `configs:`")
     produced = {j.output for j in todo}
-    for path in job.inputs:
-        if not path.exists() and path not in produced:
+    for (flag, producer), path in zip(STAGE_INPUTS[job.stage], job.inputs, strict=True):
+        if path.exists():
+            _check_input(job, flag, producer, path)
+        elif path not in produced:
             raise PlanError(f"{job.label} needs {path}, which neither exists nor is produced by "
                             f"this selection; add its stage to --stages or run that table first")
+
+
+#: the module class whose checkpoint each input flag needs
+INPUT_MODULES = {"mae_checkpoint": "MAEPretrainModule", "finetune_checkpoint": "FinetuneModule",
+                 "mapping_checkpoint": "MappingModule"}
+
+
+def _check_input(job: Job, flag: str, producer: str, path: Path) -> None:
+    """:class:`PlanError` when the existing input checkpoint ``path`` is not usable for ``flag``."""
+    from deepfakemae.modules.checkpoints import CheckpointError, check_checkpoint
+
+    name = flag.rsplit(".", 1)[-1]
+    try:
+        check_checkpoint(path, INPUT_MODULES[name], purpose=f"{job.label} ({name})")
+    except CheckpointError as exc:
+        raise PlanError(f"{exc}; rerun the stage that writes it with `deepfakemae run "
+                        f"{job.table} --stages {producer} --fresh`, or remove {path}") from exc
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -23,16 +23,16 @@ import yaml
 
 from deepfakemae.experiments import (
     PLAN_RECORD,
-    PROJECT_ROOT,
     TABLES_DIR,
     Plan,
     PlanError,
     Resolver,
+    experiments_dir,
     load_plan,
     plan_from_record,
 )
 
-PAPER_RESULTS = PROJECT_ROOT / "experiments" / "paper_results.yaml"
+PAPER_RESULTS = experiments_dir() / "paper_results.yaml"
 DEFAULT_METRIC = "fused/auc"
 MISSING = "—"  # no run / no result
 NOT_REPORTED = "*"  # the paper's own mark for a number it does not give
@@ -133,7 +133,7 @@ def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None
     paper = load_paper_results() if paper is None else paper
     resolver = Resolver(plan, run_root)
     results = _Results()
-    spec = plan.report
+    spec = plan.report if (plan.report or {}).get("blocks") else default_layout(plan, run_root)
     blocks = []
     for bspec in spec.get("blocks") or []:
         columns = [str(c["label"]) for c in bspec["columns"]]
@@ -183,13 +183,39 @@ def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None
                        run_root / plan.name, blocks, _notes(plan, run_root))
 
 
+def rerun_command(plan: Plan) -> str:
+    """The command that produces a plan's runs: ``deepfakemae demo`` for the demo's own plan,
+    else ``deepfakemae run <table> [--demo]``."""
+    if plan.name == "demo":
+        return "deepfakemae demo"
+    return f"deepfakemae run {plan.name}{' --demo' if plan.demo else ''}"
+
+
+def default_layout(plan: Plan, run_root: Path) -> dict:
+    """A report layout for a plan that has none (the demo's): a row per variant and test set
+    found in its detector results, columns for the fused detector and both branches."""
+    resolver = Resolver(plan, run_root)
+    rows = []
+    for variant in plan.variants:
+        path = resolver.run_dir(*resolver.owner(plan.name, variant, "detector")) / "detector"
+        try:
+            sets = sorted(json.loads((path / "results_test.json").read_text()))
+        except (OSError, ValueError):
+            sets = []
+        label = "" if len(plan.variants) == 1 else f"{variant} "
+        rows += [{"label": f"{label}{name}", "variant": variant, "test_set": name}
+                 for name in sets]
+    columns = [{"label": label, "metric": metric} for label, metric in
+               (("fused", "fused/auc"), ("F", "F/auc"), ("M", "M/auc"))]
+    return {"row_header": "test set", "blocks": [{"columns": columns, "rows": rows}]}
+
+
 def _notes(plan: Plan, run_root: Path) -> list[str]:
     notes = [
         "AUC (%) at video level: a video's score is the mean of its frames' fake probabilities "
         f"(`{DEFAULT_METRIC}` of results_test.json, the fused detector, unless the column names a "
         "branch: `F/auc` Finetuning Network, `M/auc` Mapping Network); one decimal.",
-        f"{MISSING} = no result yet (run `deepfakemae run {plan.name}"
-        f"{' --demo' if plan.demo else ''}`); "
+        f"{MISSING} = no result yet (run `{rerun_command(plan)}`); "
         f"{NOT_REPORTED} = not reported in the paper.",
         f"Runs: {run_root / plan.name}.",
     ]
@@ -212,7 +238,8 @@ def _fmt(value: float | None, kind: str) -> str:
 
 def render_markdown(report: TableReport) -> str:
     """The table as Markdown: a header, one pipe table per block, then the notes."""
-    lines = [f"## {'Demo: ' if report.demo else ''}{report.title}", ""]
+    prefix = "Demo: " if report.demo and not report.title.startswith("Demo") else ""
+    lines = [f"## {prefix}{report.title}", ""]
     for block in report.blocks:
         if block.title:
             lines += [f"**{block.title}**", ""]

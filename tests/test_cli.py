@@ -14,7 +14,7 @@ from deepfakemae.cli import main
 def test_usage_lists_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("fit", "test", "predict", "preprocess"):
+    for command in ("fit", "test", "score", "predict", "preprocess"):
         assert command in out
 
 
@@ -107,7 +107,7 @@ def test_model_input_checkpoints_are_checked(checkpoints, capsys):
 
 
 @pytest.mark.parametrize(("broken", "command"), [("truncated", "fit"), ("empty", "validate"),
-                                                 ("random", "test"), ("folder", "predict")])
+                                                 ("random", "test"), ("folder", "validate")])
 def test_unreadable_checkpoint_is_a_usage_error(checkpoints, capsys, broken, command):
     code, err = run_cli([command, "-c", str(EXP / "pretrain.yaml"),
                          "--model.init_args.preset=mae_vit_micro",
@@ -124,3 +124,47 @@ def test_matching_checkpoint_passes_the_check(checkpoints):
 
     hparams = check_checkpoint(checkpoints["pretrain"], "MAEPretrainModule", "mae_vit_micro")
     assert hparams["preset"] == "mae_vit_micro"
+
+
+# -- run folders keep their records --------------------------------------------------------------
+
+MICRO = ["--model.init_args.preset=mae_vit_micro", "--data.init_args.img_size=64"]
+
+
+def test_default_root_dir_moves_every_output(tmp_path, monkeypatch):
+    from deepfakemae.lightning_cli import DeepfakeMAECLI
+
+    monkeypatch.setenv("RUN_DIR", str(tmp_path / "runs"))
+    elsewhere = tmp_path / "elsewhere"
+    cli = DeepfakeMAECLI(args=["-c", str(EXP / "pretrain.yaml"), *MICRO, "--trainer.logger=false",
+                               f"--trainer.default_root_dir={elsewhere}"], run=False)
+    (checkpoint,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "FinalModelCheckpoint"]
+    assert Path(checkpoint.dirpath) == elsewhere / "checkpoints"
+    cli = DeepfakeMAECLI(args=["-c", str(EXP / "finetune.yaml"), "--data.init_args.img_size=64",
+                               "--model.init_args.mae_checkpoint=null",
+                               "--model.init_args.preset=mae_vit_micro",
+                               f"--trainer.default_root_dir={elsewhere}"], run=False)
+    assert Path(cli.trainer.loggers[0].save_dir) == elsewhere
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fit_refuses_to_train_over_a_finished_run(checkpoints, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RUN_DIR", str(tmp_path))
+    last = tmp_path / "pretrain" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(checkpoints["pretrain"].read_bytes())
+    code, err = run_cli(["fit", "-c", str(EXP / "pretrain.yaml"), *MICRO], capsys)
+    assert code == 2
+    assert str(last) in err and "--fresh" in err and f"--ckpt_path {last}" in err
+    assert "Traceback" not in err
+
+
+def test_a_missing_face_cache_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RUN_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CACHE_DIR", str(tmp_path / "no_cache"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    code, err = run_cli(["fit", "-c", str(EXP / "pretrain.yaml"), *MICRO,
+                         "--trainer.logger=false", "--trainer.max_steps=1"], capsys)
+    assert code == 2
+    assert "no face cache" in err and str(tmp_path / "no_cache") in err
+    assert "Traceback" not in err

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from deepfakemae.cli import main
 from deepfakemae.experiments import (
@@ -70,9 +71,14 @@ def test_table4_dry_run_commands(tmp_path, capsys):
     assert _flag(by_key["table4", "ratio_25", "pretrain"], "model.init_args.mask_ratio") == "0.25"
     assert _flag(by_key["table4", "ratio_75", "pretrain"], "model.init_args.mask_ratio") == "0.75"
     out = capsys.readouterr().out
-    assert (f"RUN_DIR={tmp_path}/table4/ratio_25 deepfakemae fit -c experiments/pretrain.yaml "
-            f"--model.init_args.mask_ratio=0.25") in out
-    assert f"RUN_DIR={tmp_path}/table4/ratio_75 deepfakemae test -c experiments/detector.yaml" in out
+    w25 = ("WANDB_NAME=table4/ratio_25/pretrain WANDB_RUN_GROUP=table4/ratio_25 "
+           "WANDB_JOB_TYPE=pretrain WANDB_TAGS=table4,ratio_25,pretrain")
+    assert (f"RUN_DIR={tmp_path}/table4/ratio_25 {w25} deepfakemae fit -c "
+            f"experiments/pretrain.yaml --model.init_args.mask_ratio=0.25") in out
+    w75 = ("WANDB_NAME=table4/ratio_75/detector WANDB_RUN_GROUP=table4/ratio_75 "
+           "WANDB_JOB_TYPE=detector WANDB_TAGS=table4,ratio_75,detector")
+    assert (f"RUN_DIR={tmp_path}/table4/ratio_75 {w75} deepfakemae test -c "
+            "experiments/detector.yaml") in out
     assert "# table4: 12 of 12 stage runs pending" in out
 
 
@@ -239,3 +245,23 @@ def test_demo_and_paper_runs_never_share_a_folder(tmp_path):
     write_plan_record(load_plan("table1", demo=True), tmp_path)
     with pytest.raises(PlanError, match="demo runs"):
         write_plan_record(load_plan("table1", demo=False), tmp_path)
+
+
+def test_an_existing_input_of_the_wrong_stage_is_refused_before_training(tmp_path):
+    from deepfakemae.modules.finetune import FinetuneModule
+
+    plan = load_plan(TABLES_DIR / "table1.yaml", demo=True)
+    ckpt = tmp_path / "table1/main/pretrain/checkpoints/last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    module = FinetuneModule(mae_checkpoint=None, preset="mae_vit_micro")
+    saved = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(saved)
+    torch.save(saved, ckpt)
+    with pytest.raises(PlanError) as info:
+        run_plan(plan, tmp_path, stages=["finetune"])
+    message = str(info.value)
+    assert str(ckpt) in message and "--stages pretrain --fresh" in message
+    ckpt.write_bytes(b"")
+    with pytest.raises(PlanError, match="empty file"):
+        run_plan(plan, tmp_path, stages=["finetune"])
+    assert not (tmp_path / "table1/main/finetune").exists()  # nothing ran

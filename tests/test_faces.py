@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import skimage.data
@@ -12,9 +13,16 @@ from face_assets import CLIPS, grid_frames, write_video
 from data_modules.records import VideoRecord
 from deepfakemae.faces.align import align_face, five_points, similarity_transform, template_points
 from deepfakemae.faces.cache import FaceCache
-from deepfakemae.faces.detect import FaceDetector, box_iou, select_face
+from deepfakemae.faces.detect import (
+    DetectorError,
+    FaceDetector,
+    MtcnnDetector,
+    box_iou,
+    check_detector,
+    select_face,
+)
 from deepfakemae.faces.landmarks import DlibLandmarks, LandmarkError, build_landmarks
-from deepfakemae.faces.pipeline import FaceConfig, FacePipeline
+from deepfakemae.faces.pipeline import FaceConfig, FaceError, FacePipeline
 from deepfakemae.faces.video import (
     DecordSource,
     PyAVSource,
@@ -194,3 +202,76 @@ def test_unknown_backend_and_fan_error():
         build_landmarks("fan")
     except LandmarkError as exc:
         assert "--landmarks dlib" in str(exc)
+
+
+# -- MTCNN fallback ----------------------------------------------------------------------------
+
+def made_dark(frame: np.ndarray) -> np.ndarray:
+    """A GRID frame as an underexposed camera would record it (gamma 2, 4 % of the light)."""
+    return (np.power(frame / 255.0, 2.0) * 255 * 0.04).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def fallback_pipeline() -> FacePipeline:
+    return FacePipeline(FaceConfig(frames=4, size=112, detector="dlib+mtcnn"))
+
+
+def test_mtcnn_weights_ship_in_the_wheel_and_load_offline(monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    mtcnn = MtcnnDetector()
+    boxes, probs, points = mtcnn.detect_all(skimage.data.astronaut())
+    assert boxes.shape == (1, 4) and points.shape == (1, 5, 2) and probs[0] > 0.99
+
+
+def test_fallback_finds_a_made_dark_face_that_dlib_misses(fallback_pipeline, dlib_landmarks):
+    frame = grid_frames(CLIP, 25)[1]
+    reference = dlib_landmarks(frame, FaceDetector(backend="dlib")(frame).box[None])[0]
+    dark = made_dark(frame)
+    assert FaceDetector(backend="dlib", track=False)(dark) is None
+    found = fallback_pipeline.detector(dark)
+    assert found is not None and found.source == "mtcnn" and found.points.shape == (5, 2)
+    marks = fallback_pipeline.face_landmarks(dark, found)
+    iod = np.linalg.norm(reference[42:48].mean(0) - reference[36:42].mean(0))
+    assert np.abs(marks - reference).mean() / iod < 0.1  # the 68 points land on the face
+
+
+def test_mtcnn_landmarks_of_a_rotated_face(fallback_pipeline, dlib_landmarks):
+    frame = grid_frames(CLIP, 25)[1]
+    reference = dlib_landmarks(frame, FaceDetector(backend="dlib")(frame).box[None])[0]
+    h, w = frame.shape[:2]
+    mat = cv2.getRotationMatrix2D((w / 2, h / 2), 50, 1.0)
+    rotated = cv2.warpAffine(frame, mat, (w, h))
+    found = fallback_pipeline.detector(rotated)
+    assert found is not None and found.source == "mtcnn"  # dlib's HOG misses at 50 degrees
+    marks = fallback_pipeline.face_landmarks(rotated, found)
+    iod = np.linalg.norm(reference[42:48].mean(0) - reference[36:42].mean(0))
+    expected = reference @ mat[:, :2].T + mat[:, 2]
+    assert np.abs(marks - expected).mean() / iod < 0.1
+
+
+def test_pipeline_records_which_detector_found_each_face(tmp_path, fallback_pipeline):
+    frames = [made_dark(f) for f in grid_frames(CLIP)[:20]]
+    video = write_video(tmp_path / "dark.mp4", frames)
+    record = VideoRecord("grid/dark", str(video), 0, "grid", "real", "test")
+    entry = fallback_pipeline.process(record)
+    assert len(entry) >= 3 and set(entry.meta["detectors"]) <= {"mtcnn", "tracked", "dlib"}
+    assert "mtcnn" in entry.meta["detectors"] and len(entry.meta["detectors"]) == len(entry)
+    with pytest.raises(FaceError, match="no face"):
+        FacePipeline(FaceConfig(frames=4, size=112, detector="dlib")).process(record)
+    easy = FacePipeline(FaceConfig(frames=4, size=112, detector="dlib+mtcnn"))
+    bright = easy.process(VideoRecord("grid/bbaf2n", str(CLIP), 0, "grid", "real", "test"))
+    assert set(bright.meta["detectors"]) <= {"dlib", "tracked"}
+    assert easy.detector._mtcnn is None  # an easy video never loads MTCNN
+
+
+def test_detector_choice_is_checked():
+    with pytest.raises(DetectorError, match="choose one of"):
+        check_detector("hog")
+    check_detector("dlib+mtcnn")  # facenet-pytorch is installed here
+    with pytest.raises(ValueError, match="dlib"):
+        FaceDetector(backend="nope")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -522,3 +523,21 @@ def test_non_utf8_metadata_and_labels_name_the_file(tmp_path, celebdf_root):
     lst.write_bytes(b"1 YouTube-real/0\xff.mp4\n")
     with pytest.raises(DatasetError, match="not UTF-8"):
         build_index("celebdf", celebdf_root, split="test")
+
+
+def test_dfdc_training_parts_alone_with_the_default_split(tmp_path):
+    root = make_dfdc(tmp_path / "dfdc")
+    shutil.rmtree(root / "dfdc_test")  # the training parts only, as downloaded
+    assert [r.split for r in build_index("dfdc", root)] == ["train"] * 3  # split all
+    with pytest.raises(DatasetError, match="--split train") as err:
+        build_index("dfdc", root, split="test")
+    assert "split='train'" not in str(err.value)
+
+
+def test_missing_videos_name_the_cli_flag(tmp_path):
+    root = make_dfdc(tmp_path / "dfdc")
+    (root / "dfdc_test" / "vvv.mp4").unlink()
+    with pytest.raises(DatasetError, match="--allow-missing"):
+        build_index("dfdc", root, split="test")
+    with pytest.warns(DatasetWarning, match="--allow-missing"):
+        assert len(build_index("dfdc", root, split="test", allow_missing=True)) == 2

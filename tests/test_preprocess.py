@@ -258,3 +258,22 @@ def test_dataset_mode_wrong_root_is_a_usage_error(tmp_path, capsys):
                               "--output", str(tmp_path / "cache"), "--no-progress"])
     assert run_preprocess_command(args) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_rerun_keeps_the_detector_a_cache_was_made_with(tmp_path, capsys):
+    good = tmp_path / "good"
+    good.mkdir()
+    shutil.copy(CLIPS[0], good / CLIPS[0].name)
+    old = tmp_path / "old"  # a cache made before MTCNN existed: dlib alone
+    args = ["--input", str(good), "--frames", "2", "--size", "64", "--no-progress"]
+    assert _cli([*args, "--output", str(old), "--detector", "dlib"]) == 0
+    assert _cli([*args, "--output", str(old)]) == 0  # resumes, no settings mismatch
+    assert "already done 1" in capsys.readouterr().out
+    assert json.loads((old / "cache.json").read_text())["settings"]["detector"].startswith(
+        "dlib-hog max_side")
+    new = tmp_path / "new"
+    assert _cli([*args, "--output", str(new)]) == 0
+    assert json.loads((new / "cache.json").read_text())["settings"]["detector"].startswith(
+        "dlib-hog+mtcnn max_side")
+    assert _cli([*args, "--output", str(new), "--detector", "dlib"]) == 2  # other settings
+    assert "--allow-mixed-settings" in capsys.readouterr().err

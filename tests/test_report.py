@@ -144,3 +144,21 @@ def test_unknown_directory_is_a_clear_error(tmp_path):
     with pytest.raises(PlanError, match="pass --table N"):
         find_table_runs([tmp_path / "misc"])
     assert main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+def test_report_on_the_demo_runs_shows_every_test_set(tmp_path, monkeypatch, capsys):
+    from deepfakemae.commands.demo import PLAN
+
+    monkeypatch.chdir(tmp_path)
+    write_plan_record(load_plan(PLAN, demo=True), "runs")
+    results = tmp_path / "runs" / "demo" / "main" / "detector" / "results_test.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({
+        "EyesSwap": {"fused/auc": 0.9, "F/auc": 0.8, "M/auc": 0.7, "num_videos": 6.0},
+        "LipsSwap": {"fused/auc": 0.6, "F/auc": 0.5, "M/auc": 0.65, "num_videos": 6.0}}))
+    assert main(["report", "runs/demo"]) == 0
+    out = capsys.readouterr().out
+    assert "| test set | fused | F | M |" in out
+    assert "EyesSwap (ours)** | 90.0 | 80.0 | 70.0 |" in out and "LipsSwap" in out
+    assert "`deepfakemae demo`" in out and "run demo" not in out
+    assert "Demo: Demo" not in out

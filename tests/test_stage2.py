@@ -111,6 +111,11 @@ def _detector_test(root: Path, devices: int, out_dir: str) -> dict:
         args.append("--trainer.strategy=ddp")
     out = subprocess.run(args, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    # our summary, not Lightning's tables that repeat every set under every DataLoader column
+    assert "| test set | fused AUC | F AUC | M AUC | videos |" in out.stdout
+    assert "DataLoader" not in out.stdout and "Tip:" not in out.stdout + out.stderr
+    assert "LeafSpec" not in out.stderr
+    assert str(root / "runs" / "detector" / "results_test.json") in out.stdout
     return json.loads((root / "runs" / "detector" / "results_test.json").read_text())
 
 
@@ -282,3 +287,19 @@ def test_cli_rejects_unknown_mapping_target(capsys):
     assert exit_info.value.code != 0  # --print_config alone would exit 0
     err = capsys.readouterr().err
     assert "target" in err and "pixels" in err
+
+
+def test_evaluation_keeps_the_training_runs_records(trained, monkeypatch):
+    """``validate --ckpt_path`` of a training run writes its own config and run info beside
+    the training run's, which stay as they were."""
+    monkeypatch.setenv("CACHE_DIR", str(trained / "cache"))
+    monkeypatch.setenv("RUN_DIR", str(trained / "runs"))
+    monkeypatch.chdir(trained)
+    stage = trained / "runs" / "finetune"
+    before = {name: (stage / name).read_bytes() for name in ("config.yaml", "run_info.json")}
+    assert main(["validate", "-c", str(EXP / "finetune.yaml"), *SMALL, "--trainer.logger=false",
+                 f"--ckpt_path={stage / 'checkpoints' / 'last.ckpt'}",
+                 eval_sets(trained / "cache")]) == 0
+    assert {name: (stage / name).read_bytes() for name in before} == before
+    assert "validate" in (stage / "run_info_validate.json").read_text()
+    assert "FinetuneModule" in (stage / "config_validate.yaml").read_text()

@@ -144,7 +144,7 @@ def splits_for(split: str, offered: Sequence[str], dataset: str) -> tuple[str, .
         raise ValueError(f"split must be one of {SPLITS + (ALL,)}, got {split!r}")
     if split not in offered:
         raise ValueError(f"{dataset} has no {split!r} split; it offers {tuple(offered)} "
-                         f"(use split='all' or one of those)")
+                         f"(use --split all or one of those; Python: split='all')")
     return (split,)
 
 
@@ -155,10 +155,11 @@ def handle_missing(missing: Sequence[str], allow_missing: bool, what: str,
         return
     message = f"{len(missing)} {what} missing under {where}: {preview(sorted(missing))}"
     if allow_missing:
-        warn(message + " (skipped because allow_missing=True)")
+        warn(message + " (skipped because of --allow-missing)")
         return
     raise DatasetError(message, path=where,
-                       fix=f"{fix}; or pass allow_missing=True to skip them with a warning")
+                       fix=f"{fix}; or rerun with --allow-missing to skip them with a warning "
+                           "(Python: allow_missing=True)")
 
 
 def has_images(folder: Path) -> bool:

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from data_modules.indexes.common import (
+    ALL,
     VIDEO_SUFFIXES,
     DatasetError,
     finalize,
@@ -178,10 +179,10 @@ def index_dfdc(root: str | os.PathLike, split: str = "all",
     records: list[VideoRecord] = []
     missing: list[str] = []
 
-    if "train" in selected:
+    if "train" in selected and (parts or split != ALL):  # all: the parts that are there
         if not parts:
             handle_missing(["dfdc_train_part_*"], allow_missing, "DFDC training parts", root,
-                           fix="download the training parts or use split='test'")
+                           fix="download the training parts or use --split test")
         for part in parts:
             meta = part / METADATA
             if not meta.is_file():
@@ -198,11 +199,11 @@ def index_dfdc(root: str | os.PathLike, split: str = "all",
                     key=f"{DATASET}/{part.name}/{Path(name).stem}", path=str(path), label=label,
                     dataset=DATASET, method=_method(label), split="train"))
 
-    if "test" in selected:
+    if "test" in selected and (labels_path is not None or split != ALL):
         if labels_path is None or not labels_path.is_file():
             raise DatasetError("DFDC test labels.csv not found", path=labels_path or root,
-                               fix="put the public test set (videos + labels.csv) under the root, "
-                                   "pass test_labels=<path>, or use split='train'")
+                               fix="put the public test set (videos + labels.csv) under --root, "
+                                   "or use --split train for the training parts only")
         entries = read_test_labels(labels_path)
         located = _locate_test_videos(labels_path.parent, [n for n, _ in entries])
         for name, label in entries:

@@ -25,9 +25,9 @@ from deepfakemae.crossval import (
     write_fold_splits,
     write_results_csv,
 )
-from deepfakemae.experiments import Plan, load_plan, run_plan
+from deepfakemae.experiments import Plan, experiments_dir, load_plan, run_plan
 
-PLAN = Path(__file__).resolve().parents[2] / "experiments" / "demo" / "plan.yaml"
+PLAN = experiments_dir() / "demo" / "plan.yaml"
 CV_NAME = "demo-cv"
 
 

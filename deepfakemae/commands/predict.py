@@ -1,4 +1,5 @@
-"""``deepfakemae predict --video ...``: score videos end to end with the two stage-2 checkpoints.
+"""``deepfakemae score --video ...`` (also spelt ``predict --video``): score videos end to end
+with the two stage-2 checkpoints of a run folder (``--run-dir``, default ``$RUN_DIR`` or ``runs``).
 
 Per video: faces are detected, landmarked and aligned (:class:`FacePipeline`) at the models'
 input size, passed through the same JPEG round trip, resize and normalisation as cached training
@@ -27,6 +28,7 @@ import torch
 from data_modules.datasets import resize_faces, to_tensor, window_positions
 from data_modules.records import VideoRecord
 from deepfakemae.faces.cache import JPEG_QUALITY, FaceEntry, decode_jpeg, encode_jpeg
+from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
 from deepfakemae.faces.pipeline import FaceConfig, FaceError, FacePipeline, records_from_inputs
 from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
@@ -41,16 +43,26 @@ class UsageError(ValueError):
     """Bad arguments or missing checkpoints (exit code 2)."""
 
 
-def run_dir() -> Path:
-    """``$RUN_DIR`` or ``runs`` — where the training configs write their checkpoints."""
-    return Path(os.environ.get("RUN_DIR") or "runs")
+#: where ``make demo`` / ``deepfakemae demo`` leave the demo's models
+DEMO_RUN_DIR = Path("runs") / "demo" / "main"
+
+
+def run_dir(args: argparse.Namespace | None = None) -> Path:
+    """``--run-dir``, else ``$RUN_DIR``, else ``runs`` -- where the stages wrote their
+    checkpoints (``<run dir>/<stage>/checkpoints/last.ckpt``)."""
+    given = getattr(args, "run_dir", None)
+    return Path(given) if given is not None else Path(os.environ.get("RUN_DIR") or "runs")
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``predict --video`` options to ``parser``."""
-    runs = "${RUN_DIR:-runs}"
+    runs = "<run dir>"
     parser.add_argument("--video", "--input", dest="video", type=Path, required=True,
                         help="a video, a folder of videos and/or frame folders, or a .txt list")
+    parser.add_argument("--run-dir", type=Path,
+                        help="the training run whose models score the videos: its "
+                             "finetune/, mapping/ and pretrain/ checkpoints (default $RUN_DIR or "
+                             f"runs; after `make demo`: {DEMO_RUN_DIR})")
     parser.add_argument("--finetune-ckpt", type=Path,
                         help=f"Finetuning Network checkpoint "
                              f"(default {runs}/finetune/checkpoints/last.ckpt)")
@@ -68,12 +80,16 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                              "(default: the model's input size; use the preprocess --size the "
                              "training cache was built with to mirror training exactly)")
     parser.add_argument("--landmarks", choices=BACKENDS, default="dlib", help="landmark backend")
+    parser.add_argument("--detector", choices=DETECTORS, default="dlib+mtcnn",
+                        help="face detector: dlib HOG with MTCNN on frames where it finds no "
+                             "face (default), dlib alone, or MTCNN alone")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--batch-size", type=int, default=8, help="5-frame clips per forward pass")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="fused probability at or above which a video is labelled fake")
     parser.add_argument("--explain", action="store_true",
                         help="save facial-part reconstructions and class-activation maps as PNGs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -195,26 +211,33 @@ def score_entry(scorer: VideoScorer, entry: FaceEntry, crops: np.ndarray, record
 
 # -- the command -------------------------------------------------------------------------------
 
-def _checkpoint(given: Path | None, stage: str, what: str, fix: str) -> Path:
-    """The checkpoint file to load for ``stage``; :class:`UsageError` naming it otherwise."""
-    path = given if given is not None else run_dir() / stage / "checkpoints" / "last.ckpt"
+def _checkpoint(args: argparse.Namespace, given: Path | None, stage: str, what: str,
+                fix: str) -> Path:
+    """The checkpoint file to load for ``stage``; :class:`UsageError` naming it otherwise (and
+    the ``--run-dir`` of the demo's models when they exist and were not asked for)."""
+    path = given if given is not None else run_dir(args) / stage / "checkpoints" / "last.ckpt"
     if path.is_dir():
         raise UsageError(f"{what} checkpoint {path} is a folder, not a checkpoint file; pass "
                          f"the .ckpt file inside it (e.g. {path}/checkpoints/last.ckpt)")
     if not path.is_file():
+        demo = DEMO_RUN_DIR / stage / "checkpoints" / "last.ckpt"
+        if given is None and run_dir(args) != DEMO_RUN_DIR and demo.is_file():
+            fix = (f"to score with the demo's models: `deepfakemae score --video {args.video} "
+                   f"--run-dir {DEMO_RUN_DIR}`; otherwise {fix}")
         raise UsageError(f"{what} checkpoint {path} does not exist; {fix}")
     return path
 
 
 STAGE2_FIX = ("train stage 2 first (`make train-stage2`, or `deepfakemae fit -c "
-              "experiments/finetune.yaml` and `deepfakemae fit -c experiments/mapping.yaml`) or "
-              "pass --finetune-ckpt/--mapping-ckpt")
+              "experiments/finetune.yaml` and `deepfakemae fit -c experiments/mapping.yaml`), "
+              "pass the run folder that holds them with --run-dir, or pass "
+              "--finetune-ckpt/--mapping-ckpt")
 
 
 def load_detector(args: argparse.Namespace) -> DualNetworkDetector:
     """The fused detector from the two checkpoints; raises :class:`UsageError` naming the file."""
-    finetune = _checkpoint(args.finetune_ckpt, "finetune", "Finetuning Network", STAGE2_FIX)
-    mapping = _checkpoint(args.mapping_ckpt, "mapping", "Mapping Network", STAGE2_FIX)
+    finetune = _checkpoint(args, args.finetune_ckpt, "finetune", "Finetuning Network", STAGE2_FIX)
+    mapping = _checkpoint(args, args.mapping_ckpt, "mapping", "Mapping Network", STAGE2_FIX)
     try:
         return DualNetworkDetector(str(finetune), str(mapping))
     except CheckpointError as exc:
@@ -225,7 +248,7 @@ def load_explain_mae(args: argparse.Namespace, device: torch.device):
     """``(mae, ratio, variant)`` for the reconstruction figure, or ``None`` with a note printed
     when the stage-1 checkpoint is missing or unusable (the cam figure is still drawn)."""
     path = args.mae_ckpt if args.mae_ckpt is not None else (
-        run_dir() / "pretrain" / "checkpoints" / "last.ckpt")
+        run_dir(args) / "pretrain" / "checkpoints" / "last.ckpt")
     if not Path(path).is_file():
         print(f"note: stage-1 checkpoint {path} not found; skipping reconstruction.png "
               "(pass --mae-ckpt, or train stage 1 with `deepfakemae fit -c experiments/"
@@ -273,8 +296,11 @@ def write_outputs(predictions: list[VideoPrediction], output: Path) -> tuple[Pat
 def predict_videos(records: list[VideoRecord], scorer: VideoScorer, pipeline: FacePipeline,
                    args: argparse.Namespace, explain_mae=None) -> list[VideoPrediction]:
     """Score every record (failures become predictions with their status)."""
+    from tqdm.auto import tqdm
+
     predictions = []
-    for record in records:
+    for record in tqdm(records, desc="scoring", unit="video",
+                       disable=getattr(args, "no_progress", False) or len(records) < 2):
         try:
             entry = pipeline.process(record)
         except FaceError as exc:
@@ -301,7 +327,7 @@ def predict_videos(records: list[VideoRecord], scorer: VideoScorer, pipeline: Fa
 
 
 def run_predict_command(args: argparse.Namespace) -> int:
-    """Run ``predict --video``: 0 when every video was scored, 1 if some were not, 2 on usage."""
+    """Run ``score --video``: 0 when every video was scored, 1 if some were not, 2 on usage."""
     try:
         if args.frames < 1 or args.batch_size < 1:
             raise UsageError("--frames and --batch-size must be >= 1")
@@ -311,15 +337,20 @@ def run_predict_command(args: argparse.Namespace) -> int:
             records = records_from_inputs(args.video)
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
+        try:
+            check_detector(args.detector)
+        except DetectorError as exc:
+            raise UsageError(str(exc)) from exc
         device = resolve_device(args.device)
         scorer = VideoScorer(load_detector(args), device, args.batch_size)
         size = args.crop_size or scorer.img_size
         if size < 16:
             raise UsageError("--crop-size must be >= 16")
         pipeline = FacePipeline(FaceConfig(frames=args.frames, size=size,
-                                           landmarks=args.landmarks, device=str(device)))
+                                           landmarks=args.landmarks, device=str(device),
+                                           detector=args.detector))
     except (UsageError, LandmarkError) as exc:
-        print(f"deepfakemae predict: error: {exc}", file=sys.stderr)
+        print(f"deepfakemae score: error: {exc}", file=sys.stderr)
         return 2
     explain_mae = load_explain_mae(args, device) if args.explain else None
     predictions = predict_videos(records, scorer, pipeline, args, explain_mae)
@@ -335,7 +366,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry: ``python -m deepfakemae.commands.predict --video ...``."""
-    parser = add_predict_arguments(argparse.ArgumentParser(prog="deepfakemae predict"))
+    parser = add_predict_arguments(argparse.ArgumentParser(prog="deepfakemae score"))
     return run_predict_command(parser.parse_args(argv))
 
 

@@ -9,9 +9,15 @@ from pathlib import Path
 from data_modules.indexes import DatasetError, list_indexes, records_for_dataset
 from data_modules.records import VideoRecord
 from deepfakemae.faces.align import DEFAULT_MARGIN
-from deepfakemae.faces.cache import CacheError
+from deepfakemae.faces.cache import CacheError, FaceCache
+from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
-from deepfakemae.faces.pipeline import FaceConfig, records_from_inputs, run_preprocess
+from deepfakemae.faces.pipeline import (
+    FaceConfig,
+    detector_setting,
+    records_from_inputs,
+    run_preprocess,
+)
 
 
 class UsageError(ValueError):
@@ -52,6 +58,10 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("--landmarks", choices=BACKENDS, default="dlib",
                         help="landmark backend (fan downloads its weights on first use)")
     parser.add_argument("--device", default="cpu", help="torch device for --landmarks fan")
+    parser.add_argument("--detector", choices=DETECTORS, default=None,
+                        help="face detector: dlib HOG with MTCNN on frames where it finds no "
+                             "face (dlib+mtcnn), dlib alone, or MTCNN alone (default: the one "
+                             "the --output cache was made with, else dlib+mtcnn)")
     parser.add_argument("--detect-max-side", type=int, default=640,
                         help="longest side frames are downscaled to for face detection")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
@@ -89,15 +99,35 @@ def records_for_args(args: argparse.Namespace) -> list[VideoRecord]:
         raise UsageError(str(exc)) from exc
 
 
+def recorded_detector(output: Path) -> str:
+    """The ``--detector`` an existing cache at ``output`` was made with (so that a rerun
+    resumes it), else the default ``dlib+mtcnn``; raises :class:`UsageError`."""
+    try:
+        recorded = FaceCache(output).read_settings() or {}
+    except CacheError as exc:
+        raise UsageError(str(exc)) from exc
+    setting = str(recorded.get("settings", {}).get("detector", ""))
+    for name in ("dlib+mtcnn", "dlib", "mtcnn"):
+        if setting.startswith(detector_setting(FaceConfig(detector=name)).split()[0] + " "):
+            return name
+    return "dlib+mtcnn"
+
+
 def config_for_args(args: argparse.Namespace) -> FaceConfig:
     """The :class:`FaceConfig` the arguments describe; raises :class:`UsageError`."""
+    if args.detector is None:
+        args.detector = recorded_detector(args.output)
     if args.frames < 1 or args.size < 16 or args.workers < 1:
         raise UsageError("--frames and --workers must be >= 1 and --size >= 16")
     if not 0 <= args.margin < 0.5:
         raise UsageError("--margin must be in [0, 0.5)")
+    try:
+        check_detector(args.detector)
+    except DetectorError as exc:
+        raise UsageError(str(exc)) from exc
     return FaceConfig(frames=args.frames, size=args.size, landmarks=args.landmarks,
                       device=args.device, detect_max_side=args.detect_max_side,
-                      margin=args.margin)
+                      detector=args.detector, margin=args.margin)
 
 
 def run_preprocess_command(args: argparse.Namespace) -> int:

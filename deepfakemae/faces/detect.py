@@ -1,4 +1,5 @@
-"""dlib HOG face detection on downscaled frames, with the same person followed across frames.
+"""Face detection on downscaled frames (dlib HOG, MTCNN as its fallback), with the same person
+followed across frames.
 
 The HOG detector's smallest window is about 80 x 80 px, and its cost grows with the pixel count.
 :class:`FaceDetector` therefore
@@ -10,7 +11,11 @@ The HOG detector's smallest window is about 80 x 80 px, and its cost grows with 
   (``track``), rescaled so the face is ~``track_face_px`` wide -- a fraction of a full-frame
   pass -- and falls back to the full frame when the window holds no face;
 * keeps one face per frame: the one overlapping the previous frame's face most (IoU), or the
-  largest when there is no previous face or no overlap.
+  largest when there is no previous face or no overlap;
+* with ``backend="dlib+mtcnn"`` (the default) runs MTCNN (``facenet-pytorch``, weights shipped in
+  its wheel) on a frame where dlib found nothing -- dark, small, rotated, blurred or heavily
+  compressed faces -- so easy frames cost what they did; ``backend="mtcnn"`` uses MTCNN alone.
+  MTCNN's five points come with its detections (:attr:`Detection.points`).
 """
 
 from __future__ import annotations
@@ -20,13 +25,38 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+#: ``--detector`` choices: dlib alone, dlib with MTCNN when it finds nothing, MTCNN alone
+DETECTORS = ("dlib+mtcnn", "dlib", "mtcnn")
+FACENET_INSTALL = "pip install --no-deps facenet-pytorch==2.6.0"
+
+
+class DetectorError(RuntimeError):
+    """A detector backend that cannot be built (the message names the cause and the fix)."""
+
+
+def check_detector(backend: str) -> None:
+    """Raise :class:`DetectorError` naming the fix when ``backend`` cannot be built here."""
+    import importlib.util
+
+    if backend not in DETECTORS:
+        raise DetectorError(f"unknown face detector {backend!r}; choose one of {DETECTORS}")
+    if "mtcnn" in backend and importlib.util.find_spec("facenet_pytorch") is None:
+        raise DetectorError(
+            f"--detector {backend} needs facenet-pytorch, which is not installed; install it "
+            f"with `{FACENET_INSTALL}` (its pinned dependencies are not needed) or pass "
+            "`--detector dlib`")
+
 
 @dataclass
 class Detection:
-    """One face: ``box`` (4,) float32 x0, y0, x1, y1 in source pixels, dlib detector ``score``."""
+    """One face: ``box`` (4,) float32 x0, y0, x1, y1 in source pixels, the detector's ``score``,
+    ``source`` (``dlib``, ``tracked`` or ``mtcnn``) and, from MTCNN, ``points`` (5,2) float32
+    (left eye, right eye, nose tip, mouth left, mouth right) in source pixels."""
 
     box: np.ndarray
     score: float
+    source: str = "dlib"
+    points: np.ndarray | None = None
 
     @property
     def width(self) -> float:
@@ -46,35 +76,119 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-9)
 
 
-def select_face(boxes: np.ndarray, scores: np.ndarray, previous: np.ndarray | None
-                ) -> Detection | None:
-    """Pick the face that overlaps ``previous`` most, else the largest; ``None`` if none."""
+def select_index(boxes: np.ndarray, previous: np.ndarray | None) -> int | None:
+    """Index of the box that overlaps ``previous`` most, else of the largest; ``None`` if none."""
     if len(boxes) == 0:
         return None
     if previous is not None and len(boxes) > 1:
         iou = box_iou(previous, boxes)
         if iou.max() > 0:
-            i = int(iou.argmax())
-            return Detection(boxes[i].astype(np.float32), float(scores[i]))
+            return int(iou.argmax())
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    i = int(areas.argmax())
+    return int(areas.argmax())
+
+
+def select_face(boxes: np.ndarray, scores: np.ndarray, previous: np.ndarray | None
+                ) -> Detection | None:
+    """Pick the face that overlaps ``previous`` most, else the largest; ``None`` if none."""
+    i = select_index(boxes, previous)
+    if i is None:
+        return None
     return Detection(boxes[i].astype(np.float32), float(scores[i]))
 
 
+def brighten(image: np.ndarray, dark: float = 60.0, target: float = 110.0) -> np.ndarray:
+    """``image`` (H,W,3) uint8 with a gamma curve that lifts its mean to ``target`` when the mean
+    is below ``dark`` (an underexposed frame); other frames are returned unchanged."""
+    mean = float(image.mean())
+    if mean >= dark:
+        return image
+    gamma = np.log(target / 255.0) / np.log(max(mean, 0.5) / 255.0)
+    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma, 0, 255).astype(np.uint8)
+    return cv2.LUT(image, lut)
+
+
+class MtcnnDetector:
+    """MTCNN (facenet-pytorch) on a copy downscaled to ``max_side``: all faces of a frame with
+    their five points. Its weights ship inside the facenet-pytorch wheel (works offline)."""
+
+    def __init__(self, max_side: int = 640, min_face: int = 20, threshold: float = 0.9,
+                 device: str = "cpu"):
+        try:
+            from facenet_pytorch import MTCNN
+        except ImportError as exc:
+            raise DetectorError(
+                f"the MTCNN face detector needs facenet-pytorch ({exc}); install it with "
+                f"`{FACENET_INSTALL}` (its pinned dependencies are not needed), or pass "
+                "`--detector dlib`") from exc
+        self.max_side = max_side
+        self.threshold = threshold
+        self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face, device=device)
+
+    def detect_all(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Faces of ``image`` (H,W,3) uint8 RGB (an underexposed one brightened first; at full
+        resolution when the downscaled copy has none): boxes (K,4), scores (K,), points
+        (K,5,2), all in source pixels, faces below ``threshold`` dropped."""
+        scale = min(1.0, self.max_side / max(image.shape[:2]))
+        found = self._run(image, scale)
+        if len(found[0]) == 0 and scale < 1.0:  # a face too small for the downscaled copy
+            found = self._run(image, 1.0)
+        return found
+
+    def _run(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """MTCNN on ``image`` resized by ``scale``; results in ``image`` pixels."""
+        small = image
+        if scale < 1.0:
+            h, w = image.shape[:2]
+            small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                               interpolation=cv2.INTER_AREA)
+        small = brighten(np.ascontiguousarray(small))
+        boxes, probs, points = self._mtcnn.detect(small, landmarks=True)
+        if boxes is None:
+            return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4) / scale
+        probs = np.asarray(probs, np.float64).reshape(-1)
+        points = np.asarray(points, np.float64).reshape(-1, 5, 2) / scale
+        keep = probs >= self.threshold
+        return boxes[keep], probs[keep], points[keep]
+
+    def select(self, image: np.ndarray, previous: np.ndarray | None) -> Detection | None:
+        """The face to keep in ``image`` given the ``previous`` box, or ``None``."""
+        boxes, probs, points = self.detect_all(image)
+        i = select_index(boxes, previous)
+        if i is None:
+            return None
+        return Detection(boxes[i].astype(np.float32), float(probs[i]), "mtcnn",
+                         points[i].astype(np.float32))
+
+
 class FaceDetector:
-    """dlib frontal (HOG) detector with downscaling, full-resolution retry and local tracking."""
+    """dlib frontal (HOG) detector with downscaling, full-resolution retry and local tracking;
+    MTCNN as its fallback (``dlib+mtcnn``) or alone (``mtcnn``)."""
 
     def __init__(self, max_side: int = 640, track: bool = True, track_face_px: int = 100,
-                 track_window: float = 2.2, upsample: int = 0):
+                 track_window: float = 2.2, upsample: int = 0, backend: str = "dlib+mtcnn"):
         import dlib
 
+        if backend not in DETECTORS:
+            raise ValueError(f"unknown face detector {backend!r}; choose one of {DETECTORS}")
+        self.backend = backend
         self.max_side = max_side
         self.track = track
         self.track_face_px = track_face_px
         self.track_window = track_window
         self.upsample = upsample
         self._detector = dlib.get_frontal_face_detector()
-        self.stats = {"tracked": 0, "detected": 0, "full_res": 0, "missed": 0}
+        self._mtcnn: MtcnnDetector | None = None  # loaded when first needed (imports torch)
+        self.stats = {"tracked": 0, "detected": 0, "full_res": 0, "mtcnn": 0, "missed": 0}
+
+    @property
+    def mtcnn(self) -> MtcnnDetector | None:
+        """The MTCNN backend (built on first use, so easy videos never load it), or ``None``
+        when ``backend`` is ``dlib``."""
+        if self._mtcnn is None and "mtcnn" in self.backend:
+            self._mtcnn = MtcnnDetector(self.max_side)
+        return self._mtcnn
 
     def _run(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
         """Detect on ``image`` resized by ``scale``; boxes (K,4) in ``image`` pixels, scores (K,)."""
@@ -119,13 +233,24 @@ class FaceDetector:
 
     def __call__(self, image: np.ndarray, previous: np.ndarray | None = None
                  ) -> Detection | None:
-        """The face to keep in ``image`` given the ``previous`` sampled frame's box (or None)."""
+        """The face to keep in ``image`` given the ``previous`` sampled frame's box (or None);
+        its ``source`` says which detector found it."""
+        if self.backend == "mtcnn":
+            found = self.mtcnn.select(image, previous)
+            self.stats["mtcnn" if found is not None else "missed"] += 1
+            return found
         if self.track and previous is not None:
             found = self.detect_near(image, previous)
             if found is not None:
                 self.stats["tracked"] += 1
+                found.source = "tracked"
                 return found
         boxes, scores = self.detect_all(image)
         found = select_face(boxes, scores, previous)
-        self.stats["detected" if found is not None else "missed"] += 1
+        if found is not None:
+            self.stats["detected"] += 1
+            return found
+        if "mtcnn" in self.backend:
+            found = self.mtcnn.select(image, previous)
+        self.stats["mtcnn" if found is not None else "missed"] += 1
         return found

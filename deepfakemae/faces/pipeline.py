@@ -14,10 +14,18 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from data_modules.records import VideoRecord
-from deepfakemae.faces.align import DEFAULT_MARGIN, align_face
+from deepfakemae.faces.align import (
+    DEFAULT_MARGIN,
+    align_face,
+    dlib_box_from_points,
+    five_points,
+    level_eyes,
+    transform_points,
+)
 from deepfakemae.faces.cache import (
     JPEG_QUALITY,
     CacheError,
@@ -26,7 +34,7 @@ from deepfakemae.faces.cache import (
     FaceEntry,
     validate_key,
 )
-from deepfakemae.faces.detect import FaceDetector
+from deepfakemae.faces.detect import Detection, FaceDetector
 from deepfakemae.faces.landmarks import build_landmarks
 from deepfakemae.faces.video import (
     IMAGE_SUFFIXES,
@@ -55,6 +63,7 @@ class FaceConfig:
     landmarks: str = "dlib"  # dlib | fan
     device: str = "cpu"  # torch device of the FAN backend
     detect_max_side: int = 640  # frames are downscaled to this longest side for detection
+    detector: str = "dlib+mtcnn"  # dlib+mtcnn (MTCNN when dlib finds nothing) | dlib | mtcnn
     track: bool = True  # search near the previous frame's face before the whole frame
     margin: float = DEFAULT_MARGIN  # background around the face, fraction of the crop side
     jpeg_quality: int = JPEG_QUALITY
@@ -77,13 +86,37 @@ def decode_threads_for(config: FaceConfig, workers: int = 1) -> int:
     return max(1, available_cpus() // max(1, workers))
 
 
+#: largest mean distance (inter-ocular distances) between the 68-point predictor's five points
+#: and MTCNN's for the landmarks to be kept (agreeing faces measure 0.03-0.06)
+MAX_POINT_ERROR = 0.25
+
+
 class FacePipeline:
     """Detects, landmarks and aligns the sampled frames of one video (models load once)."""
 
     def __init__(self, config: FaceConfig | None = None):
         self.config = config or FaceConfig()
-        self.detector = FaceDetector(max_side=self.config.detect_max_side, track=self.config.track)
+        self.detector = FaceDetector(max_side=self.config.detect_max_side, track=self.config.track,
+                                     backend=self.config.detector)
         self.landmarks = build_landmarks(self.config.landmarks, self.config.device)
+
+    def face_landmarks(self, frame: np.ndarray, found: Detection) -> np.ndarray | None:
+        """(68,2) landmarks in ``frame`` pixels of the face ``found``; ``None`` when the
+        predictor disagrees with MTCNN's five points (the frame is then dropped).
+
+        An MTCNN face is turned upright by its eye points and given the box dlib's detector
+        would give it, which is what the 68-point predictor is trained on."""
+        if found.points is None:
+            return self.landmarks(frame, found.box[None])[0]
+        mat = level_eyes(found.points)
+        upright = cv2.warpAffine(frame, mat, (frame.shape[1], frame.shape[0]),
+                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        box = dlib_box_from_points(transform_points(found.points, mat))
+        marks = transform_points(self.landmarks(upright, box[None])[0],
+                                 cv2.invertAffineTransform(mat))
+        iod = max(float(np.linalg.norm(found.points[1] - found.points[0])), 1.0)
+        error = np.linalg.norm(five_points(marks) - found.points, axis=1).mean() / iod
+        return marks.astype(np.float32) if error <= MAX_POINT_ERROR else None
 
     def process(self, record: VideoRecord) -> FaceEntry:
         """Aligned faces of ``record``; raises :class:`FaceError` when there are none."""
@@ -93,25 +126,27 @@ class FacePipeline:
                                                        decode_threads_for(cfg), cfg.decoder)
         except VideoError as exc:
             raise FaceError(exc.status, str(exc)) from exc
-        crops, marks, kept, scores, boxes = [], [], [], [], []
+        crops, marks, kept, scores, boxes, sources = [], [], [], [], [], []
         previous = None
         for frame, index in zip(frames, indices, strict=True):
             found = self.detector(frame, previous)
-            if found is None:
-                continue  # frames without a face are dropped from the entry
-            lm = self.landmarks(frame, found.box[None])[0]  # (68, 2) source px
+            lm = None if found is None else self.face_landmarks(frame, found)  # (68, 2) px
+            if lm is None:
+                continue  # frames without a usable face are dropped from the entry
             crop, lm_crop = align_face(frame, lm, cfg.size, cfg.margin)
             crops.append(crop)
             marks.append(lm_crop)
             kept.append(int(index))
             scores.append(found.score)
             boxes.append(found.box)
+            sources.append(found.source)
             previous = found.box
         if not crops:
             raise FaceError("no_face", f"{record.path}: no face found in {len(frames)} "
                                        "sampled frames")
         meta = dict(record.as_meta(), num_frames_total=int(total), fps=float(fps),
-                    landmarks=self.landmarks.name, size=cfg.size, frames_sampled=len(indices))
+                    landmarks=self.landmarks.name, size=cfg.size, frames_sampled=len(indices),
+                    detectors=sources)
         wanted = len(sample_indices(int(total), cfg.frames))
         if len(indices) < wanted:  # the container promised more frames than decode
             meta["warning"] = (f"only {len(indices)} of {wanted} sampled frames decoded "
@@ -241,11 +276,17 @@ def input_signature(path: str | os.PathLike) -> list[int] | None:
     return [int(size), int(st.st_mtime_ns)]
 
 
+def detector_setting(config: FaceConfig) -> str:
+    """The detector as ``cache.json`` records it (dlib alone keeps its earlier wording)."""
+    name = {"dlib": "dlib-hog", "dlib+mtcnn": "dlib-hog+mtcnn", "mtcnn": "mtcnn"}[config.detector]
+    return f"{name} max_side={config.detect_max_side} track={config.track}"
+
+
 def cache_settings(config: FaceConfig) -> dict:
     """The settings that shape a cache's entries (recorded in ``cache.json``)."""
     return {"frames": config.frames, "size": config.size, "landmarks": config.landmarks,
             "margin": round(float(config.margin), 6),
-            "detector": f"dlib-hog max_side={config.detect_max_side} track={config.track}",
+            "detector": detector_setting(config),
             "jpeg_quality": config.jpeg_quality}
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from deepfakemae.loggers import log_wandb_results
 from deepfakemae.metrics import compute_metrics, roc_curve, video_level
 from deepfakemae.visualize import log_image, roc_figure
 
@@ -167,6 +168,24 @@ def set_metrics(scored: ScoredSet) -> tuple[dict[str, float], dict[str, tuple]]:
     return metrics, curves
 
 
+#: the order branches are shown in (others follow alphabetically)
+BRANCH_ORDER = ("fused", "F", "M")
+
+
+def summary_table(results: dict[str, dict[str, float]], path: Path) -> str:
+    """A short Markdown summary of a test: video-level AUC per test set and branch, the number
+    of videos, and where the full results are."""
+    found = {k.rsplit("/", 1)[0] for m in results.values() for k in m if k.endswith("/auc")}
+    branches = [b for b in BRANCH_ORDER if b in found] + sorted(found - set(BRANCH_ORDER))
+    lines = ["| test set | " + " | ".join(f"{b} AUC" for b in branches) + " | videos |",
+             "|---|" + "---|" * (len(branches) + 1)]
+    for name, metrics in sorted(results.items()):
+        cells = [f"{metrics.get(f'{b}/auc', float('nan')):.4f}" for b in branches]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {int(metrics.get('num_videos', 0))} |")
+    return "\n".join(["", *lines, f"full results (every metric, frame and video level): {path}",
+                      f"per-frame scores: {path.with_name('scores_test.csv')}"])
+
+
 class VideoEvaluation:
     """LightningModule mixin: per-frame fake probabilities → metrics per named test set.
 
@@ -237,4 +256,6 @@ class VideoEvaluation:
                        if not math.isnan(c[2])}
             if plotted:
                 log_image(trainer, "test/roc", roc_figure(plotted), trainer.global_step)
+            log_wandb_results(trainer, results, curves_by_set)
+            print(summary_table(results, out), flush=True)
         return results

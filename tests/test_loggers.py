@@ -1,0 +1,100 @@
+"""W&B as its users expect: WANDB_MODE honoured, runs named and grouped by table/variant/stage,
+the effective config logged, a results table and ROC plots per test (offline runs, no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepfakemae.experiments import TABLES_DIR, load_plan, pending_stages
+from deepfakemae.lightning_cli import effective_config
+from deepfakemae.loggers import AutoWandbLogger, log_wandb_results
+
+
+@pytest.fixture(autouse=True)
+def wandb_env(tmp_path, monkeypatch):
+    """Keep every W&B folder in this test's tmp_path; no name, group or tags inherited."""
+    for var in ("WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_JOB_TYPE", "WANDB_TAGS", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    yield
+    import wandb
+
+    wandb.finish()
+    wandb.teardown()  # W&B keeps the settings of its first run per process (e.g. disabled)
+
+
+def test_wandb_mode_disabled_writes_no_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logger = AutoWandbLogger(save_dir=str(tmp_path / "stage"), name="pretrain")
+    logger.log_metrics({"train/loss": 1.0}, step=0)
+    logger.experiment.log({"x": 1})
+    import wandb
+
+    wandb.finish()
+    assert not list(tmp_path.rglob("offline-run-*")) and not list(tmp_path.rglob("run-*"))
+    assert not (tmp_path / "stage" / "wandb").exists()
+
+
+def test_table_runs_are_named_grouped_and_tagged(tmp_path, monkeypatch):
+    plan = load_plan(TABLES_DIR / "table4.yaml", demo=True)
+    job = pending_stages(plan, tmp_path, variants=["ratio_25"], stages=["finetune"])[0]
+    env = job.env()
+    assert env["WANDB_NAME"] == "table4/ratio_25/finetune"
+    assert (env["WANDB_RUN_GROUP"], env["WANDB_JOB_TYPE"]) == ("table4/ratio_25", "finetune")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for key in ("WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_JOB_TYPE", "WANDB_TAGS"):
+        monkeypatch.setenv(key, env[key])
+    run = AutoWandbLogger(save_dir=str(tmp_path / "stage"), name="finetune").experiment
+    assert run.name == "table4/ratio_25/finetune" and run.group == "table4/ratio_25"
+    assert run.job_type == "finetune" and set(run.tags) == {"table4", "ratio_25", "finetune"}
+
+
+def test_a_direct_run_is_named_after_its_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = AutoWandbLogger(save_dir=str(tmp_path / "stage"), name="mapping").experiment
+    assert (run.name, run.job_type, tuple(run.tags)) == ("mapping", "mapping", ("mapping",))
+
+
+def test_results_table_and_roc_plots_reach_the_run(tmp_path, monkeypatch):
+    from lightning.pytorch import Trainer
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = AutoWandbLogger(save_dir=str(tmp_path / "detector"), name="detector")
+    trainer = Trainer(logger=logger, accelerator="cpu", enable_progress_bar=False)
+    results = {"celebdf": {"num_videos": 4.0, "fused/auc": 0.75, "F/auc": 0.5, "M/auc": 1.0}}
+    fpr, tpr = np.array([0.0, 0.5, 1.0]), np.array([0.0, 1.0, 1.0])
+    curves = {"celebdf": {"fused": (fpr, tpr, 0.75), "F": (fpr, fpr, 0.5)}}
+    log_wandb_results(trainer, results, curves)
+    import wandb
+
+    wandb.finish()
+    (run_dir,) = (tmp_path / "detector" / "wandb").glob("offline-run-*")
+    (table,) = run_dir.rglob("results_*.table.json")
+    data = json.loads(table.read_text())
+    assert data["columns"][:3] == ["test set", "videos", "F/auc"]
+    assert data["data"][0][:3] == ["celebdf", 4, 0.5]
+    assert list(run_dir.rglob("roc_curve_table_*.table.json"))
+
+
+def test_logged_config_carries_the_checkpoints_preset(tmp_path):
+    from deepfakemae.modules.finetune import FinetuneModule
+    from deepfakemae.modules.pretrain import MAEPretrainModule
+
+    stage1 = MAEPretrainModule(preset="mae_vit_micro")
+    ckpt = {"state_dict": stage1.state_dict(), "hyper_parameters": dict(stage1.hparams)}
+    stage1.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "stage1.ckpt")
+    module = FinetuneModule(mae_checkpoint=str(tmp_path / "stage1.ckpt"),
+                            preset="mae_vit_base_patch16")
+    config = {"model": {"init_args": {"preset": "mae_vit_base_patch16",
+                                      "mae_checkpoint": str(tmp_path / "stage1.ckpt")}}}
+    assert effective_config(config, module.hparams)["model"]["init_args"]["preset"] == \
+        "mae_vit_micro"
+    assert Path(config["model"]["init_args"]["mae_checkpoint"]).name == "stage1.ckpt"
