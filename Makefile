@@ -20,7 +20,7 @@ export CACHE_DIR
 export DEMO_CACHE := $(abspath $(DEMO_DIR))/cache
 
 # Without DATA_ROOT the training targets run on the embedded demo set (tiny presets);
-# with DATA_ROOT=<FaceForensics++ root> they run the paper's setup (ViT-B/16, 224 px).
+# with DATA_ROOT=<FaceForensics++ root> they run the paper configs (ViT-B/16 at 224 px: our reading, see docs/DESIGN.md).
 ifeq ($(strip $(DATA_ROOT)),)
   RUN_DIR_  := $(RUNS)/demo/main
   DATA_DEP  := demo-cache
@@ -78,7 +78,7 @@ caches: setup $(if $(strip $(DATA_ROOT)),ffpp-cache)
 	$(if $(WILDDEEPFAKE_ROOT),$(DFM) preprocess --dataset wilddeepfake --root $(WILDDEEPFAKE_ROOT) --split test --output $(CACHE_DIR)/wilddeepfake --workers $(WORKERS))
 	$(if $(DFDC_ROOT),$(DFM) preprocess --dataset dfdc --root $(DFDC_ROOT) --split test --output $(CACHE_DIR)/dfdc --workers $(WORKERS))
 
-## pretrain: stage 1 (demo set by default; DATA_ROOT=<FF++ root> for the paper's setup)
+## pretrain: stage 1 (demo set by default; DATA_ROOT=<FF++ root> for the paper configs)
 pretrain: $(DATA_DEP)
 	$(call stage,pretrain,fit)
 

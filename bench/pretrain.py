@@ -1,6 +1,6 @@
 """Stage-1 pre-training throughput: images/s, FLOP estimate, fraction of measured matmul speed.
 
-For each preset (batch 8; ViT-B/16 at 224 as in the paper) one full AdamW training step
+For each preset (batch 8; ViT-B/16 at 224, the paper configs' preset) one full AdamW training step
 (forward, backward, optimizer) is timed under four masks, all fixed for the run:
 
 * ``facial_part 0.5``   paper masking (Algorithm 1 bands, synthetic realistic landmarks): uneven

@@ -1,9 +1,12 @@
-"""`make demo`'s pipeline (`deepfakemae demo`) end to end at a reduced size, and its reuse."""
+"""`make demo`'s pipeline (`deepfakemae demo`) end to end at a reduced size, its reuse, and the
+cross-validated demo (`deepfakemae demo --folds k`) on the same data."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import re
 
 import pytest
 
@@ -29,6 +32,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert list(run.glob("pretrain/figures/*.png")) and list(run.glob("detector/figures/*roc*.png"))
     assert list(run.glob("*/wandb/offline-run-*"))
     assert "wandb sync" in out
+    assert re.search(r"\| LipsSwap \| 2/2 \| [0-9.]+ \[[0-9.]+, [0-9.]+\]", out)  # AUC [CI]
+    assert f"deepfakemae score --video clip.mp4 --run-dir {run}" in out
 
     # a rerun reuses the dataset, the face cache and every finished stage
     stamp = (run / "pretrain" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
@@ -37,3 +42,28 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert out.count("skip demo/main") == 4
     assert "already done 50" in out
     assert (run / "pretrain" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp
+
+    # 3-fold cross-validation on the same data: every speaker pair tested exactly once
+    assert main([*args, "--folds", "3", "--bootstrap", "200"]) == 0
+    out = capsys.readouterr().out
+    cv = tmp_path / "runs" / "demo-cv"
+    tested: list[set[str]] = []
+    for fold in range(3):
+        splits = {s: json.loads((cv / "splits" / f"fold_{fold}" / f"{s}.json").read_text())
+                  for s in ("train", "val", "test")}
+        ids = {s: {i for pair in pairs for i in pair} for s, pairs in splits.items()}
+        assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["val"])
+        with open(cv / f"fold_{fold}" / "detector" / "scores_test.csv") as f:
+            keys = {row["video_key"] for row in csv.DictReader(f)}
+        assert {k.rsplit("/", 1)[1][:3] for k in keys} == ids["test"]  # the fold's test speakers
+        tested.append(keys)
+    assert not (tested[0] & tested[1]) and not (tested[1] & tested[2])
+    reals = {k for keys in tested for k in keys if "/real/" in k}
+    assert len(reals) == 10  # every demo speaker's real video was tested once
+    with open(cv / "cv_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["test_set"], r["num_real_videos"], r["num_fake_videos"]) for r in rows} == {
+        (m, "10", "10") for m in ("EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend")}
+    assert all(0 <= float(r["ci_low"]) <= float(r["ci_high"]) <= 1 for r in rows)
+    assert "| SelfBlend | 10/10 |" in (cv / "cv_results.md").read_text()
+    assert "3-fold identity-disjoint cross-validation" in out

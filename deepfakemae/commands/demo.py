@@ -157,3 +157,5 @@ def print_results(run_dir: Path, n_boot: int = 2000) -> None:
         print("W&B runs (offline; upload with `wandb sync <dir>`):")
         for path in offline:
             print(f"  {path}")
+    print(f"\nscore a video with these models:\n  deepfakemae score --video clip.mp4 "
+          f"--run-dir {run_dir}")
