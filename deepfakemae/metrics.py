@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,9 +86,17 @@ def compute_metrics(scores: Any, labels: Any, threshold: float = 0.5) -> dict[st
     """``{"auc", "ap", "eer", "acc"}`` of fake-probability scores (N,) against 0/1 labels (N,).
 
     With a single class present AUC, AP and EER are undefined and reported as NaN (ACC is kept).
+    Non-finite scores (a diverged model) make every metric NaN, with a warning, rather than a
+    number that looks like a result.
     """
     s, y = _as_1d(scores, torch.float32), _as_1d(labels, torch.long)
     _check(s, y)
+    bad = int((~torch.isfinite(s)).sum())
+    if bad:
+        warnings.warn(f"{bad} of {s.numel()} scores are not finite (NaN/inf): the model "
+                      "diverged; metrics are NaN. Lower the learning rate and retrain.",
+                      RuntimeWarning, stacklevel=2)
+        return {"auc": math.nan, "ap": math.nan, "eer": math.nan, "acc": math.nan}
     acc = BinaryAccuracy(threshold=threshold)(s, y).item()
     if y.min() == y.max():
         return {"auc": math.nan, "ap": math.nan, "eer": math.nan, "acc": acc}
@@ -193,6 +202,8 @@ def bootstrap_auc(scores: Any, labels: Any, video_keys: Sequence[str], level: st
         raise ValueError(f"level must be 'video' or 'frame', got {level!r}")
     s = np.asarray(scores, np.float64).reshape(-1)
     y = np.asarray(labels, np.int64).reshape(-1)
+    if not np.isfinite(s).all():  # a diverged model: no interval to give
+        return Interval(math.nan, math.nan, math.nan)
     index: dict[str, int] = {}
     owner = np.array([index.setdefault(k, len(index)) for k in video_keys], np.int64)  # (N,)
     n_videos = len(index)

@@ -128,6 +128,16 @@ def test_weighted_auc_matches_pairwise_counting():
     assert math.isnan(weighted_auc([0.1, 0.2], [1, 1]))
 
 
+def test_non_finite_scores_give_nan_metrics_not_a_result():
+    from deepfakemae.metrics import compute_metrics
+
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        metrics = compute_metrics([0.2, float("nan"), 0.9, 0.1], [0, 0, 1, 1])
+    assert all(math.isnan(v) for v in metrics.values())
+    interval = bootstrap_auc([0.2, float("nan")], [0, 1], ["a", "b"], n_boot=10)
+    assert math.isnan(interval.value) and interval.format() == "—"
+
+
 def _fixed_scores() -> ScoredSet:
     # videos r0, r1 real; f0, f1 fake; two frames each
     keys = ["r0", "r0", "r1", "r1", "f0", "f0", "f1", "f1"]
