@@ -98,9 +98,10 @@ $(TABLES): table%: setup
 	$(DFM) run experiments/tables/table$*.yaml --run-root $(TABLE_ROOT) $(if $(strip $(DATA_ROOT)),,--demo)
 	$(DFM) report $(TABLE_ROOT)/table$*
 
-## bench: speed figures (face pipeline, stage 1, stage 2)
-bench: setup
+## bench: speed figures (face pipeline, stage 1, stage 2, training loader with pseudo-fakes)
+bench: setup demo-cache
 	$(PY) bench/preprocess.py
 	$(PY) bench/hard_faces.py
 	$(PY) bench/pretrain.py
 	$(PY) bench/stage2.py
+	$(PY) bench/loader.py --cache $(DEMO_DIR)/cache

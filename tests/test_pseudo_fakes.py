@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from deepfakemae.synth.swap import (
     SBI_MAX_DEFORM,
     SBI_MAX_GROW,
     SelfBlendParams,
+    _jitter_colors,
     face_width,
     feathered_alpha,
     region_mask,
@@ -65,6 +67,20 @@ def test_default_self_blend_params_keep_the_demo_blend(astronaut_face_session):
     mask = region_mask(points, "face", crop.shape[:2], params.grow * face_width(points))
     expected = feathered_alpha(mask, params.feather * face_width(points)) * params.opacity
     assert np.array_equal(self_blend_alpha(points, crop.shape[:2], params), expected)
+
+
+def test_colour_jitter_lookup_tables_match_the_per_pixel_formula(astronaut_face_session):
+    """``_jitter_colors`` runs as lookup tables; it must equal the formula pixel by pixel."""
+    crop, _ = face_crop(astronaut_face_session, 96)
+    for seed in range(5):
+        params = SelfBlendParams.sample_sbi(np.random.default_rng(seed))
+        hsv = cv2.cvtColor(crop, cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 0] = np.mod(hsv[..., 0] + params.hue, 180.0)
+        hsv[..., 1] = np.clip(hsv[..., 1] * params.saturation, 0, 255)
+        rgb = cv2.cvtColor(np.clip(hsv + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+        out = (rgb.astype(np.float32) - 128.0) * params.contrast + 128.0 + params.brightness
+        expected = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        assert np.array_equal(_jitter_colors(crop, params), expected)
 
 
 @pytest.mark.parametrize("source, n_real, n_fake, methods", [

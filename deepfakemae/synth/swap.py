@@ -262,13 +262,19 @@ def swap_region(target: np.ndarray, target_points: np.ndarray, source: np.ndarra
 
 
 def _jitter_colors(image: np.ndarray, params: SelfBlendParams) -> np.ndarray:
-    """Hue/saturation shift, then contrast and brightness change; (H,W,3) uint8 RGB."""
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
-    hsv[..., 0] = np.mod(hsv[..., 0] + params.hue, 180.0)
-    hsv[..., 1] = np.clip(hsv[..., 1] * params.saturation, 0, 255)
-    rgb = cv2.cvtColor(np.clip(hsv + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
-    out = (rgb.astype(np.float32) - 128.0) * params.contrast + 128.0 + params.brightness
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    """Hue/saturation shift, then contrast and brightness change; (H,W,3) uint8 RGB.
+
+    Each step maps a uint8 value to a uint8 value, so it runs as a lookup table.
+    """
+    values = np.arange(256, dtype=np.float32)
+    hue = np.clip(np.mod(values + params.hue, 180.0) + 0.5, 0, 255).astype(np.uint8)
+    sat = np.clip(np.clip(values * params.saturation, 0, 255) + 0.5, 0, 255).astype(np.uint8)
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    tables = (hue, sat, values.astype(np.uint8))
+    hsv = cv2.merge([cv2.LUT(c, t) for c, t in zip(cv2.split(hsv), tables, strict=True)])
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    tone = np.clip((values - 128.0) * params.contrast + 128.0 + params.brightness + 0.5, 0, 255)
+    return cv2.LUT(rgb, tone.astype(np.uint8))
 
 
 def _frequency_jitter(image: np.ndarray, params: SelfBlendParams) -> np.ndarray:
@@ -317,4 +323,10 @@ def self_blend(frame: np.ndarray, points: np.ndarray, params: SelfBlendParams) -
     source = _frequency_jitter(_jitter_colors(frame, params), params)
     moved = cv2.warpAffine(source, matrix, (width, height),
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    return alpha_blend(moved, frame, self_blend_alpha(points, (height, width), params))
+    alpha = self_blend_alpha(points, (height, width), params)
+    ys, xs = np.nonzero(alpha.any(1))[0], np.nonzero(alpha.any(0))[0]
+    out = frame.copy()
+    if len(ys):  # blend only the box where alpha > 0: outside it the frame stays as it is
+        box = np.s_[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1]
+        out[box] = alpha_blend(moved[box], frame[box], alpha[box])
+    return out
