@@ -202,6 +202,8 @@ def rerun_command(plan: Plan) -> str:
     else ``deepfakemae run <table> [--demo]``."""
     if plan.name == "demo":
         return "deepfakemae demo"
+    if plan.name.startswith("demo-"):  # the demo with pseudo-fakes (commands/demo.py run_name)
+        return f"deepfakemae demo --fake-source {plan.name.removeprefix('demo-')}"
     return f"deepfakemae run {plan.name}{' --demo' if plan.demo else ''}"
 
 
