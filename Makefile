@@ -33,7 +33,7 @@ endif
 stage = RUN_DIR=$(RUN_DIR_) $(DFM) $(2) -c experiments/$(1).yaml $(call overlay,$(1)) $(ARGS)
 
 TABLES := table1 table2 table3 table4 table5 table6
-.PHONY: setup test lint demo demo-cv demo-cache ffpp-cache caches pretrain train-stage2 eval bench $(TABLES)
+.PHONY: setup test lint demo demo-cv demo-cv-pseudo demo-cache ffpp-cache caches pretrain train-stage2 eval bench $(TABLES)
 
 ## setup: create .venv and install the project with its dev extras (quick when nothing changed)
 setup: $(STAMP)
@@ -62,6 +62,10 @@ demo: setup
 ## demo-cv: 5-fold identity-disjoint cross-validation of the demo (pooled AUCs with 95% CIs)
 demo-cv: setup
 	$(DFM) demo --folds 5 --data-dir $(DEMO_DIR) --run-root $(RUNS)
+
+## demo-cv-pseudo: the same cross-validation, stage 2 on self-blended pseudo-fakes only (no demo method seen in training)
+demo-cv-pseudo: setup
+	$(DFM) demo --folds 5 --fake-source pseudo --data-dir $(DEMO_DIR) --run-root $(RUNS)
 
 ## demo-cache: build the demo videos and cache their faces (reused when present)
 demo-cache: setup
@@ -98,9 +102,10 @@ $(TABLES): table%: setup
 	$(DFM) run experiments/tables/table$*.yaml --run-root $(TABLE_ROOT) $(if $(strip $(DATA_ROOT)),,--demo)
 	$(DFM) report $(TABLE_ROOT)/table$*
 
-## bench: speed figures (face pipeline, stage 1, stage 2)
-bench: setup
+## bench: speed figures (face pipeline, stage 1, stage 2, training loader with pseudo-fakes)
+bench: setup demo-cache
 	$(PY) bench/preprocess.py
 	$(PY) bench/hard_faces.py
 	$(PY) bench/pretrain.py
 	$(PY) bench/stage2.py
+	$(PY) bench/loader.py --cache $(DEMO_DIR)/cache

@@ -30,6 +30,7 @@ from data_modules.datasets import (
     build_domain_map,
     select_videos,
 )
+from data_modules.pseudo import FAKE_SOURCES, FakeSource, pseudo_fake_videos
 from data_modules.records import REAL, REAL_METHOD
 from data_modules.samplers import BalancedRealFakeSampler, VideoEpochSampler
 
@@ -60,6 +61,10 @@ class DeepfakeDataModule(L.LightningDataModule):
             protocols); ``None`` keeps the recorded splits.
         paired: with ``balanced``, draw each fake together with its own target real video at
             the same position (see ``BalancedRealFakeSampler``).
+        fake_source: training fakes: ``"dataset"`` (the sources' fake videos), ``"pseudo"``
+            (only self-blended pseudo-fakes made on the fly from the real training videos; the
+            dataset fakes are left out) or ``"both"``. Pseudo-fakes are the domain
+            ``SelfBlendPseudo`` (see ``data_modules.pseudo``); evaluation sets are unchanged.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         samples_per_video: int = 1,
         splits_dir: str | None = None,
         paired: bool = False,
+        fake_source: FakeSource = "dataset",
     ):
         super().__init__()
         for name, value in (("mode", mode), ("eval_mode", eval_mode or mode)):
@@ -124,6 +130,13 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise DataError("paired=True pairs fakes with their real targets inside balanced "
                             "batches; set balanced=True too")
         self.paired = paired
+        if fake_source not in FAKE_SOURCES:
+            raise DataError(f"fake_source must be one of {list(FAKE_SOURCES)}, got {fake_source!r} "
+                            "(--data.init_args.fake_source)")
+        if real_only and fake_source != "dataset":
+            raise DataError(f"fake_source={fake_source!r} makes training fakes but real_only=True "
+                            "keeps only reals; use fake_source: dataset for pre-training")
+        self.fake_source = fake_source
         self.domain_map: dict[str, int] | None = None
         self.train_dataset: FaceClipDataset | None = None
         self.val_datasets: list[FaceClipDataset] = []
@@ -148,13 +161,15 @@ class DeepfakeDataModule(L.LightningDataModule):
                 raise DataError(f"real_only=True but the training sources "
                                 f"{[s.name for s in self.train_sources]} select no real video")
         else:
+            videos = pseudo_fake_videos(videos, self.fake_source)
             n_real = sum(v.label == REAL for v in videos)
             if n_real == 0 or n_real == len(videos):
                 raise DataError(
                     f"training needs real and fake videos, but the training sources "
                     f"{[s.name for s in self.train_sources]} select {n_real} real and "
-                    f"{len(videos) - n_real} fake; add the missing class (e.g. methods: "
-                    f"[real, ...]) or set real_only=True for pre-training")
+                    f"{len(videos) - n_real} fake (fake_source={self.fake_source!r}); add the "
+                    f"missing class (e.g. methods: [real, ...]) or set real_only=True for "
+                    f"pre-training")
         return videos
 
     def _eval_dataset(self, spec: SourceSpec) -> FaceClipDataset:

@@ -31,6 +31,7 @@ from data_modules.augment import FaceAugment
 from data_modules.indexes.common import DatasetError
 from data_modules.indexes.ffpp import DATASET as FFPP
 from data_modules.indexes.ffpp import key_split, load_splits, split_owner
+from data_modules.pseudo import make_pseudo_fake
 from data_modules.records import FAKE, REAL, REAL_METHOD
 from deepfakemae.constants import IMAGENET_MEAN, IMAGENET_STD
 from deepfakemae.faces.cache import FaceCache
@@ -71,6 +72,7 @@ class VideoItem:
     dataset: str
     split: str
     source: str  # SourceSpec.name
+    pseudo_of: str | None = None  # a pseudo-fake twin: the key of the real video it renders
 
 
 def _status_counts(records: list[dict]) -> str:
@@ -263,10 +265,12 @@ class FaceClipDataset(Dataset):
         video = self.videos[int(self.video_of[index])]
         pos = self.positions[index]  # (T,)
         uniq, inverse = np.unique(pos, return_inverse=True)  # decode padded frames once
-        entry = self._cache(video.cache_root).read(video.key, frames=uniq)
+        entry = self._cache(video.cache_root).read(video.pseudo_of or video.key, frames=uniq)
         crops = entry.crops[inverse]  # (T, S, S, 3)
         lms = entry.landmarks[inverse].astype(np.float32)  # (T, 68, 2)
         crops, lms = resize_faces(crops, lms, self.img_size)
+        if video.pseudo_of is not None:  # a real video's self-blended twin: one blend per clip
+            crops = make_pseudo_fake(crops, lms, int(torch.randint(0, 2**31 - 1, ()).item()))
         if self.augment is not None:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())  # per-worker torch RNG
             crops, lms = self.augment(crops, lms, seed)

@@ -96,7 +96,8 @@ class BalancedRealFakeSampler(_VideoWindowSampler):
     ``paired=True``: the real of each pair is the fake's own target video (FF++ layout: the fake
     ``T_S`` was made on the real ``T``) at the same relative position, so a batch holds both
     sides of every manipulation and identity alone cannot separate them. Fakes whose target is
-    not among the training videos get a random real, as without pairing.
+    not among the training videos get a random real, as without pairing. A pseudo-fake twin
+    (``data_modules.pseudo``) is paired with the real video it renders, at the same frame.
     """
 
     def __init__(self, dataset: FaceClipDataset, num_replicas: int | None = None,
@@ -116,8 +117,8 @@ class BalancedRealFakeSampler(_VideoWindowSampler):
         self.fakes_by_method = {m: np.asarray(v) for m, v in sorted(methods.items())}
         index = {video.key: i for i, video in enumerate(dataset.videos)}
         #: (V,) each fake's target real video, -1 where unknown (and for reals)
-        self.target = np.array([index.get(target_real_key(v.key) or "", -1) if v.label != REAL
-                                else -1 for v in dataset.videos], np.int64)
+        self.target = np.array([index.get(v.pseudo_of or target_real_key(v.key) or "", -1)
+                                if v.label != REAL else -1 for v in dataset.videos], np.int64)
         self.num_pairs = int(num_pairs) if num_pairs is not None else len(self.real)
         self.pairs_per_rank = math.ceil(self.num_pairs / self.num_replicas)
         self.num_samples = 2 * self.pairs_per_rank

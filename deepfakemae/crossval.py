@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfakemae.experiments import STAGES, Plan
+from deepfakemae.experiments import STAGES, Plan, merge_args
 from deepfakemae.metrics import Interval, bootstrap_auc
 from deepfakemae.modules.evaluation import ScoredSet, read_scores_csv
 
@@ -70,7 +70,8 @@ def fold_plan(base: Plan, splits_dirs: list[Path], name: str) -> Plan:
     for i, splits in enumerate(splits_dirs):
         override = {"data": {"init_args": {"splits_dir": str(splits.resolve())}}}
         variants[f"fold_{i}"] = {
-            stage: dataclasses.replace(template[stage], args={**template[stage].args, **override})
+            stage: dataclasses.replace(template[stage],
+                                       args=merge_args(template[stage].args, override))
             if template[stage].reuse is None else template[stage] for stage in STAGES}
     resolved = {**base.resolved, "name": name,
                 "variants": {v: {s: {"args": spec.args} for s, spec in stages.items()}

@@ -211,7 +211,7 @@ def _plan_from_dict(resolved: dict, path: Path, demo: bool) -> Plan:
                 raise PlanError(f"{path}: {vname}.{stage} reuses {reuse!r} and cannot also set args")
             if reuse is None and not configs.get(stage):
                 raise PlanError(f"{path}: no `configs.{stage}` list (see experiments/tables/common.yaml)")
-            args = _merge_args(stage_args.get(stage) or {}, *_as_arg_list(spec.get("args"), path,
+            args = merge_args(stage_args.get(stage) or {}, *_as_arg_list(spec.get("args"), path,
                                                                           f"{vname}.{stage}"))
             stages[stage] = StageSpec(stage, tuple(configs.get(stage) or ()), args, reuse)
         variants[str(vname)] = stages
@@ -244,13 +244,13 @@ def _as_arg_list(args, path: Path, where: str) -> list[dict]:
     return items
 
 
-def _merge_args(*layers: dict) -> dict:
+def merge_args(*layers: dict) -> dict:
     """Deep merge of nested flag mappings; later layers win, lists are replaced whole."""
     out: dict = {}
     for layer in layers:
         for key, value in layer.items():
             if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = _merge_args(out[key], value)
+                out[key] = merge_args(out[key], value)
             else:
                 out[key] = value
     return out

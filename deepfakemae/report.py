@@ -114,6 +114,19 @@ def _paper_values(block: dict | None, row: str, columns: list[str]) -> list[floa
     return [values[pcols.index(c)] if values and c in pcols else None for c in columns]
 
 
+def _reference_row(paper: dict, name: str, columns: list[str]) -> Row:
+    """A published figure of another method (``references.<name>`` of paper_results.yaml),
+    matched to ``columns`` by label; ``Avg`` only when every other column has a value."""
+    ref = (paper.get("references") or {}).get(name)
+    if ref is None:
+        raise PlanError(f"report references {name!r}, which experiments/paper_results.yaml "
+                        f"does not list under `references:`")
+    values = [ref["values"].get(c) for c in columns]
+    if columns and columns[-1] == "Avg" and values[-1] is None:
+        values[-1] = _round(_mean(values[:-1]))
+    return Row(str(ref["label"]), values, "baseline", str(ref["label"]))
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else sum(values) / len(values)
 
@@ -146,6 +159,7 @@ def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None
         if not plan.demo:
             rows += [Row(lab, _paper_values(pblock, lab, shown), "baseline", lab)
                      for lab in prows if lab not in used]
+            rows += [_reference_row(paper, name, shown) for name in bspec.get("references") or []]
         cells = []
         for rspec in bspec["rows"]:
             label = str(rspec["label"])
@@ -168,7 +182,7 @@ def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None
                 ours.append(_mean(ours))
                 sources.append("")
             ours = [_round(v) for v in ours]
-            if plan.demo:
+            if plan.demo or rspec.get("ours_only"):  # no published counterpart
                 rows.append(Row(f"{label} (ours)", ours, "ours", label, sources))
                 continue
             published = _paper_values(pblock, str(rspec.get("paper_row") or label), shown)
@@ -188,6 +202,8 @@ def rerun_command(plan: Plan) -> str:
     else ``deepfakemae run <table> [--demo]``."""
     if plan.name == "demo":
         return "deepfakemae demo"
+    if plan.name.startswith("demo-"):  # the demo with pseudo-fakes (commands/demo.py run_name)
+        return f"deepfakemae demo --fake-source {plan.name.removeprefix('demo-')}"
     return f"deepfakemae run {plan.name}{' --demo' if plan.demo else ''}"
 
 

@@ -201,3 +201,30 @@ def test_fold_plan_gives_every_stage_its_fold_splits(tmp_path):
         expected = str((tmp_path / name).resolve())
         for spec in stages.values():
             assert spec.args["data"]["init_args"]["splits_dir"] == expected
+
+
+@pytest.mark.parametrize("source", ["pseudo", "both"])
+def test_demo_fake_source_reaches_both_branches_of_every_fold(tmp_path, source):
+    """``deepfakemae demo --folds k --fake-source pseudo``: the switch and the fold's splits
+    both reach Finetuning and Mapping; stage 1 and the detector are as before; own run folder."""
+    from deepfakemae.cli import _tool_parser
+    from deepfakemae.commands.demo import demo_plan, run_name
+    from deepfakemae.report import rerun_command
+
+    parser = _tool_parser("demo")[0]
+    args = parser.parse_args(["--folds", "3", "--fake-source", source, "--max-steps", "2"])
+    plan = fold_plan(demo_plan(args), [tmp_path / f"fold_{i}" for i in range(3)],
+                     run_name("demo-cv", args.fake_source))
+    assert plan.name == f"demo-cv-{source}"
+    for name, stages in plan.variants.items():
+        for stage, spec in stages.items():
+            init = spec.args["data"]["init_args"]
+            assert init["splits_dir"] == str((tmp_path / name).resolve())
+            assert init.get("fake_source") == (source if stage in ("finetune", "mapping") else None)
+            if stage != "detector":
+                assert spec.args["trainer"]["max_steps"] == 2
+    single = demo_plan(args)
+    assert single.name == f"demo-{source}"
+    assert rerun_command(single) == f"deepfakemae demo --fake-source {source}"
+    default = demo_plan(parser.parse_args([]))
+    assert default.name == "demo" and "data" not in default.variants["main"]["mapping"].args

@@ -55,7 +55,9 @@ def test_every_plan_resolves(table, demo, monkeypatch, tmp_path):
         assert all(Path(c).exists() for c in configs)
         if demo:
             assert configs[1].endswith(f"experiments/demo/{job.stage}.yaml")
-        caches = [s["cache"] for a in job.args if a.startswith("--data.")
+        caches = [s["cache"] for a in job.args
+                  if a.split("=", 1)[0] in ("--data.init_args.train", "--data.init_args.val",
+                                            "--data.init_args.test")
                   for s in json.loads(a.split("=", 1)[1])]
         assert all(c.startswith("/data/demo" if demo else "/data/caches/") for c in caches)
 
@@ -265,3 +267,37 @@ def test_an_existing_input_of_the_wrong_stage_is_refused_before_training(tmp_pat
     with pytest.raises(PlanError, match="empty file"):
         run_plan(plan, tmp_path, stages=["finetune"])
     assert not (tmp_path / "table1/main/finetune").exists()  # nothing ran
+
+
+def _sources(job) -> list[str]:
+    """A job's training / validation source flags (absent: the stage config's own)."""
+    return [a for a in job.args if a.startswith(("--data.init_args.train=",
+                                                 "--data.init_args.val="))]
+
+
+@pytest.mark.parametrize("demo", [False, True])
+def test_pseudo_fake_variants_switch_the_fake_source_and_reuse_stage1(tmp_path, demo):
+    table1 = {(j.table, j.variant, j.stage): j
+              for j in plan_jobs(load_plan(TABLES_DIR / "table1.yaml", demo=demo), tmp_path)}
+    for variant, source in (("pseudo", "pseudo"), ("pseudo_both", "both")):
+        assert ("table1", variant, "pretrain") not in table1  # stage 1 is main's
+        for stage in ("finetune", "mapping"):
+            job = table1["table1", variant, stage]
+            assert _flag(job, "data.init_args.fake_source") == source
+            assert _flag(job, "model.init_args.mae_checkpoint") == \
+                str(tmp_path / "table1/main/pretrain/checkpoints/last.ckpt")
+            assert _sources(job) == _sources(table1["table1", "main", stage])
+    assert not any(a.startswith("--data.init_args.fake_source")
+                   for a in table1["table1", "main", "finetune"].args)  # the paper's rows
+
+    table2 = {(j.table, j.variant, j.stage): j
+              for j in plan_jobs(load_plan(TABLES_DIR / "table2.yaml", demo=demo), tmp_path)}
+    both = table2["table2", "DF_both", "mapping"]
+    assert _flag(both, "data.init_args.fake_source") == "both"
+    assert _sources(both) == _sources(table2["table2", "DF", "mapping"])
+    assert _flag(both, "data.init_args.train")[0]["methods"][0] == "real"
+    assert ("table2", "pseudo", "finetune") not in table2  # Table 1's pseudo-only networks
+    detector = table2["table2", "pseudo", "detector"]
+    assert _flag(detector, "model.init_args.finetune_checkpoint") == \
+        str(tmp_path / "table1/pseudo/finetune/checkpoints/last.ckpt")
+    assert [s["name"] for s in _flag(detector, "data.init_args.test")] == ["DF", "F2F", "FS", "NT"]

@@ -117,6 +117,29 @@ def test_table2_blocks_average(tmp_path):
     assert "| RECCE [2] | 70.7 | 74.3 | 67.3 | 70.8 |" in md
 
 
+def test_pseudo_fake_rows_sit_beside_the_paper_and_sbi(tmp_path):
+    root = tmp_path / "runs"
+    for variant, auc in (("main", 0.9), ("pseudo", 0.8), ("pseudo_both", 0.85)):
+        _results(root / f"table1/{variant}/detector/results_test.json",
+                 {s: {"fused/auc": auc} for s in ("celebdf", "wilddeepfake", "dfdc")})
+    table1 = render_markdown(build_table(load_plan(TABLES_DIR / "table1.yaml"), root))
+    assert "| DeepfakeMAE (paper) | 86.3 | 81.8 | 75.2 | 81.1 |" in table1
+    assert "| **DeepfakeMAE (ours)** | 90.0 | 90.0 | 90.0 | 90.0 |" in table1
+    assert "| **DeepfakeMAE, pseudo-fakes only (ours)** | 80.0 | 80.0 | 80.0 | 80.0 |" in table1
+    assert "| **DeepfakeMAE + pseudo-fakes (ours)** | 85.0 | 85.0 | 85.0 | 85.0 |" in table1
+    assert "pseudo-fakes only (paper)" not in table1  # no published counterpart, no Δ row
+    assert "| SBI [Shiohara & Yamasaki, CVPR 2022], published | 93.2 | * | 72.4 | * |" in table1
+    assert "pseudo" not in load_paper_results()["table1"]["blocks"][0]["rows"]
+
+    _results(root / "table2/pseudo/detector/results_test.json",
+             {s: {"fused/auc": 0.7} for s in ("DF", "F2F", "FS", "NT")})
+    _results(root / "table2/NT_both/detector/results_test.json",
+             {s: {"fused/auc": 0.6} for s in ("DF", "F2F", "FS")})
+    table2 = render_markdown(build_table(load_plan(TABLES_DIR / "table2.yaml"), root))
+    assert table2.count("| **DeepfakeMAE, pseudo-fakes only (ours)** | 70.0 | 70.0 | 70.0 | 70.0 |") == 4
+    assert table2.count("| **DeepfakeMAE + pseudo-fakes (ours)** | 60.0 | 60.0 | 60.0 | 60.0 |") == 1
+
+
 def test_demo_runs_use_their_plan_record(tmp_path):
     root = tmp_path / "runs"
     write_plan_record(load_plan(TABLES_DIR / "table1.yaml", demo=True), root)

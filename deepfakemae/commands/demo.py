@@ -9,11 +9,13 @@ only does what is missing. ``--folds k`` cross-validates instead (see :mod:`deep
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from pathlib import Path
 
 from data_modules.indexes.ffpp import load_splits
+from data_modules.pseudo import FAKE_SOURCES
 from deepfakemae.crossval import (
     SCORES_FILE,
     fold_plan,
@@ -25,10 +27,13 @@ from deepfakemae.crossval import (
     write_fold_splits,
     write_results_csv,
 )
-from deepfakemae.experiments import Plan, experiments_dir, load_plan, run_plan
+from deepfakemae.experiments import Plan, experiments_dir, load_plan, merge_args, run_plan
 
 PLAN = experiments_dir() / "demo" / "plan.yaml"
 CV_NAME = "demo-cv"
+FAKE_SOURCE_LABELS = {"dataset": "the demo methods",
+                      "pseudo": "self-blended pseudo-fakes only (no demo method seen in training)",
+                      "both": "the demo methods and self-blended pseudo-fakes"}
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +53,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              "<run-root>/demo-cv")
     parser.add_argument("--bootstrap", type=int, default=2000,
                         help="bootstrap resamples for the AUC confidence intervals")
+    parser.add_argument("--fake-source", choices=FAKE_SOURCES, default="dataset",
+                        help="stage-2 training fakes: the demo methods (dataset), self-blended "
+                             "pseudo-fakes of the real videos only (pseudo: no demo method seen "
+                             "in training) or both; other than dataset, runs land in "
+                             "<run-root>/demo-<source> (demo-cv-<source> with --folds)")
 
 
 def prepare_demo_data(args: argparse.Namespace) -> Path | None:
@@ -71,14 +81,27 @@ def prepare_demo_data(args: argparse.Namespace) -> Path | None:
     return cache
 
 
+def run_name(base: str, fake_source: str) -> str:
+    """Where a demo run lands under ``--run-root``: ``base``, or ``base-<source>`` for
+    pseudo-fake runs, so they never mix with the dataset-fake runs."""
+    return base if fake_source == "dataset" else f"{base}-{fake_source}"
+
+
 def demo_plan(args: argparse.Namespace) -> Plan:
-    """The demo plan, with ``--max-steps`` applied to every training stage."""
+    """The demo plan, with ``--max-steps`` applied to every training stage and
+    ``--fake-source`` to both stage-2 branches (named after it)."""
     plan = load_plan(PLAN, demo=True)
-    if args.max_steps is not None:
-        for stages in plan.variants.values():
+    for stages in plan.variants.values():
+        if args.max_steps is not None:
             for name in ("pretrain", "finetune", "mapping"):
                 stages[name].args.setdefault("trainer", {})["max_steps"] = args.max_steps
-    return plan
+        if args.fake_source != "dataset":
+            for name in ("finetune", "mapping"):
+                switch = {"data": {"init_args": {"fake_source": args.fake_source}}}
+                stages[name] = dataclasses.replace(
+                    stages[name], args=merge_args(stages[name].args, switch))
+    name = run_name(plan.name, args.fake_source)
+    return dataclasses.replace(plan, name=name, resolved={**plan.resolved, "name": name})
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -112,23 +135,25 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     pairs = load_splits(args.data_dir / "raw" / "splits")
     all_pairs = [p for split in ("train", "val", "test") for p in pairs[split]]
     folds = make_folds(all_pairs, args.folds)
-    root = args.run_root / CV_NAME
+    cv_name = run_name(CV_NAME, args.fake_source)
+    root = args.run_root / cv_name
     splits_dirs = [write_fold_splits(f, root / "splits" / f"fold_{i}") for i, f in enumerate(folds)]
     print(f"[3/3] {args.folds}-fold cross-validation, identity-disjoint "
           f"({len(all_pairs)} speaker pairs): every stage per fold -> {root}", flush=True)
-    plan = fold_plan(demo_plan(args), splits_dirs, CV_NAME)
+    plan = fold_plan(demo_plan(args), splits_dirs, cv_name)
     run_plan(plan, args.run_root, fresh=args.fresh)
     score_files = [root / f"fold_{i}" / "detector" / SCORES_FILE for i in range(args.folds)]
     results = set_results(pool_scores(score_files), n_boot=args.bootstrap)
     table = results_markdown(results)
-    header = (f"DeepfakeMAE demo, {args.folds}-fold identity-disjoint cross-validation: test "
+    header = (f"DeepfakeMAE demo, {args.folds}-fold identity-disjoint cross-validation, "
+              f"stage-2 fakes: {FAKE_SOURCE_LABELS[args.fake_source]}: test "
               f"scores of all folds pooled; AUC % [95% bootstrap CI, {args.bootstrap} resamples "
               "of whole videos]")
     (root / "cv_results.md").write_text(f"{header}\n\n{table}\n")
     write_results_csv(results, root / "cv_results.csv")
-    wandb_dir = log_wandb_summary(results, root, f"{CV_NAME}/summary",
+    wandb_dir = log_wandb_summary(results, root, f"{cv_name}/summary",
                                   {"folds": args.folds, "plan": str(PLAN),
-                                   "max_steps": args.max_steps})
+                                   "max_steps": args.max_steps, "fake_source": args.fake_source})
     print(f"\n{header}:\n\n{table}\n\nresults: {root / 'cv_results.md'}, "
           f"{root / 'cv_results.csv'}", flush=True)
     if wandb_dir is not None:

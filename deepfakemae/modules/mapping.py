@@ -212,29 +212,36 @@ class MappingModule(VideoEvaluation, LightningModule):
                              antialias=True)
 
     # -- training ----------------------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        batch = dict(batch, map_target=self.map_target(batch["image"], batch["landmarks"]))
-        size = batch["label"].shape[0]
+    def training_loss(self, batch: dict, step: int, rank: int
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """The loss of one training batch (with its ``map_target``) and what to log.
+
+        The meta split and shuffle are drawn from ``(seed, step, rank)``: under DDP every rank
+        splits its own shard and runs the inner loop on it, and DDP averages the outer
+        gradients, so a DDP step equals one process accumulating the ranks' meta-gradients
+        (``tests/test_ddp.py``).
+        """
         split = None
         if self.hparams.meta_learning:
-            rng = np.random.default_rng([self.hparams.seed, self.global_step, self.global_rank])
+            rng = np.random.default_rng([self.hparams.seed, step, rank])
             split = meta_split(batch, rng, self.hparams.ref_fraction)
         if split is None:  # plain step (w/o meta, or a batch too small to split)
-            outputs = self.net(batch["image"])
-            loss, parts = self.loss_fn(outputs, batch)
-            self.log_dict({"train/loss": loss, "train/cls": parts["cls"], "train/mse": parts["mse"]},
-                          prog_bar=True, batch_size=size)
-        else:
-            generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
-            result = meta_step(self.net, dict(self.net.named_parameters()),
-                               dict(self.net.named_buffers()), split.train, split.test, split.ref,
-                               self.loss_fn, inner_steps=self.hparams.inner_steps,
-                               inner_lr=self.hparams.inner_lr,
-                               first_order=self.hparams.first_order, mix_batch=split.mix,
-                               generator=generator)
-            loss = result.loss
-            self.log("train/loss", loss, prog_bar=True, batch_size=size)
-            self.log_dict(result.log_dict("train/meta/"), batch_size=size)
+            loss, parts = self.loss_fn(self.net(batch["image"]), batch)
+            return loss, {"train/loss": loss, "train/cls": parts["cls"], "train/mse": parts["mse"]}
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        result = meta_step(self.net, dict(self.net.named_parameters()),
+                           dict(self.net.named_buffers()), split.train, split.test, split.ref,
+                           self.loss_fn, inner_steps=self.hparams.inner_steps,
+                           inner_lr=self.hparams.inner_lr, first_order=self.hparams.first_order,
+                           mix_batch=split.mix, generator=generator)
+        return result.loss, {"train/loss": result.loss, **result.log_dict("train/meta/")}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        batch = dict(batch, map_target=self.map_target(batch["image"], batch["landmarks"]))
+        loss, logs = self.training_loss(batch, self.global_step, self.global_rank)
+        size = batch["label"].shape[0]
+        self.log("train/loss", logs.pop("train/loss"), prog_bar=True, batch_size=size)
+        self.log_dict(logs, prog_bar="train/cls" in logs, batch_size=size)
         every = self.hparams.image_log_every_n_steps
         if every and self.global_step % every == 0 and self.trainer.is_global_zero:
             self._log_mapping(batch)

@@ -7,7 +7,10 @@ the iBUG-300W order (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67)
   target landmarks, one affine map per triangle), match its colour to the target in LAB, and
   blend it with a feathered mask restricted to a region: the whole face, the mouth or the eyes.
 - :func:`self_blend` — blend a face onto a slightly moved, rescaled and recoloured copy of the
-  same frame (boundary and colour artefacts without an identity change).
+  same frame (boundary and colour artefacts without an identity change). With
+  :meth:`SelfBlendParams.sample_sbi` it follows Self-Blended Images (Shiohara & Yamasaki, CVPR
+  2022): a deformed, blurred landmark-hull mask, a random blend ratio, colour and frequency
+  jitter of the source copy; the training data's pseudo-fakes (``fake_source``) use it.
 
 Randomness lives only in the parameter objects (:class:`SwapParams`, :class:`SelfBlendParams`),
 drawn once per video from a seeded generator, so a fake video is deterministic and temporally
@@ -38,6 +41,10 @@ REGIONS: dict[str, tuple[tuple[int, ...], ...]] = {
     "eyeballs": (tuple(range(36, 42)), tuple(range(42, 48))),  # left out of colour statistics
 }
 SWAP_REGIONS = ("face", "mouth", "eyes")
+#: largest hull deformation and dilation of :meth:`SelfBlendParams.sample_sbi` (face widths):
+#: a self-blended pseudo-fake changes no pixel farther than their sum outside the face hull
+SBI_MAX_DEFORM = 0.03
+SBI_MAX_GROW = 0.04
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,12 @@ class SelfBlendParams:
     contrast: float = 1.05
     grow: float = 0.0  # hull dilation (> 0) or erosion (< 0)
     feather: float = 0.04
-    opacity: float = 0.9  # peak alpha of the blended face
+    opacity: float = 0.9  # peak alpha of the blended face (SBI's blend ratio)
+    deform: float = 0.0  # max displacement of each hull landmark (random, fixed by deform_seed)
+    deform_seed: int = 0
+    mask_blur: float = 0.0  # extra Gaussian sigma of the alpha after feathering (SBI's 2nd blur)
+    downscale: float = 1.0  # > 1: the source copy is shrunk by this factor and enlarged back
+    sharpen: float = 0.0  # > 0: unsharp-mask amount on the source copy
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> SelfBlendParams:
@@ -92,6 +104,32 @@ class SelfBlendParams:
             grow=float(rng.uniform(-0.04, 0.04)),
             feather=float(rng.uniform(0.03, 0.06)),
             opacity=float(rng.uniform(0.75, 1.0)),
+        )
+
+    @classmethod
+    def sample_sbi(cls, rng: np.random.Generator) -> SelfBlendParams:
+        """Draw Self-Blended-Images settings: stronger geometry, deformed and blurred mask,
+        blend ratio from SBI's {0.25, 0.5, 0.75, 1, 1, 1}, and at most one frequency change."""
+
+        def signed(low: float, high: float) -> float:
+            return float(rng.choice((-1.0, 1.0)) * rng.uniform(low, high))
+
+        frequency = int(rng.integers(3))  # 0 none, 1 downscale, 2 sharpen
+        return cls(
+            scale=(1.0 + signed(0.0, 0.05), 1.0 + signed(0.0, 0.05)),
+            shift=(signed(0.0, 0.03), signed(0.0, 0.015)),
+            hue=signed(0.0, 5.0),
+            saturation=1.0 + signed(0.0, 0.15),
+            brightness=signed(0.0, 20.0),
+            contrast=1.0 + signed(0.0, 0.15),
+            grow=float(rng.uniform(-0.04, 0.04)),
+            feather=float(rng.uniform(0.01, 0.05)),
+            opacity=float(rng.choice((0.25, 0.5, 0.75, 1.0, 1.0, 1.0))),
+            deform=float(rng.uniform(0.0, SBI_MAX_DEFORM)),
+            deform_seed=int(rng.integers(2**31)),
+            mask_blur=float(rng.uniform(0.0, 0.03)),
+            downscale=float(rng.uniform(1.5, 3.0)) if frequency == 1 else 1.0,
+            sharpen=float(rng.uniform(0.3, 1.0)) if frequency == 2 else 0.0,
         )
 
 
@@ -224,20 +262,57 @@ def swap_region(target: np.ndarray, target_points: np.ndarray, source: np.ndarra
 
 
 def _jitter_colors(image: np.ndarray, params: SelfBlendParams) -> np.ndarray:
-    """Hue/saturation shift, then contrast and brightness change; (H,W,3) uint8 RGB."""
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
-    hsv[..., 0] = np.mod(hsv[..., 0] + params.hue, 180.0)
-    hsv[..., 1] = np.clip(hsv[..., 1] * params.saturation, 0, 255)
-    rgb = cv2.cvtColor(np.clip(hsv + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
-    out = (rgb.astype(np.float32) - 128.0) * params.contrast + 128.0 + params.brightness
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    """Hue/saturation shift, then contrast and brightness change; (H,W,3) uint8 RGB.
+
+    Each step maps a uint8 value to a uint8 value, so it runs as a lookup table.
+    """
+    values = np.arange(256, dtype=np.float32)
+    hue = np.clip(np.mod(values + params.hue, 180.0) + 0.5, 0, 255).astype(np.uint8)
+    sat = np.clip(np.clip(values * params.saturation, 0, 255) + 0.5, 0, 255).astype(np.uint8)
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    tables = (hue, sat, values.astype(np.uint8))
+    hsv = cv2.merge([cv2.LUT(c, t) for c, t in zip(cv2.split(hsv), tables, strict=True)])
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    tone = np.clip((values - 128.0) * params.contrast + 128.0 + params.brightness + 0.5, 0, 255)
+    return cv2.LUT(rgb, tone.astype(np.uint8))
+
+
+def _frequency_jitter(image: np.ndarray, params: SelfBlendParams) -> np.ndarray:
+    """Down-and-up resampling (removes high frequencies) or unsharp masking (boosts them)."""
+    height, width = image.shape[:2]
+    if params.downscale > 1.0:
+        small = (max(int(round(width / params.downscale)), 1),
+                 max(int(round(height / params.downscale)), 1))
+        image = cv2.resize(cv2.resize(image, small, interpolation=cv2.INTER_AREA),
+                           (width, height), interpolation=cv2.INTER_LINEAR)
+    if params.sharpen > 0.0:
+        blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=1.0)
+        image = cv2.addWeighted(image, 1.0 + params.sharpen, blurred, -params.sharpen, 0.0)
+    return image
+
+
+def self_blend_alpha(points: np.ndarray, shape: tuple[int, int],
+                     params: SelfBlendParams) -> np.ndarray:
+    """Alpha (H,W) float32 in [0, opacity] of :func:`self_blend`: the face hull (jaw + brows),
+    its landmarks moved by up to ``deform`` face widths, grown by ``grow``, feathered, blurred
+    by ``mask_blur`` and kept inside the grown, deformed hull."""
+    fw = face_width(points)
+    if params.deform > 0.0:
+        offsets = np.random.default_rng(params.deform_seed).uniform(-1.0, 1.0, points.shape)
+        points = points + offsets * params.deform * fw  # (68, 2)
+    mask = region_mask(points, "face", shape, params.grow * fw)
+    alpha = feathered_alpha(mask, params.feather * fw)
+    if params.mask_blur > 0.0:
+        sigma = params.mask_blur * fw
+        alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=sigma, sigmaY=sigma) * mask
+    return alpha * params.opacity
 
 
 def self_blend(frame: np.ndarray, points: np.ndarray, params: SelfBlendParams) -> np.ndarray:
     """Blend a transformed copy of ``frame`` back onto itself inside the face hull.
 
-    The copy is recoloured and scaled/shifted about the landmark centroid; it enters through the
-    feathered convex hull of the jaw and brows. (H,W,3) uint8 RGB, points (68,2) -> (H,W,3).
+    The copy is recoloured, frequency-jittered and scaled/shifted about the landmark centroid;
+    it enters through :func:`self_blend_alpha`. (H,W,3) uint8 RGB, points (68,2) -> (H,W,3).
     """
     height, width = frame.shape[:2]
     fw = face_width(points)
@@ -245,9 +320,13 @@ def self_blend(frame: np.ndarray, points: np.ndarray, params: SelfBlendParams) -
     sx, sy = params.scale
     matrix = np.array([[sx, 0.0, (1 - sx) * cx + params.shift[0] * fw],
                        [0.0, sy, (1 - sy) * cy + params.shift[1] * fw]], np.float32)
-    moved = cv2.warpAffine(_jitter_colors(frame, params), matrix, (width, height),
+    source = _frequency_jitter(_jitter_colors(frame, params), params)
+    moved = cv2.warpAffine(source, matrix, (width, height),
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    mask = region_mask(points, "face", (height, width), params.grow * fw)
-    alpha = feathered_alpha(mask, params.feather * fw) * params.opacity
-    return alpha_blend(moved, frame, alpha)
-
+    alpha = self_blend_alpha(points, (height, width), params)
+    ys, xs = np.nonzero(alpha.any(1))[0], np.nonzero(alpha.any(0))[0]
+    out = frame.copy()
+    if len(ys):  # blend only the box where alpha > 0: outside it the frame stays as it is
+        box = np.s_[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1]
+        out[box] = alpha_blend(moved[box], frame[box], alpha[box])
+    return out
