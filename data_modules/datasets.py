@@ -116,7 +116,8 @@ def select_videos(spec: SourceSpec, splits_dir: str | Path | None = None) -> lis
     if spec.split not in SPLITS:
         raise DataError(f"source {spec.name!r}: split must be one of {SPLITS}, got {spec.split!r}")
     root = Path(spec.cache)
-    run = (f"run `deepfakemae preprocess --dataset {spec.dataset or '<dataset>'} "
+    dataset = spec.dataset or "<dataset>"
+    run = (f"run `deepfakemae preprocess --dataset {dataset} --root <{dataset} download folder> "
            f"--output {root}`")
     if not root.is_dir():
         raise DataError(f"source {spec.name!r}: no face cache at {root}: {run}")

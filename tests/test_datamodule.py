@@ -311,7 +311,7 @@ def test_dataloader_with_two_workers(ffpp_cache, celebdf_cache):
 def test_missing_cache_root_names_preprocess(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(DataError, match=r"no face cache at .*nope: run `deepfakemae preprocess "
-                                        r"--dataset ffpp --output .*nope`"):
+                                        r"--dataset ffpp --root <ffpp download folder> --output .*nope`"):
         select_videos(SourceSpec("x", str(missing), "ffpp", "train"))
 
 
