@@ -68,6 +68,11 @@ class SwapParams:
         return cls(region=region, grow=grow, feather=float(rng.uniform(0.025, 0.05)))
 
 
+def _signed(rng: np.random.Generator, low: float, high: float) -> float:
+    """A magnitude in [low, high) with a random sign."""
+    return float(rng.choice((-1.0, 1.0)) * rng.uniform(low, high))
+
+
 @dataclass(frozen=True)
 class SelfBlendParams:
     """Per-video settings of :func:`self_blend` (lengths are fractions of the face width)."""
@@ -90,17 +95,13 @@ class SelfBlendParams:
     @classmethod
     def sample(cls, rng: np.random.Generator) -> SelfBlendParams:
         """Draw a visible but small transformation; each change has a random sign."""
-
-        def signed(low: float, high: float) -> float:
-            return float(rng.choice((-1.0, 1.0)) * rng.uniform(low, high))
-
         return cls(
-            scale=(1.0 + signed(0.02, 0.05), 1.0 + signed(0.02, 0.05)),
-            shift=(signed(0.01, 0.03), signed(0.01, 0.03)),
-            hue=signed(1.0, 3.0),
-            saturation=1.0 + signed(0.03, 0.10),
-            brightness=signed(6.0, 14.0),
-            contrast=1.0 + signed(0.04, 0.10),
+            scale=(1.0 + _signed(rng, 0.02, 0.05), 1.0 + _signed(rng, 0.02, 0.05)),
+            shift=(_signed(rng, 0.01, 0.03), _signed(rng, 0.01, 0.03)),
+            hue=_signed(rng, 1.0, 3.0),
+            saturation=1.0 + _signed(rng, 0.03, 0.10),
+            brightness=_signed(rng, 6.0, 14.0),
+            contrast=1.0 + _signed(rng, 0.04, 0.10),
             grow=float(rng.uniform(-0.04, 0.04)),
             feather=float(rng.uniform(0.03, 0.06)),
             opacity=float(rng.uniform(0.75, 1.0)),
@@ -110,18 +111,14 @@ class SelfBlendParams:
     def sample_sbi(cls, rng: np.random.Generator) -> SelfBlendParams:
         """Draw Self-Blended-Images settings: stronger geometry, deformed and blurred mask,
         blend ratio from SBI's {0.25, 0.5, 0.75, 1, 1, 1}, and at most one frequency change."""
-
-        def signed(low: float, high: float) -> float:
-            return float(rng.choice((-1.0, 1.0)) * rng.uniform(low, high))
-
         frequency = int(rng.integers(3))  # 0 none, 1 downscale, 2 sharpen
         return cls(
-            scale=(1.0 + signed(0.0, 0.05), 1.0 + signed(0.0, 0.05)),
-            shift=(signed(0.0, 0.03), signed(0.0, 0.015)),
-            hue=signed(0.0, 5.0),
-            saturation=1.0 + signed(0.0, 0.15),
-            brightness=signed(0.0, 20.0),
-            contrast=1.0 + signed(0.0, 0.15),
+            scale=(1.0 + _signed(rng, 0.0, 0.05), 1.0 + _signed(rng, 0.0, 0.05)),
+            shift=(_signed(rng, 0.0, 0.03), _signed(rng, 0.0, 0.015)),
+            hue=_signed(rng, 0.0, 5.0),
+            saturation=1.0 + _signed(rng, 0.0, 0.15),
+            brightness=_signed(rng, 0.0, 20.0),
+            contrast=1.0 + _signed(rng, 0.0, 0.15),
             grow=float(rng.uniform(-0.04, 0.04)),
             feather=float(rng.uniform(0.01, 0.05)),
             opacity=float(rng.choice((0.25, 0.5, 0.75, 1.0, 1.0, 1.0))),
