@@ -49,7 +49,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_modules.records import VideoRecord  # noqa: E402
 from deepfakemae.faces.align import align_face  # noqa: E402
 from deepfakemae.faces.detect import select_face  # noqa: E402
 from deepfakemae.faces.landmarks import DlibLandmarks  # noqa: E402
@@ -60,6 +59,7 @@ from deepfakemae.faces.pipeline import (  # noqa: E402
     run_preprocess,
 )
 from deepfakemae.faces.video import sample_indices  # noqa: E402
+from deepfakemae.records import VideoRecord  # noqa: E402
 
 GRID_DIRS = (REPO / "deepfakemae" / "assets" / "grid",)
 #: label -> (height or None for GRID's own size, fps, frames)

@@ -1,7 +1,7 @@
 """Datasets, samplers and the Lightning data module over face caches.
 
-Public names are re-exported lazily so that importing a light submodule (``records``, the
-dataset indexes) does not pull in torch, Lightning and albumentations.
+Public names are re-exported lazily so that importing a light submodule (the dataset indexes) does not
+pull in torch, Lightning and albumentations.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks for updates on import
 
 _EXPORTS = {
-    "VideoRecord": "data_modules.records",
-    "REAL": "data_modules.records",
-    "FAKE": "data_modules.records",
-    "REAL_METHOD": "data_modules.records",
+    "VideoRecord": "deepfakemae.records",
+    "REAL": "deepfakemae.records",
+    "FAKE": "deepfakemae.records",
+    "REAL_METHOD": "deepfakemae.records",
     "SourceSpec": "data_modules.datasets",
     "VideoItem": "data_modules.datasets",
     "DataError": "data_modules.datasets",

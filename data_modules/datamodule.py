@@ -31,8 +31,8 @@ from data_modules.datasets import (
     select_videos,
 )
 from data_modules.pseudo import FAKE_SOURCES, FakeSource, pseudo_fake_videos
-from data_modules.records import REAL, REAL_METHOD
 from data_modules.samplers import BalancedRealFakeSampler, VideoEpochSampler
+from deepfakemae.records import REAL, REAL_METHOD
 
 
 class DeepfakeDataModule(L.LightningDataModule):

@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -32,9 +31,9 @@ from data_modules.indexes.common import DatasetError
 from data_modules.indexes.ffpp import DATASET as FFPP
 from data_modules.indexes.ffpp import key_split, load_splits, split_owner
 from data_modules.pseudo import make_pseudo_fake
-from data_modules.records import FAKE, REAL, REAL_METHOD
-from deepfakemae.constants import IMAGENET_MEAN, IMAGENET_STD
 from deepfakemae.faces.cache import FaceCache
+from deepfakemae.faces.inputs import resize_faces, to_tensor, window_positions
+from deepfakemae.records import FAKE, REAL, REAL_METHOD
 
 SPLITS = ("train", "val", "test", "all")
 UNKNOWN_DOMAIN = -1
@@ -174,41 +173,6 @@ def build_domain_map(train_methods: list[str], domains: list[str] | None = None)
         raise DataError(f"training methods {unknown} are missing from `domains` {fakes}; "
                         "add them or leave `domains` unset")
     return {REAL_METHOD: 0, **{m: i + 1 for i, m in enumerate(fakes)}}
-
-
-def window_positions(num_frames: int, clip_len: int, windows: str) -> list[np.ndarray]:
-    """Cached-frame positions (each (clip_len,)) of the windows of one video."""
-    n, t = num_frames, clip_len
-    if n < t:
-        return [np.minimum(np.arange(t), n - 1)]  # pad by repeating the last frame
-    if windows == "all":
-        starts = list(range(n - t + 1))
-    elif windows == "tile":
-        starts = list(range(0, n - t + 1, t))
-        if starts[-1] + t < n:
-            starts.append(n - t)
-    else:
-        raise ValueError(f"windows must be 'all' or 'tile', got {windows!r}")
-    return [np.arange(s, s + t) for s in starts]
-
-
-def to_tensor(crops: np.ndarray) -> torch.Tensor:
-    """(T,H,W,3) uint8 RGB -> (T,3,H,W) float32, ImageNet-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def resize_faces(crops: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize (T,S,S,3) crops to (T,size,size,3); landmarks scale about pixel centres."""
-    s = crops.shape[1]
-    if s == size and crops.shape[2] == size:
-        return crops, landmarks
-    interp = cv2.INTER_AREA if size < s else cv2.INTER_LINEAR
-    out = np.stack([cv2.resize(c, (size, size), interpolation=interp) for c in crops])
-    scale = np.array([size / crops.shape[2], size / s], np.float32)
-    return out, ((landmarks + 0.5) * scale - 0.5).astype(np.float32)
 
 
 class FaceClipDataset(Dataset):

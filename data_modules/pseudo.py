@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from data_modules.records import FAKE, REAL, REAL_METHOD
+from deepfakemae.records import FAKE, REAL, REAL_METHOD
 from deepfakemae.synth.swap import SelfBlendParams, self_blend
 
 PSEUDO_METHOD = "SelfBlendPseudo"

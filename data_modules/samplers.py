@@ -21,7 +21,7 @@ from torch.utils.data import DistributedSampler
 
 from data_modules.datasets import DataError, FaceClipDataset
 from data_modules.indexes.ffpp import target_real_key
-from data_modules.records import REAL
+from deepfakemae.records import REAL
 
 
 def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:

@@ -25,9 +25,9 @@ from data_modules import (
     build_train_transform,
     select_videos,
 )
-from data_modules.datasets import window_positions
 from deepfakemae.constants import IMAGENET_MEAN, IMAGENET_STD
 from deepfakemae.faces.cache import FaceCache
+from deepfakemae.faces.inputs import window_positions
 
 KEYS = {"image", "landmarks", "label", "domain", "video_key", "frame_index"}
 

@@ -10,7 +10,6 @@ import pytest
 import skimage.data
 from face_assets import CLIPS, grid_frames, write_video
 
-from data_modules.records import VideoRecord
 from deepfakemae.faces.align import align_face, five_points, similarity_transform, template_points
 from deepfakemae.faces.cache import FaceCache
 from deepfakemae.faces.detect import (
@@ -31,6 +30,7 @@ from deepfakemae.faces.video import (
     read_sampled,
     sample_indices,
 )
+from deepfakemae.records import VideoRecord
 
 CLIP = CLIPS[0]
 

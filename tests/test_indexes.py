@@ -25,7 +25,7 @@ from data_modules.indexes import (
 )
 from data_modules.indexes.common import is_safe_relative, safe_join
 from data_modules.indexes.wilddeepfake import extract_archive
-from data_modules.records import FAKE, REAL
+from deepfakemae.records import FAKE, REAL
 
 FOUR = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 CELEBDF_LIST = Path("/work/shared/reference/celebdf_v2_List_of_testing_videos.txt")
@@ -491,7 +491,7 @@ def test_dfdc_bad_labels_missing_videos_wrong_root(tmp_path):
 
 def test_finalize_rejects_duplicate_keys():
     from data_modules.indexes.common import finalize
-    from data_modules.records import VideoRecord
+    from deepfakemae.records import VideoRecord
 
     rec = VideoRecord("x/1", "/d/1.mp4", REAL, "x", "real", "train")
     assert finalize([VideoRecord("x/2", "/d/2.mp4", FAKE, "x", "m", "train"), rec], "x")[0] == rec

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from data_modules import BalancedRealFakeSampler, DataError, DeepfakeDataModule, SourceSpec
-from data_modules.datasets import select_videos, to_tensor
+from data_modules.datasets import select_videos
 from data_modules.pseudo import PSEUDO_METHOD, make_pseudo_fake, pseudo_fake_videos, pseudo_key
-from data_modules.records import FAKE, REAL
 from deepfakemae.faces.cache import FaceCache
+from deepfakemae.faces.inputs import to_tensor
+from deepfakemae.records import FAKE, REAL
 from deepfakemae.synth.swap import (
     SBI_MAX_DEFORM,
     SBI_MAX_GROW,

@@ -131,8 +131,8 @@ def test_display_rotation_is_applied(tmp_path, rotation, backend):
 
 
 def test_phone_portrait_video_keeps_its_faces(tmp_path):
-    from data_modules.records import VideoRecord
     from deepfakemae.faces.pipeline import FacePipeline
+    from deepfakemae.records import VideoRecord
 
     upright = grid_frames(CLIPS[1], step=10)
     path = sideways_clip(tmp_path / "phone.mp4", upright, -90)

@@ -1,7 +1,7 @@
 """Registry of dataset indexes: ``build_index(name, root, **kw) -> list[VideoRecord]``.
 
 Each index lists the videos (or frame folders) of one benchmark in its on-disk layout as
-downloaded and returns :class:`~data_modules.records.VideoRecord` s sorted by key, keys unique.
+downloaded and returns :class:`~deepfakemae.records.VideoRecord` s sorted by key, keys unique.
 All take ``split`` (``train``/``val``/``test``/``all``) and ``allow_missing``; the rest:
 
 ========================  ==================================================================
@@ -23,7 +23,7 @@ from data_modules.indexes.common import DatasetError, DatasetWarning, safe_join
 from data_modules.indexes.dfdc import index_dfdc
 from data_modules.indexes.ffpp import index_demo, index_ffpp, load_split_pairs, pair_videos
 from data_modules.indexes.wilddeepfake import extract_archive, index_wilddeepfake
-from data_modules.records import VideoRecord
+from deepfakemae.records import VideoRecord
 
 IndexFn = Callable[..., list[VideoRecord]]
 

@@ -28,7 +28,7 @@ from data_modules.indexes.common import (
     splits_for,
     wrong_root,
 )
-from data_modules.records import FAKE, REAL, REAL_METHOD, VideoRecord
+from deepfakemae.records import FAKE, REAL, REAL_METHOD, VideoRecord
 
 DATASET = "celebdf"
 FAKE_METHOD = "celebdf_synthesis"

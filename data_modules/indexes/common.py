@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from data_modules.records import VideoRecord
+from deepfakemae.records import VideoRecord
 
 #: suffixes listed as videos and as frame images (kept in step with ``deepfakemae.faces.video``)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v", ".flv",

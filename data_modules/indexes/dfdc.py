@@ -35,7 +35,7 @@ from data_modules.indexes.common import (
     splits_for,
     warn,
 )
-from data_modules.records import FAKE, REAL, REAL_METHOD, VideoRecord
+from deepfakemae.records import FAKE, REAL, REAL_METHOD, VideoRecord
 
 DATASET = "dfdc"
 FAKE_METHOD = "dfdc_fake"

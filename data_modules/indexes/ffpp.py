@@ -35,14 +35,13 @@ from data_modules.indexes.common import (
     warn,
     wrong_root,
 )
-from data_modules.records import FAKE, REAL, REAL_METHOD, VideoRecord
+from deepfakemae.records import FAKE, REAL, REAL_METHOD, VideoRecord
+from deepfakemae.synth.methods import DEMO_METHODS
 
 DATASET = "ffpp"
 DEFAULT_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 DFD = "DeepFakeDetection"
 OPTIONAL_METHODS = ("FaceShifter", DFD)
-#: the four methods of the embedded demo set (`deepfakemae demo-data`), in FF++ layout
-DEMO_METHODS = ("FaceSwapWarp", "LipsSwap", "EyesSwap", "SelfBlend")
 KNOWN_METHODS = DEFAULT_METHODS + OPTIONAL_METHODS + DEMO_METHODS
 COMPRESSIONS = ("raw", "c23", "c40")
 LAYOUT = ("original_sequences/youtube/<comp>/videos/NNN.mp4 and "

@@ -34,7 +34,7 @@ from data_modules.indexes.common import (
     warn,
     wrong_root,
 )
-from data_modules.records import FAKE, REAL, REAL_METHOD, VideoRecord
+from deepfakemae.records import FAKE, REAL, REAL_METHOD, VideoRecord
 
 DATASET = "wilddeepfake"
 FAKE_METHOD = "wilddeepfake_fake"

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_modules.datasets import resize_faces, to_tensor, window_positions
-from data_modules.records import VideoRecord
 from deepfakemae.faces.cache import JPEG_QUALITY, FaceEntry, decode_jpeg, encode_jpeg
 from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
+from deepfakemae.faces.inputs import resize_faces, to_tensor, window_positions
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
 from deepfakemae.faces.pipeline import FaceConfig, FaceError, FacePipeline, records_from_inputs
 from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
 from deepfakemae.modules.detector import DualNetworkDetector
+from deepfakemae.records import VideoRecord
 
 CLIP_LEN = 5  # frames per Finetuning Network clip (paper §3.2.1)
 BRANCHES = ("fused", "F", "M")

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from data_modules.indexes import DatasetError, list_indexes, records_for_dataset
-from data_modules.records import VideoRecord
 from deepfakemae.faces.align import DEFAULT_MARGIN
 from deepfakemae.faces.cache import CacheError, FaceCache
 from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
@@ -18,6 +17,7 @@ from deepfakemae.faces.pipeline import (
     records_from_inputs,
     run_preprocess,
 )
+from deepfakemae.records import VideoRecord
 
 
 class UsageError(ValueError):

@@ -17,7 +17,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_modules.records import VideoRecord
 from deepfakemae.faces.align import (
     DEFAULT_MARGIN,
     align_face,
@@ -44,6 +43,7 @@ from deepfakemae.faces.video import (
     read_sampled,
     sample_indices,
 )
+from deepfakemae.records import VideoRecord
 
 
 class FaceError(RuntimeError):

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_modules.indexes.ffpp import DEMO_METHODS
 from deepfakemae.faces.landmarks import dlib_model_path
+from deepfakemae.synth.methods import DEMO_REGIONS
 from deepfakemae.synth.swap import SelfBlendParams, SwapParams, self_blend, swap_region
 
 ATTRIBUTION = ("GRID audio-visual sentence corpus, M. Cooke, J. Barker, S. Cunningham, X. Shao "
@@ -70,8 +70,7 @@ class DemoMethod:
         return np.stack(frames)
 
 
-_REGIONS = {"FaceSwapWarp": "face", "LipsSwap": "mouth", "EyesSwap": "eyes", "SelfBlend": None}
-METHODS: dict[str, DemoMethod] = {name: DemoMethod(name, _REGIONS[name]) for name in DEMO_METHODS}
+METHODS: dict[str, DemoMethod] = {name: DemoMethod(name, region) for name, region in DEMO_REGIONS.items()}
 ALL_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
