@@ -23,7 +23,6 @@ _EXPORTS = {
     "select_videos": "data_modules.datasets",
     "build_domain_map": "data_modules.datasets",
     "FaceAugment": "data_modules.augment",
-    "FLIP_PERMUTATION": "data_modules.augment",
     "LandmarkHorizontalFlip": "data_modules.augment",
     "build_train_transform": "data_modules.augment",
     "VideoEpochSampler": "data_modules.samplers",

@@ -3,7 +3,7 @@
 Geometric transforms move the landmarks with the pixels. A horizontal flip also swaps landmark
 *identity*: after mirroring, the point that was the subject's left-eye outer corner (45) sits
 where the right-eye outer corner (36) belongs, so the 68 rows are re-ordered with the iBUG
-mirror permutation ``FLIP_PERMUTATION`` and index 36 stays "the subject's right-eye outer corner".
+mirror permutation ``ibug68.FLIP_PERMUTATION`` and index 36 stays "the subject's right-eye outer corner".
 
 Clips get the same augmentation on every frame: the pipeline is re-seeded with the same seed
 before each frame, so every random draw (flip, angle, JPEG quality, noise field) repeats.
@@ -18,25 +18,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 
-from deepfakemae.constants import NUM_LANDMARKS  # noqa: E402
-
-
-def _mirror_permutation() -> np.ndarray:
-    """iBUG-300W 68-point left/right mirror pairs as a permutation (new row i = old row perm[i])."""
-    pairs = [(i, 16 - i) for i in range(8)]  # jaw 0-16 (8 is the chin)
-    pairs += [(17, 26), (18, 25), (19, 24), (20, 23), (21, 22)]  # brows
-    pairs += [(31, 35), (32, 34)]  # nostrils (27-30 bridge and 33 tip stay)
-    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
-    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lips (51, 57 stay)
-    pairs += [(60, 64), (61, 63), (65, 67)]  # inner lips (62, 66 stay)
-    perm = np.arange(NUM_LANDMARKS)
-    for a, b in pairs:
-        perm[a], perm[b] = b, a
-    return perm
-
-
-#: ``flipped[i] = mirrored(original[FLIP_PERMUTATION[i]])``; an involution.
-FLIP_PERMUTATION: np.ndarray = _mirror_permutation()
+from deepfakemae.faces.ibug68 import FLIP_PERMUTATION, NUM_POINTS  # noqa: E402
 
 
 class LandmarkHorizontalFlip(A.HorizontalFlip):
@@ -48,9 +30,9 @@ class LandmarkHorizontalFlip(A.HorizontalFlip):
     def apply_to_keypoints(self, keypoints: np.ndarray, **params) -> np.ndarray:
         flipped = super().apply_to_keypoints(keypoints, **params)  # (N, 2+) with x -> W-1-x
         n = len(flipped)
-        if n % NUM_LANDMARKS:
-            raise ValueError(f"LandmarkHorizontalFlip needs groups of {NUM_LANDMARKS} keypoints, got {n}")
-        faces = flipped.reshape(n // NUM_LANDMARKS, NUM_LANDMARKS, -1)  # (F, 68, C)
+        if n % NUM_POINTS:
+            raise ValueError(f"LandmarkHorizontalFlip needs groups of {NUM_POINTS} keypoints, got {n}")
+        faces = flipped.reshape(n // NUM_POINTS, NUM_POINTS, -1)  # (F, 68, C)
         return faces[:, FLIP_PERMUTATION].reshape(n, -1)
 
 

@@ -22,47 +22,15 @@ from typing import NamedTuple
 
 import torch
 
+from deepfakemae.faces import ibug68
+
 PART_NAMES: tuple[str, str, str] = ("eyes", "cheek_nose", "lips")
 VARIANTS: tuple[str, str] = ("algorithm1", "region")
 STRATEGIES: tuple[str, ...] = ("facial_part", "eyes", "cheek_nose", "lips", "random")
 
-# Mean frontal face in normalised crop coordinates (x, y in [0, 1]), 68 iBUG points. Derived once
-# from a dlib 68-point detection on skimage's `astronaut()` image, made left-right symmetric and
-# placed in a square crop of 1.6 × the landmark width. Used for degenerate-landmark fallback and
-# for `synthetic_landmarks` (benchmarks, tests); real crops come with detected landmarks.
-MEAN_FACE_68: tuple[tuple[float, float], ...] = (
-    (0.188, 0.375), (0.198, 0.456), (0.208, 0.530), (0.221, 0.610), (0.248, 0.684), (0.292, 0.748),
-    (0.356, 0.802), (0.423, 0.849), (0.500, 0.859), (0.577, 0.849), (0.644, 0.802), (0.708, 0.748),
-    (0.752, 0.684), (0.779, 0.610), (0.792, 0.530), (0.802, 0.456), (0.813, 0.375), (0.235, 0.311),
-    (0.272, 0.267), (0.325, 0.261), (0.379, 0.267), (0.433, 0.284), (0.567, 0.284), (0.621, 0.267),
-    (0.675, 0.261), (0.728, 0.267), (0.765, 0.311), (0.500, 0.348), (0.500, 0.409), (0.500, 0.462),
-    (0.500, 0.516), (0.433, 0.546), (0.466, 0.556), (0.500, 0.563), (0.534, 0.556), (0.567, 0.546),
-    (0.298, 0.355), (0.332, 0.328), (0.379, 0.328), (0.416, 0.368), (0.372, 0.372), (0.329, 0.372),
-    (0.584, 0.368), (0.621, 0.328), (0.668, 0.328), (0.702, 0.355), (0.671, 0.372), (0.628, 0.372),
-    (0.349, 0.603), (0.403, 0.600), (0.460, 0.600), (0.500, 0.610), (0.540, 0.600), (0.597, 0.600),
-    (0.651, 0.603), (0.601, 0.674), (0.544, 0.704), (0.500, 0.711), (0.456, 0.704), (0.399, 0.674),
-    (0.369, 0.614), (0.460, 0.624), (0.500, 0.630), (0.540, 0.624), (0.631, 0.614), (0.540, 0.671),
-    (0.500, 0.677), (0.460, 0.671),
-)
-
-# Left-right mirror permutation of the 68 iBUG points (point i ↔ MIRROR_68[i] under a flip).
-MIRROR_68: tuple[int, ...] = (
-    *range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31,
-    45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
-    54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65,
-)
-
-_EYES = list(range(36, 48))
-_BROW_EYE_LEFT = list(range(17, 22)) + list(range(36, 42))
-_BROW_EYE_RIGHT = list(range(22, 27)) + list(range(42, 48))
-_NOSE = list(range(27, 36))
-_MOUTH = list(range(48, 68))
-_NOSE_BASE = 33
-
-
 def template_landmarks(img_size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Mean-face landmarks for a square crop of ``img_size`` pixels. Returns (68, 2) float32."""
-    return torch.tensor(MEAN_FACE_68, dtype=torch.float32, device=device) * img_size
+    return torch.tensor(ibug68.MEAN_FACE, dtype=torch.float32, device=device) * img_size
 
 
 def synthetic_landmarks(
@@ -87,7 +55,7 @@ def synthetic_landmarks(
     rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
     pts = torch.einsum("bij,nj->bni", rot, tpl)  # (B, 68, 2)
     pts = pts + img_size / 2 + u[:, None, 2:] * max_shift * img_size
-    noise = torch.randn(batch_size, 68, 2, generator=generator) * point_noise * img_size
+    noise = torch.randn(batch_size, ibug68.NUM_POINTS, 2, generator=generator) * point_noise * img_size
     return pts + noise
 
 
@@ -112,7 +80,7 @@ def sanitize_landmarks(landmarks: torch.Tensor, img_size: int, patch_size: int) 
     narrower or shorter than one patch (e.g. all-zero landmarks from a failed detection).
     Returns (B, 68, 2) float32.
     """
-    if landmarks.ndim != 3 or landmarks.shape[1:] != (68, 2):
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (ibug68.NUM_POINTS, 2):
         raise ValueError(
             f"deepfakemae/masking.py: landmarks must be (B, 68, 2), got {tuple(landmarks.shape)}"
         )
@@ -128,8 +96,8 @@ def sanitize_landmarks(landmarks: torch.Tensor, img_size: int, patch_size: int) 
 def _algorithm1_sets(lm: torch.Tensor, g: int, patch_size: int) -> torch.Tensor:
     """Horizontal bands of Algorithm 1. lm: (B, 68, 2) sanitised. Returns (B, 3, L)."""
     rows = torch.arange(g * g, device=lm.device) // g  # (L,) patch row of each token
-    eye_bottom = lm[:, _EYES, 1].amax(1)  # (B,) lowest eye-contour point (lower eyelids)
-    nose_base = lm[:, _NOSE_BASE, 1]  # (B,) subnasale
+    eye_bottom = lm[:, ibug68.EYES, 1].amax(1)  # (B,) lowest eye-contour point (lower eyelids)
+    nose_base = lm[:, ibug68.NOSE_BASE, 1]  # (B,) subnasale
     r_eye = torch.floor(eye_bottom / patch_size).long().clamp(0, g - 3)  # (B,)
     r_nose = torch.floor(nose_base / patch_size).long()
     r_nose = torch.maximum(r_nose, r_eye + 1).clamp(max=g - 2)  # (B,)
@@ -151,30 +119,31 @@ def _boxes_to_patches(boxes: torch.Tensor, g: int, patch_size: int, dilation: fl
     return hit.any(1).flatten(1)  # (B, L) raster order
 
 
-def _bbox(lm: torch.Tensor, idx: list[int]) -> torch.Tensor:
-    pts = lm[:, idx]  # (B, n, 2)
+def _bbox(lm: torch.Tensor, idx: tuple[int, ...]) -> torch.Tensor:
+    pts = lm[:, list(idx)]  # (B, n, 2)
     return torch.cat([pts.amin(1), pts.amax(1)], -1)  # (B, 4)
 
 
 def _region_sets(lm: torch.Tensor, g: int, patch_size: int, dilation: float) -> torch.Tensor:
     """Landmark-region part sets. lm: (B, 68, 2) sanitised. Returns (B, 3, L)."""
     eyes = _boxes_to_patches(
-        torch.stack([_bbox(lm, _BROW_EYE_LEFT), _bbox(lm, _BROW_EYE_RIGHT)], 1), g, patch_size, dilation
+        torch.stack([_bbox(lm, ibug68.RIGHT_BROW + ibug68.RIGHT_EYE),
+                     _bbox(lm, ibug68.LEFT_BROW + ibug68.LEFT_EYE)], 1), g, patch_size, dilation
     )
-    lips = _boxes_to_patches(_bbox(lm, _MOUTH)[:, None], g, patch_size, dilation) & ~eyes
+    lips = _boxes_to_patches(_bbox(lm, ibug68.MOUTH)[:, None], g, patch_size, dilation) & ~eyes
     # cheeks: horizontally between the upper jaw contour on both sides, vertically from the lower
     # eyelids down to the mouth corners; the nose box adds the bridge between the eyes.
     cheek_box = torch.stack(
         [
-            lm[:, 1:4, 0].amin(1),
-            lm[:, _EYES, 1].amax(1),
-            lm[:, 13:16, 0].amax(1),
-            lm[:, [48, 54], 1].amax(1),
+            lm[:, ibug68.RIGHT_CHEEK_JAW, 0].amin(1),
+            lm[:, ibug68.EYES, 1].amax(1),
+            lm[:, ibug68.LEFT_CHEEK_JAW, 0].amax(1),
+            lm[:, ibug68.MOUTH_CORNERS, 1].amax(1),
         ],
         -1,
     )  # (B, 4)
     cheek = _boxes_to_patches(
-        torch.stack([cheek_box, _bbox(lm, _NOSE)], 1), g, patch_size, dilation
+        torch.stack([cheek_box, _bbox(lm, ibug68.NOSE)], 1), g, patch_size, dilation
     )
     cheek = cheek & ~eyes & ~lips
     return torch.stack([eyes, cheek, lips], 1)

@@ -13,7 +13,6 @@ from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data_modules import (
-    FLIP_PERMUTATION,
     BalancedRealFakeSampler,
     DataError,
     DeepfakeDataModule,
@@ -27,6 +26,7 @@ from data_modules import (
 )
 from deepfakemae.constants import IMAGENET_MEAN, IMAGENET_STD
 from deepfakemae.faces.cache import FaceCache
+from deepfakemae.faces.ibug68 import FLIP_PERMUTATION
 from deepfakemae.faces.inputs import window_positions
 
 KEYS = {"image", "landmarks", "label", "domain", "video_key", "frame_index"}

@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 from face_assets import CLIPS, grid_frames, write_video
 
-from deepfakemae.faces.align import align_face, five_points, similarity_transform, template_points
+from deepfakemae.faces.align import align_face, similarity_transform, template_points
 from deepfakemae.faces.cache import FaceCache
 from deepfakemae.faces.detect import (
     DetectorError,
@@ -20,6 +20,7 @@ from deepfakemae.faces.detect import (
     check_detector,
     select_face,
 )
+from deepfakemae.faces.ibug68 import five_points
 from deepfakemae.faces.landmarks import DlibLandmarks, LandmarkError, build_landmarks
 from deepfakemae.faces.pipeline import FaceConfig, FaceError, FacePipeline
 from deepfakemae.faces.video import (

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from deepfakemae.masking import (
-    MIRROR_68,
     PART_NAMES,
     STRATEGIES,
     VARIANTS,
@@ -24,11 +23,6 @@ def _patch_of(points: torch.Tensor, patch: int, grid: int) -> torch.Tensor:
     """(n, 2) pixel points → (n,) raster patch index."""
     cell = (points / patch).floor().long().clamp(0, grid - 1)
     return cell[:, 1] * grid + cell[:, 0]
-
-
-def test_mirror_map_is_an_involution() -> None:
-    assert sorted(MIRROR_68) == list(range(68))
-    assert all(MIRROR_68[MIRROR_68[i]] == i for i in range(68))
 
 
 def test_algorithm1_bands_on_mean_face() -> None:

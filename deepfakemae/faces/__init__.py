@@ -1,6 +1,6 @@
 """Face pipeline: decode sampled frames, detect, landmark, align, and cache the crops."""
 
-from deepfakemae.faces.align import align_face, five_points, similarity_transform, template_points
+from deepfakemae.faces.align import align_face, similarity_transform, template_points
 from deepfakemae.faces.cache import (
     CacheError,
     DamagedEntryError,
@@ -9,6 +9,7 @@ from deepfakemae.faces.cache import (
     validate_key,
 )
 from deepfakemae.faces.detect import Detection, FaceDetector, select_face
+from deepfakemae.faces.ibug68 import five_points
 from deepfakemae.faces.landmarks import (
     DlibLandmarks,
     FanLandmarks,

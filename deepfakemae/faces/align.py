@@ -1,9 +1,9 @@
 """Five-point similarity alignment of a face to a square canonical crop.
 
-The five stable points are the two eye centres (means of landmarks 36-41 and 42-47), the nose
-tip (30) and the mouth corners (48, 54). The canonical template below is the mean geometry of
-dlib landmarks on frontal faces, in units of the inter-ocular distance with the origin between
-the eyes: brows reach y = -0.42, the chin y = 1.97 and the jaw x = +-1.12. The crop is centred
+The five stable points (:func:`~deepfakemae.faces.ibug68.five_points`) are the two eye centres
+(means of landmarks 36-41 and 42-47), the nose tip (30) and the mouth corners (48, 54). The
+canonical template below is the mean geometry of dlib landmarks on frontal faces, in units of
+the inter-ocular distance with the origin between the eyes: brows reach y = -0.42, the chin y = 1.97 and the jaw x = +-1.12. The crop is centred
 on (0, CENTRE_Y) and is wide enough that this extent fills ``1 - 2 * margin`` of its side, so
 the whole face (brows to chin, jaw to jaw) fits with background around it.
 """
@@ -13,18 +13,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from deepfakemae.faces.ibug68 import five_points
+
 #: canonical 5 points (left eye, right eye, nose tip, mouth left, mouth right), IOD units
 TEMPLATE_5 = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.52], [-0.405, 1.18], [0.405, 1.18]],
                       np.float64)
 FACE_EXTENT = 2.45  # brow-to-chin / jaw-to-jaw span in IOD units, with a little slack
 CENTRE_Y = 0.72  # vertical crop centre (a bit above the landmark centre, to keep the forehead)
 DEFAULT_MARGIN = 0.12
-
-
-def five_points(landmarks: np.ndarray) -> np.ndarray:
-    """(68,2) landmarks -> (5,2) eye centres, nose tip and mouth corners."""
-    lm = np.asarray(landmarks, np.float64)
-    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
 
 
 def template_points(size: int = 224, margin: float = DEFAULT_MARGIN) -> np.ndarray:

@@ -36,6 +36,8 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
+from deepfakemae.faces.ibug68 import NUM_POINTS
+
 ENTRY_SUFFIX = ".npz"
 FAIL_SUFFIX = ".fail.json"
 MANIFEST_NAME = "manifest.jsonl"
@@ -53,7 +55,7 @@ DAMAGED = "damaged"
 ENTRY_ARRAYS = {
     "jpeg": ("u", None),
     "jpeg_offsets": ("i", None),
-    "landmarks": ("f", (68, 2)),
+    "landmarks": ("f", (NUM_POINTS, 2)),
     "frame_indices": ("i", ()),
     "scores": ("f", ()),
     "boxes": ("f", (4,)),

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from deepfakemae.constants import IMAGENET_MEAN, IMAGENET_STD
+from deepfakemae.faces.ibug68 import rescale_landmarks
 
 
 def window_positions(num_frames: int, clip_len: int, windows: str) -> list[np.ndarray]:
@@ -45,4 +46,4 @@ def resize_faces(crops: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[n
     interp = cv2.INTER_AREA if size < s else cv2.INTER_LINEAR
     out = np.stack([cv2.resize(c, (size, size), interpolation=interp) for c in crops])
     scale = np.array([size / crops.shape[2], size / s], np.float32)
-    return out, ((landmarks + 0.5) * scale - 0.5).astype(np.float32)
+    return out, rescale_landmarks(landmarks, scale).astype(np.float32)

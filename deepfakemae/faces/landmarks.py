@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-NUM_POINTS = 68
+from deepfakemae.faces.ibug68 import NUM_POINTS
+
 BACKENDS = ("dlib", "fan")
 
 

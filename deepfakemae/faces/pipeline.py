@@ -21,7 +21,6 @@ from deepfakemae.faces.align import (
     DEFAULT_MARGIN,
     align_face,
     dlib_box_from_points,
-    five_points,
     level_eyes,
     transform_points,
 )
@@ -34,6 +33,7 @@ from deepfakemae.faces.cache import (
     validate_key,
 )
 from deepfakemae.faces.detect import Detection, FaceDetector
+from deepfakemae.faces.ibug68 import five_points
 from deepfakemae.faces.landmarks import build_landmarks
 from deepfakemae.faces.video import (
     IMAGE_SUFFIXES,

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
+from deepfakemae.faces.ibug68 import rescale_landmarks
 from deepfakemae.masking import FacialPartMasker
 from deepfakemae.meta import MappingLoss, meta_step, select_batch, split_domains, split_indices
 from deepfakemae.models.mae import MaskedAutoencoderViT
@@ -195,7 +196,7 @@ class MappingModule(VideoEvaluation, LightningModule):
         mae = self._mae.to(images.device)
         size = mae.img_size
         if images.shape[-1] != size:
-            landmarks = landmarks * (size / images.shape[-1])
+            landmarks = rescale_landmarks(landmarks, size / images.shape[-1])
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
                                    antialias=True)
         if self.hparams.target == "masked":

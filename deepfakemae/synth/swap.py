@@ -25,20 +25,15 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
-JAW = tuple(range(0, 17))
-BROWS = tuple(range(17, 27))
-RIGHT_EYE_AREA = tuple(range(17, 22)) + tuple(range(36, 42))  # brow + eye on the image's left
-LEFT_EYE_AREA = tuple(range(22, 27)) + tuple(range(42, 48))
-OUTER_LIPS = tuple(range(48, 60))
-INNER_MOUTH = tuple(range(60, 68))
+from deepfakemae.faces import ibug68
 
 # region name -> groups of landmark indices; the mask is the union of each group's convex hull.
 REGIONS: dict[str, tuple[tuple[int, ...], ...]] = {
-    "face": (JAW + BROWS,),
-    "mouth": (OUTER_LIPS,),
-    "eyes": (RIGHT_EYE_AREA, LEFT_EYE_AREA),
-    "inner_mouth": (INNER_MOUTH,),  # the mouth opening: always kept from the target
-    "eyeballs": (tuple(range(36, 42)), tuple(range(42, 48))),  # left out of colour statistics
+    "face": (ibug68.JAW + ibug68.BROWS,),
+    "mouth": (ibug68.OUTER_LIPS,),
+    "eyes": (ibug68.RIGHT_BROW + ibug68.RIGHT_EYE, ibug68.LEFT_BROW + ibug68.LEFT_EYE),
+    "inner_mouth": (ibug68.INNER_MOUTH,),  # the mouth opening: always kept from the target
+    "eyeballs": (ibug68.RIGHT_EYE, ibug68.LEFT_EYE),  # left out of colour statistics
 }
 SWAP_REGIONS = ("face", "mouth", "eyes")
 #: largest hull deformation and dilation of :meth:`SelfBlendParams.sample_sbi` (face widths):
@@ -132,7 +127,7 @@ class SelfBlendParams:
 
 def face_width(points: np.ndarray) -> float:
     """Distance between the jaw ends (landmarks 0 and 16), at least 1 px."""
-    return max(float(np.linalg.norm(points[16] - points[0])), 1.0)
+    return max(float(np.linalg.norm(points[ibug68.JAW[-1]] - points[ibug68.JAW[0]])), 1.0)
 
 
 def region_mask(points: np.ndarray, region: str, shape: tuple[int, int],
