@@ -42,13 +42,6 @@ def list_indexes() -> list[str]:
     return sorted(INDEXES)
 
 
-def register_index(name: str, fn: IndexFn) -> None:
-    """Add an index (e.g. the demo dataset) under ``name``; refuses to replace an existing one."""
-    if name in INDEXES and INDEXES[name] is not fn:
-        raise ValueError(f"an index named {name!r} is already registered")
-    INDEXES[name] = fn
-
-
 def index_options(name: str) -> list[str]:
     """The keyword options index ``name`` accepts besides ``root``."""
     return [p for p in inspect.signature(_lookup(name)).parameters if p != "root"]
@@ -107,6 +100,5 @@ __all__ = [
     "load_split_pairs",
     "pair_videos",
     "records_for_dataset",
-    "register_index",
     "safe_join",
 ]

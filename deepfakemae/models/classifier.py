@@ -93,12 +93,3 @@ class FinetuneClassifier(nn.Module):
     def forward(self, clips: Tensor) -> Tensor:
         """Clip logits (B, num_classes): head of the T-frame average of pooled features."""
         return self.head(self.forward_features(clips).mean(dim=1))
-
-    def forward_with_frames(self, clips: Tensor) -> tuple[Tensor, Tensor]:
-        """``(clip logits (B, C), frame logits (B, T, C))`` from one encoder pass."""
-        feats = self.forward_features(clips)  # (B, T, D)
-        return self.head(feats.mean(dim=1)), self.head(feats)
-
-    def frame_logits(self, clips: Tensor) -> Tensor:
-        """Per-frame logits (B, T, C): the head applied to each frame's pooled feature."""
-        return self.head(self.forward_features(clips))
