@@ -1,6 +1,6 @@
 """Stage-2 throughput: Mapping Network meta-steps/s and Finetuning Network clips/s.
 
-* Mapping Network: one outer meta step (``deepfakemae.meta.meta_step``: K inner SGD steps, T_ref
+* Mapping Network: one outer meta step (``deepfakemae.metalearning.meta_step``: K inner SGD steps, T_ref
   accuracy after each, meta-train + meta-test terms, backward, SGD update) with ``--map-batch``
   images per set (meta-train, meta-test, mix, T_ref) at ``--map-size``; second order vs first order.
 * Finetuning Network: one AdamW training step (forward, backward, optimizer) of
@@ -21,10 +21,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from deepfakemae.meta import MappingLoss, meta_step
+from deepfakemae.metalearning import MappingLoss, meta_step
 from deepfakemae.models.classifier import FinetuneClassifier
 from deepfakemae.models.mae import create_mae
-from deepfakemae.models.mapping import MappingNetwork
+from deepfakemae.models.mapping_network import MappingNetwork
 
 
 def sync(device: torch.device) -> None:

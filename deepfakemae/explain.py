@@ -31,7 +31,7 @@ from deepfakemae.faces.inputs import resize_faces, to_tensor
 from deepfakemae.masking import PART_NAMES, FacialPartMasker
 from deepfakemae.models.classifier import FinetuneClassifier
 from deepfakemae.models.mae import MaskedAutoencoderViT
-from deepfakemae.models.mapping import MappingNetwork
+from deepfakemae.models.mapping_network import MappingNetwork
 from deepfakemae.visualize import (
     heatmap_overlay,
     mask_to_pixels,

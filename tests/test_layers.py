@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("faces", ("deepfakemae.constants", "deepfakemae.records", "deepfakemae.faces",
                "deepfakemae.synth")),
     ("data", ("data_modules",)),
-    ("models", ("deepfakemae.models", "deepfakemae.masking", "deepfakemae.meta",
+    ("models", ("deepfakemae.models", "deepfakemae.masking", "deepfakemae.metalearning",
                 "deepfakemae.metrics", "deepfakemae.visualize", "deepfakemae.loggers",
                 "deepfakemae.explain")),
     ("modules", ("deepfakemae.modules", "deepfakemae.callbacks")),

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from deepfakemae.meta import (
+from deepfakemae.metalearning import (
     MappingLoss,
     concat_batches,
     meta_step,
@@ -283,7 +283,7 @@ def test_batchnorm_running_stats_updated_once_or_never(update: bool) -> None:
 
 
 def test_mapping_network_meta_step_end_to_end() -> None:
-    from deepfakemae.models.mapping import MappingNetwork
+    from deepfakemae.models.mapping_network import MappingNetwork
 
     torch.manual_seed(0)
     net = MappingNetwork(map_size=16).train()

@@ -11,9 +11,15 @@ from lightning.pytorch import LightningModule
 
 from deepfakemae.faces.ibug68 import rescale_landmarks
 from deepfakemae.masking import FacialPartMasker
-from deepfakemae.meta import MappingLoss, meta_step, select_batch, split_domains, split_indices
+from deepfakemae.metalearning import (
+    MappingLoss,
+    meta_step,
+    select_batch,
+    split_domains,
+    split_indices,
+)
 from deepfakemae.models.mae import MaskedAutoencoderViT
-from deepfakemae.models.mapping import ClassifierInput, MappingNetwork
+from deepfakemae.models.mapping_network import ClassifierInput, MappingNetwork
 from deepfakemae.modules.checkpoints import load_stage1, tag_checkpoint
 from deepfakemae.modules.evaluation import VideoEvaluation
 from deepfakemae.modules.optim import warmup_cosine
@@ -114,7 +120,7 @@ class MappingModule(VideoEvaluation, LightningModule):
     """ResNet-18 mapper trained to map faces onto the frozen stage-1 MAE's reconstruction.
 
     Loss (paper eq. 1): ``λcls·BCE + λmse·MSE`` on meta-train plus the same on meta-test, with
-    the meta step of :func:`deepfakemae.meta.meta_step` (K inner SGD steps on functional copies,
+    the meta step of :func:`deepfakemae.metalearning.meta_step` (K inner SGD steps on functional copies,
     the step with the best T_ref accuracy kept, second order by default). Each batch is cut by
     :func:`meta_split` into inner meta-train, T_ref, a meta-train-domain mix batch and meta-test.
     ``meta_learning=False`` trains on plain batches (Table 6 "w/o meta"). Outer optimiser SGD
@@ -132,7 +138,7 @@ class MappingModule(VideoEvaluation, LightningModule):
 
     ``pretrained_backbone``: ResNet-18 from timm's ImageNet weights (paper config) or random.
 
-    BatchNorm: see :func:`deepfakemae.meta.meta_step` — batch statistics in every forward,
+    BatchNorm: see :func:`deepfakemae.metalearning.meta_step` — batch statistics in every forward,
     running statistics updated once per outer step (by the meta-test forward).
     """
 

@@ -66,7 +66,7 @@ class MappingLoss:
         logit, mapped = outputs
         if self.target_key not in batch:
             raise KeyError(
-                f"meta.py MappingLoss: batch has no {self.target_key!r}; put the MAE reconstruction "
+                f"metalearning.py MappingLoss: batch has no {self.target_key!r}; put the MAE reconstruction "
                 f"(B,3,{mapped.shape[-2]},{mapped.shape[-1]}) there before the meta step"
             )
         label = batch[self.label_key].to(logit.dtype)
@@ -86,7 +86,7 @@ def binary_accuracy(outputs: Any, batch: Batch, label_key: str = "label") -> flo
 def concat_batches(a: Batch, b: Batch) -> dict[str, Any]:
     """Concatenate two batch dicts along the batch dimension (tensors: ``cat``, lists: ``+``)."""
     if a.keys() != b.keys():
-        raise KeyError(f"meta.py concat_batches: key mismatch {sorted(a.keys())} vs {sorted(b.keys())}")
+        raise KeyError(f"metalearning.py concat_batches: key mismatch {sorted(a.keys())} vs {sorted(b.keys())}")
     out: dict[str, Any] = {}
     for k in a:
         va, vb = a[k], b[k]
@@ -95,7 +95,7 @@ def concat_batches(a: Batch, b: Batch) -> dict[str, Any]:
         elif isinstance(va, (list, tuple)):
             out[k] = list(va) + list(vb)
         else:
-            raise TypeError(f"meta.py concat_batches: cannot concatenate key {k!r} of type {type(va)}")
+            raise TypeError(f"metalearning.py concat_batches: cannot concatenate key {k!r} of type {type(va)}")
     return out
 
 
@@ -217,7 +217,7 @@ def meta_step(
         generator: RNG for the meta-test shuffle.
     """
     if inner_steps < 1:
-        raise ValueError(f"meta.py meta_step: inner_steps must be >= 1, got {inner_steps}")
+        raise ValueError(f"metalearning.py meta_step: inner_steps must be >= 1, got {inner_steps}")
     names = [n for n, p in params.items() if p.requires_grad]
     frozen = {n: p for n, p in params.items() if not p.requires_grad}
     scratch = _clone_buffers(buffers)
@@ -295,10 +295,10 @@ def split_domains(
     """
     domains = list(domains)
     if len(set(domains)) != len(domains):
-        raise ValueError(f"meta.py split_domains: duplicate domains in {domains}")
+        raise ValueError(f"metalearning.py split_domains: duplicate domains in {domains}")
     if not 1 <= n_test < len(domains):
         raise ValueError(
-            f"meta.py split_domains: need 1 <= n_test < len(domains); got n_test={n_test} for "
+            f"metalearning.py split_domains: need 1 <= n_test < len(domains); got n_test={n_test} for "
             f"{len(domains)} domains (single-method training: use split_indices instead)"
         )
     test_idx = set(_as_rng(rng).choice(len(domains), size=n_test, replace=False).tolist())
@@ -316,9 +316,9 @@ def split_indices(
     for ``n >= 2``; each list is sorted.
     """
     if n < 2:
-        raise ValueError(f"meta.py split_indices: need at least 2 samples, got {n}")
+        raise ValueError(f"metalearning.py split_indices: need at least 2 samples, got {n}")
     if not 0.0 < ratio < 1.0:
-        raise ValueError(f"meta.py split_indices: ratio must be in (0, 1), got {ratio}")
+        raise ValueError(f"metalearning.py split_indices: ratio must be in (0, 1), got {ratio}")
     n_train = min(max(int(round(n * ratio)), 1), n - 1)
     perm = _as_rng(rng).permutation(n)
     return sorted(perm[:n_train].tolist()), sorted(perm[n_train:].tolist())

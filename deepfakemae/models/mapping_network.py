@@ -4,7 +4,7 @@ ResNet-18 stem + first three residual stages → multi-scale features brought to
 concatenated → three convolutions that produce a 56×56×3 "mapped face" (trained with MSE towards the
 stage-1 MAE reconstruction of the input) → a fully connected layer that classifies real / fake
 (trained with BCE). The network is a plain ``nn.Module``; the losses and the meta-learning step live in
-``deepfakemae.meta``.
+``deepfakemae.metalearning``.
 
 Shapes for a 224×224 input (stride in brackets)::
 
@@ -51,7 +51,7 @@ def create_resnet18(pretrained: bool) -> nn.Module:
         return timm.create_model("resnet18", pretrained=True)
     except Exception as exc:  # hub, HTTP and file errors differ by version and platform
         raise PretrainedWeightsError(
-            f"models/mapping.py: cannot load timm's ImageNet weights for ResNet-18 "
+            f"models/mapping_network.py: cannot load timm's ImageNet weights for ResNet-18 "
             f"({type(exc).__name__}: {exc}). Run once with internet access so that they are "
             f"cached under HF_HOME, or train the Mapping Network from a random init with "
             f"`{RANDOM_INIT_SWITCH}`") from exc
@@ -95,7 +95,7 @@ class MappingNetwork(nn.Module):
         super().__init__()
         if classifier_input not in ("features", "mapped", "both"):
             raise ValueError(
-                f"models/mapping.py: classifier_input={classifier_input!r}; "
+                f"models/mapping_network.py: classifier_input={classifier_input!r}; "
                 "use 'features', 'mapped' or 'both'"
             )
         self.map_size = map_size
@@ -134,11 +134,11 @@ class MappingNetwork(nn.Module):
         """Fused multi-scale features: (B, 3, H, W) → (B, 448, map_size, map_size)."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(
-                f"models/mapping.py: expected images (B, 3, H, W), got {tuple(x.shape)}"
+                f"models/mapping_network.py: expected images (B, 3, H, W), got {tuple(x.shape)}"
             )
         if x.shape[-1] % 16 or x.shape[-2] % 16:
             raise ValueError(
-                f"models/mapping.py: input side must be a multiple of 16, got {tuple(x.shape[-2:])}; "
+                f"models/mapping_network.py: input side must be a multiple of 16, got {tuple(x.shape[-2:])}; "
                 "resize the face crops (e.g. data.image_size=224)"
             )
         x = self.stem(x)  # (B, 64, H/4, W/4)
