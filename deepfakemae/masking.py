@@ -18,15 +18,19 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
 from deepfakemae.faces import ibug68
 
 PART_NAMES: tuple[str, str, str] = ("eyes", "cheek_nose", "lips")
-VARIANTS: tuple[str, str] = ("algorithm1", "region")
-STRATEGIES: tuple[str, ...] = ("facial_part", "eyes", "cheek_nose", "lips", "random")
+#: masking strategies (Table 5): a random part per sample, one fixed part, or MAE's random patches
+MaskStrategy = Literal["facial_part", "eyes", "cheek_nose", "lips", "random"]
+#: readings of Algorithm 1's part boundaries (``part_sets``)
+PartVariant = Literal["algorithm1", "region"]
+STRATEGIES: tuple[str, ...] = get_args(MaskStrategy)
+VARIANTS: tuple[str, ...] = get_args(PartVariant)
 
 def template_landmarks(img_size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Mean-face landmarks for a square crop of ``img_size`` pixels. Returns (68, 2) float32."""

@@ -13,7 +13,7 @@ also what the MAE authors use for fine-tuning. ``"cls"`` takes the CLS token ins
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import Tensor, nn
 
@@ -48,8 +48,8 @@ class FinetuneClassifier(nn.Module):
         encoder_fn: EncoderFn | None = None,
     ) -> None:
         super().__init__()
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"models/classifier.py: pooling={pooling!r}; use 'mean' or 'cls'")
+        if pooling not in get_args(Pooling):
+            raise ValueError(f"models/classifier.py: pooling={pooling!r}; use one of {get_args(Pooling)}")
         if encoder_fn is None and not hasattr(encoder, "forward_encoder"):
             raise TypeError(
                 "models/classifier.py: encoder has no forward_encoder(imgs, mask=None); "

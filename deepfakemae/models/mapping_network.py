@@ -19,7 +19,7 @@ Shapes for a 224×224 input (stride in brackets)::
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import timm
 import torch
@@ -93,10 +93,10 @@ class MappingNetwork(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if classifier_input not in ("features", "mapped", "both"):
+        if classifier_input not in get_args(ClassifierInput):
             raise ValueError(
                 f"models/mapping_network.py: classifier_input={classifier_input!r}; "
-                "use 'features', 'mapped' or 'both'"
+                f"use one of {get_args(ClassifierInput)}"
             )
         self.map_size = map_size
         self.classifier_input = classifier_input

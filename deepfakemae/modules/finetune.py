@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
-from deepfakemae.models.classifier import FinetuneClassifier
+from deepfakemae.models.classifier import FinetuneClassifier, Pooling
 from deepfakemae.models.mae import create_mae
 from deepfakemae.modules.checkpoints import load_stage1_mae, tag_checkpoint
 from deepfakemae.modules.evaluation import VideoEvaluation
@@ -39,7 +39,7 @@ class FinetuneModule(VideoEvaluation, LightningModule):
     primary_branch = "F"
 
     def __init__(self, mae_checkpoint: str | None = None, preset: str = "mae_vit_base_patch16",
-                 pooling: str = "mean", lr: float = 1e-3, weight_decay: float = 0.05,
+                 pooling: Pooling = "mean", lr: float = 1e-3, weight_decay: float = 0.05,
                  warmup_fraction: float = 0.05, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()

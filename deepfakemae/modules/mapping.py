@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from deepfakemae.faces.ibug68 import rescale_landmarks
-from deepfakemae.masking import FacialPartMasker
+from deepfakemae.masking import FacialPartMasker, MaskStrategy, PartVariant
 from deepfakemae.metalearning import (
     MappingLoss,
     meta_step,
@@ -23,8 +23,11 @@ from deepfakemae.models.mapping_network import ClassifierInput, MappingNetwork
 from deepfakemae.modules.checkpoints import load_stage1, tag_checkpoint
 from deepfakemae.modules.evaluation import VideoEvaluation
 from deepfakemae.modules.optim import warmup_cosine
-from deepfakemae.modules.pretrain import MaskStrategy, PartVariant
 from deepfakemae.visualize import log_image, to_uint8
+
+#: what the Mapping Network learns to reproduce: the MAE's reconstruction of the whole face
+#: (paper §4.1) or of a part-masked face (Table 6 ablation)
+MappingTarget = Literal["unmasked", "masked"]
 
 
 class MetaSplit(NamedTuple):
@@ -146,7 +149,7 @@ class MappingModule(VideoEvaluation, LightningModule):
     MASKING_HPARAMS = ("mask_strategy", "mask_ratio", "part_variant")
 
     def __init__(self, mae_checkpoint: str | None = None,
-                 target: Literal["unmasked", "masked"] = "unmasked",
+                 target: MappingTarget = "unmasked",
                  mask_strategy: MaskStrategy | None = None, mask_ratio: float | None = None,
                  part_variant: PartVariant | None = None, pretrained_backbone: bool = False,
                  classifier_input: ClassifierInput = "features", map_size: int = 56,
@@ -156,8 +159,8 @@ class MappingModule(VideoEvaluation, LightningModule):
                  weight_decay: float = 5e-4, image_log_every_n_steps: int = 200,
                  seed: int = 0) -> None:
         super().__init__()
-        if target not in ("masked", "unmasked"):
-            raise ValueError(f"target must be 'masked' or 'unmasked', got {target!r}")
+        if target not in get_args(MappingTarget):
+            raise ValueError(f"target must be one of {get_args(MappingTarget)}, got {target!r}")
         self.save_hyperparameters()
         self.net = MappingNetwork(pretrained=pretrained_backbone, map_size=map_size,
                                   classifier_input=classifier_input)

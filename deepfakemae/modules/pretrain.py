@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from lightning.pytorch import LightningModule
 
-from deepfakemae.masking import FacialPartMasker
+from deepfakemae.masking import FacialPartMasker, MaskStrategy, PartVariant
 from deepfakemae.models.mae import create_mae, load_timm_mae_encoder
 from deepfakemae.modules.checkpoints import tag_checkpoint
 from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
 from deepfakemae.visualize import log_image, reconstruction_grid
-
-MaskStrategy = Literal["facial_part", "eyes", "cheek_nose", "lips", "random"]  # Table 5
-PartVariant = Literal["algorithm1", "region"]  # reading of Algorithm 1's bands (docs/DESIGN.md)
 
 
 class MAEPretrainModule(LightningModule):
