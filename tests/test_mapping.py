@@ -151,7 +151,8 @@ def test_classifier_with_project_mae() -> None:
 
 def test_imagenet_weights_offline_error_names_the_switch(tmp_path) -> None:
     """Offline with an empty Hugging Face cache: a clear error, not a stack of hub internals."""
-    code = ("from deepfakemae.models.mapping_network import MappingNetwork, PretrainedWeightsError\n"
+    code = ("from deepfakemae.models.mapping_network import MappingNetwork\n"
+            "from deepfakemae.models.pretrained import PretrainedWeightsError\n"
             "try:\n    MappingNetwork(pretrained=True)\n"
             "except PretrainedWeightsError as exc:\n    print(exc)\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1",

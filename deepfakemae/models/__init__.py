@@ -1,15 +1,15 @@
-"""Plain ``nn.Module`` models (no Lightning, no I/O)."""
+"""Plain ``nn.Module`` models (no Lightning); weight downloads and checkpoint reads live in
+``pretrained``."""
 
 from deepfakemae.models.mae import (
-    LoadReport,
     MaskedAutoencoderViT,
     TokenLayout,
     create_mae,
     list_presets,
-    load_timm_mae_encoder,
     register_preset,
     sincos_pos_embed_2d,
 )
+from deepfakemae.models.pretrained import LoadReport, load_timm_mae_encoder
 
 __all__ = [
     "LoadReport",

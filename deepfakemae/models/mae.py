@@ -21,8 +21,6 @@ When all samples keep the same number of patches there is no padding and no atte
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -35,12 +33,10 @@ from torch import nn
 __all__ = [
     "MaskedAutoencoderViT",
     "TokenLayout",
-    "LoadReport",
     "sincos_pos_embed_2d",
     "register_preset",
     "create_mae",
     "list_presets",
-    "load_timm_mae_encoder",
 ]
 
 
@@ -388,97 +384,3 @@ register_preset(
     "mae_vit_micro", img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=4,
     decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4, mlp_ratio=4.0,
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Loading MAE-pretrained encoder weights (timm / original MAE checkpoints)
-# --------------------------------------------------------------------------------------------
-@dataclass
-class LoadReport:
-    """Outcome of `load_timm_mae_encoder`."""
-
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # our encoder keys not in the source
-    unexpected: list[str] = field(default_factory=list)  # source keys with no counterpart here
-    ignored: list[str] = field(default_factory=list)  # source keys deliberately skipped (pos_embed)
-    pos_embed_max_abs_diff: float | None = None  # source pos_embed vs our sin-cos table (patches)
-
-
-_ENCODER_PREFIXES = ("patch_embed.", "blocks.", "norm.")
-_DECODER_PREFIXES = ("decoder_embed.", "decoder_blocks.", "decoder_norm.", "decoder_pred.")
-
-
-def _source_state_dict(source: Any) -> dict[str, torch.Tensor]:
-    if isinstance(source, dict):
-        sd = source
-    elif isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
-        path = os.fspath(source)
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd = load_file(path)
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    elif isinstance(source, str):
-        import timm
-
-        try:
-            sd = timm.create_model(source, pretrained=True, num_classes=0).state_dict()
-        except Exception as e:  # network / hub errors: say what to do instead
-            raise RuntimeError(
-                f"deepfakemae/models/mae.py: could not fetch timm weights {source!r} ({e}). "
-                "Download them where there is internet and pass the state dict or a file path."
-            ) from e
-    else:
-        raise TypeError(f"deepfakemae/models/mae.py: unsupported weight source {type(source).__name__}")
-    for wrapper in ("model", "state_dict"):  # original MAE / Lightning checkpoints
-        if wrapper in sd and isinstance(sd[wrapper], dict):
-            sd = sd[wrapper]
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
-def load_timm_mae_encoder(
-    model: MaskedAutoencoderViT,
-    source: Any = "vit_base_patch16_224.mae",
-    include_decoder: bool = False,
-) -> LoadReport:
-    """Copy MAE-pretrained ViT weights into ``model``'s encoder (and optionally decoder).
-
-    source: a state dict, a checkpoint path (``.pth``/``.ckpt``/``.safetensors``) or a timm
-    model name fetched with ``timm.create_model(name, pretrained=True)`` (needs internet).
-    timm ViT keys (``cls_token``, ``patch_embed.*``, ``blocks.*``, ``norm.*``) have the same names
-    here. ``pos_embed`` is not loaded: ours is the fixed 2-D sin-cos table. timm's
-    ``vit_base_patch16_224.mae`` stores MAE's checkpoint value, which MAE never trained (a frozen
-    sin-cos table with a zero CLS slot) — so nothing is lost; the report gives the measured
-    difference to our table (≈ 0 for those weights; large for a randomly initialised timm model).
-    Classifier keys (``head.*``, ``fc_norm.*``) are reported as unexpected. Shape mismatches raise.
-    With ``include_decoder`` the MAE decoder keys (full MAE checkpoints) are loaded too.
-    """
-    sd = _source_state_dict(source)
-    own = model.state_dict()
-    prefixes = _ENCODER_PREFIXES + (_DECODER_PREFIXES if include_decoder else ())
-    wanted = {k for k in own if k == "cls_token" or k.startswith(prefixes)}
-    if include_decoder:
-        wanted.add("mask_token")
-    report = LoadReport()
-    to_load: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key in ("pos_embed", "decoder_pos_embed"):
-            report.ignored.append(key)
-            if key == "pos_embed" and tuple(value.shape) == tuple(model.pos_embed.shape):
-                diff = value[:, 1:].float().cpu() - model.pos_embed[:, 1:].cpu()
-                report.pos_embed_max_abs_diff = float(diff.abs().max())
-            continue
-        if key not in wanted:
-            report.unexpected.append(key)
-            continue
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise ValueError(
-                f"deepfakemae/models/mae.py: shape mismatch for {key}: source {tuple(value.shape)} vs "
-                f"model {tuple(own[key].shape)}; pick the preset that matches the checkpoint"
-            )
-        to_load[key] = value
-    model.load_state_dict(to_load, strict=False)
-    report.loaded = sorted(to_load)
-    report.missing = sorted(wanted - set(to_load))
-    return report

@@ -21,40 +21,15 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deepfakemae.models.pretrained import create_resnet18
+
 ClassifierInput = Literal["features", "mapped", "both"]
 
-#: the command-line switch that trains from a random init instead of ImageNet weights
-RANDOM_INIT_SWITCH = "--model.init_args.pretrained_backbone false"
-
 _STAGE_CHANNELS = (64, 128, 256)  # ResNet-18 layer1, layer2, layer3
-
-
-class PretrainedWeightsError(RuntimeError):
-    """timm's ImageNet weights for ResNet-18 could not be obtained (offline, no cached copy)."""
-
-
-def create_resnet18(pretrained: bool) -> nn.Module:
-    """timm's ResNet-18, with its ImageNet weights (``pretrained``) or randomly initialised.
-
-    The weights come from the Hugging Face Hub (``timm/resnet18.a1_in1k``) and are cached under
-    ``HF_HOME``; once cached they load offline (``HF_HUB_OFFLINE=1``). Without them a
-    :class:`PretrainedWeightsError` names the switch to a random init.
-    """
-    if not pretrained:
-        return timm.create_model("resnet18", pretrained=False)
-    try:
-        return timm.create_model("resnet18", pretrained=True)
-    except Exception as exc:  # hub, HTTP and file errors differ by version and platform
-        raise PretrainedWeightsError(
-            f"models/mapping_network.py: cannot load timm's ImageNet weights for ResNet-18 "
-            f"({type(exc).__name__}: {exc}). Run once with internet access so that they are "
-            f"cached under HF_HOME, or train the Mapping Network from a random init with "
-            f"`{RANDOM_INIT_SWITCH}`") from exc
 
 
 class MappingNetwork(nn.Module):

@@ -6,7 +6,8 @@ import torch
 from lightning.pytorch import LightningModule
 
 from deepfakemae.masking import FacialPartMasker, MaskStrategy, PartVariant
-from deepfakemae.models.mae import create_mae, load_timm_mae_encoder
+from deepfakemae.models.mae import create_mae
+from deepfakemae.models.pretrained import load_timm_mae_encoder
 from deepfakemae.modules.checkpoints import tag_checkpoint
 from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
 from deepfakemae.visualize import log_image, reconstruction_grid
