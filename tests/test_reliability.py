@@ -216,8 +216,8 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 def test_temp_file_of_a_killed_write_is_swept(tmp_path, capsys):
     cache = FaceCache(tmp_path / "cache")
-    code = ("import os, sys; from pathlib import Path; from deepfakemae.faces import cache; "
-            "cache._atomic_write_bytes(Path(sys.argv[1]), "
+    code = ("import os, sys; from pathlib import Path; from deepfakemae.faces import files; "
+            "files.atomic_write(Path(sys.argv[1]), "
             "lambda h: (h.write(b'half an entry'), os.kill(os.getpid(), 9)))")
     target = cache.entries_dir / "clip.npz"
     proc = subprocess.run([sys.executable, "-c", code, str(target)], env=ENV, cwd=REPO)

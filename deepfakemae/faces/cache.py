@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import socket
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -36,6 +33,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
+from deepfakemae.faces.files import TMP_PREFIX, atomic_write, is_stale_tmp
 from deepfakemae.faces.ibug68 import NUM_POINTS
 
 ENTRY_SUFFIX = ".npz"
@@ -44,9 +42,6 @@ MANIFEST_NAME = "manifest.jsonl"
 JPEG_QUALITY = 95
 
 SETTINGS_NAME = "cache.json"
-TMP_PREFIX = ".tmp-"
-#: a temporary file of another host (or of an unknown writer) this old is swept as stale
-STALE_TMP_SECONDS = 24 * 3600
 
 #: statuses a manifest line may carry for an input (``damaged`` is not written, only found)
 STATUSES = ("ok", "no_face", "unreadable", "empty", "error")
@@ -103,33 +98,6 @@ def validate_key(key: str) -> str:
     return key
 
 
-def _tmp_name(suffix: str) -> str:
-    """``.tmp-<host>-<pid>-<random><suffix>``: who wrote it, so stale ones can be swept."""
-    host = socket.gethostname().replace("-", "_") or "host"
-    return f"{TMP_PREFIX}{host}-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temporary file in ``path``'s folder, then rename it into place.
-
-    The file is created with mode 0666 minus the umask (not ``mkstemp``'s 0600), so a cache on
-    shared storage is as readable as the user's umask allows.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.parent / _tmp_name(path.suffix))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def encode_jpeg(crop_rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """Encode one RGB uint8 crop as JPEG bytes."""
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR),
@@ -173,31 +141,6 @@ def check_arrays(arrays: dict[str, np.ndarray]) -> dict:
     if not isinstance(meta, dict):
         raise ValueError("meta is not a JSON object")
     return meta
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process ``pid`` exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_stale_tmp(path: Path, now: float | None = None) -> bool:
-    """True for a leftover temporary file: its writer on this host is gone, or (another host's,
-    or an unknown writer's) it is older than :data:`STALE_TMP_SECONDS`."""
-    parts = path.name[len(TMP_PREFIX):].split("-")
-    if len(parts) >= 3 and parts[0] == socket.gethostname().replace("-", "_") and \
-            parts[1].isdigit():
-        return int(parts[1]) != os.getpid() and not pid_alive(int(parts[1]))
-    try:
-        age = (now or time.time()) - path.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    return age > STALE_TMP_SECONDS
 
 
 class FaceCache:
@@ -255,7 +198,7 @@ class FaceCache:
             meta=np.array(json.dumps(meta)),
         )
         path = self.entry_path(entry.key)
-        _atomic_write_bytes(path, lambda h: np.savez(h, **arrays))
+        atomic_write(path, lambda h: np.savez(h, **arrays))
         fail = self.failure_path(entry.key)
         if fail.exists():
             fail.unlink()
@@ -269,7 +212,7 @@ class FaceCache:
         record = dict(meta or {}, key=key, status=status, error=error)
         path = self.failure_path(key)
         data = json.dumps(record, sort_keys=True).encode()
-        _atomic_write_bytes(path, lambda h: h.write(data))
+        atomic_write(path, lambda h: h.write(data))
         self.entry_path(key).unlink(missing_ok=True)
         return path
 
@@ -409,7 +352,7 @@ class FaceCache:
         """Rewrite ``manifest.jsonl`` atomically from what ``entries/`` holds."""
         lines = [json.dumps(r, sort_keys=True) for r in self.iter_records()]
         data = ("\n".join(lines) + ("\n" if lines else "")).encode()
-        _atomic_write_bytes(self.manifest_path, lambda h: h.write(data))
+        atomic_write(self.manifest_path, lambda h: h.write(data))
         return self.manifest_path
 
     def manifest(self) -> list[dict]:
@@ -445,5 +388,5 @@ class FaceCache:
     def write_settings(self, settings: dict) -> Path:
         """Record ``settings`` in ``cache.json`` (atomically)."""
         data = json.dumps(settings, indent=2, sort_keys=True).encode()
-        _atomic_write_bytes(self.settings_path, lambda h: h.write(data))
+        atomic_write(self.settings_path, lambda h: h.write(data))
         return self.settings_path

@@ -15,7 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deepfakemae.faces.cache import DamagedEntryError, FaceCache, is_stale_tmp
+from deepfakemae.faces.cache import DamagedEntryError, FaceCache
+from deepfakemae.faces.files import is_stale_tmp
 
 
 @dataclass

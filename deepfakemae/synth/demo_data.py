@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
-import os
 import sys
 import zlib
 from collections.abc import Iterable, Sequence
@@ -36,7 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfakemae.faces.landmarks import dlib_model_path
+from deepfakemae.faces.files import atomic_path, atomic_write
+from deepfakemae.faces.landmarks import DlibLandmarks
+from deepfakemae.faces.video import VideoError, open_video
 from deepfakemae.synth.methods import DEMO_REGIONS
 from deepfakemae.synth.swap import SelfBlendParams, SwapParams, self_blend, swap_region
 
@@ -92,18 +93,17 @@ def grid_clip_paths(directory: str | Path | None = None) -> list[Path]:
 
 
 def read_video_frames(path: str | Path, max_frames: int | None = None) -> np.ndarray:
-    """Decode ``path`` with PyAV into (T,H,W,3) uint8 RGB, at most ``max_frames`` frames."""
-    import av
-
-    frames: list[np.ndarray] = []
+    """The first ``max_frames`` (default all) frames of ``path`` as (T,H,W,3) uint8 RGB, decoded
+    in order by the face pipeline's PyAV reader."""
     try:
-        with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except av.FFmpegError as exc:
+        source = open_video(path, backend="pyav")
+    except VideoError as exc:
         raise DemoDataError(f"cannot decode {path}: {exc}") from exc
+    try:
+        count = source.num_frames if max_frames is None else min(max_frames, source.num_frames)
+        frames = source.read(np.arange(count))
+    finally:
+        source.close()
     if not frames:
         raise DemoDataError(f"{path} has no video frames")
     return np.stack(frames)
@@ -121,14 +121,13 @@ def demo_splits(ids: Sequence[str]) -> dict[str, list[list[str]]]:
 # ----------------------------------------------------------------------------- landmarks
 
 class ClipLandmarker:
-    """dlib frontal detector + 68-point predictor over every frame of a clip."""
+    """dlib's frontal detector on every full frame + the face pipeline's 68-point predictor."""
 
     def __init__(self) -> None:
         import dlib
 
         self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(str(dlib_model_path()))
-        self._rectangle = dlib.rectangle
+        self.landmarks = DlibLandmarks()
 
     def __call__(self, frames: np.ndarray, name: str = "clip") -> tuple[np.ndarray, np.ndarray]:
         """Landmarks (T,68,2) float32 and detected (T,) bool; missed frames reuse the nearest box."""
@@ -144,11 +143,9 @@ class ClipLandmarker:
         if not found.any():
             raise DemoDataError(f"no face found in any frame of {name}")
         hits = np.flatnonzero(found)
-        points = np.zeros((len(frames), 68, 2), np.float32)  # (T, 68, 2)
-        for i, frame in enumerate(frames):
-            box = boxes[i] or boxes[hits[np.abs(hits - i).argmin()]]
-            shape = self.predictor(frame, self._rectangle(*box))
-            points[i] = [(p.x, p.y) for p in shape.parts()]
+        nearest = [boxes[i] or boxes[hits[np.abs(hits - i).argmin()]] for i in range(len(frames))]
+        points = np.stack([self.landmarks(frame, [box])[0]
+                           for frame, box in zip(frames, nearest, strict=True)])  # (T, 68, 2)
         return points, found
 
 
@@ -184,10 +181,7 @@ class _ClipStore:
             if self._landmarker is None:
                 self._landmarker = ClipLandmarker()
             points, found = self._landmarker(frames, name=str(self.clips[vid]))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, landmarks=points, detected=found)
-            os.replace(tmp, path)
+            atomic_write(path, lambda handle: np.savez(handle, landmarks=points, detected=found))
         self._points[vid] = points
         return points
 
@@ -203,18 +197,12 @@ def video_encoder() -> str:
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, crf: int = CRF) -> None:
     """Encode (T,H,W,3) uint8 RGB ``frames`` to mp4 at ``path`` atomically (temp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
     frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # yuv420p: even
-    try:
+    with atomic_path(path) as tmp:
         if video_encoder() == "h264":
             _write_h264(tmp, frames, fps, crf)
         else:
             _write_mp4v(tmp, frames, fps)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_h264(path: Path, frames: np.ndarray, fps: int, crf: int) -> None:
@@ -246,10 +234,8 @@ def _write_mp4v(path: Path, frames: np.ndarray, fps: int) -> None:
 
 
 def _write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def real_video_path(root: Path, vid: str) -> Path:

@@ -1,0 +1,76 @@
+"""Atomic file writes: a temporary file beside the target, named after its writer, renamed into
+place; leftovers of killed writers are recognised as stale."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+TMP_PREFIX = ".tmp-"
+#: a temporary file of another host (or of an unknown writer) older than this is stale
+STALE_TMP_SECONDS = 24 * 3600
+
+
+def tmp_name(suffix: str) -> str:
+    """``.tmp-<host>-<pid>-<random><suffix>``: who wrote it, so stale ones can be swept."""
+    host = socket.gethostname().replace("-", "_") or "host"
+    return f"{TMP_PREFIX}{host}-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix) to write to; it replaces ``path`` when the
+    block ends without an error and is removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / tmp_name(path.suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(handle)`` on a temporary file, sync it and rename it to ``path``.
+
+    The file is created with mode 0666 minus the umask (not ``mkstemp``'s 0600), so a cache on
+    shared storage is as readable as the user's umask allows.
+    """
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_tmp(path: Path, now: float | None = None) -> bool:
+    """True for a leftover temporary file: its writer on this host is gone, or (another host's,
+    or an unknown writer's) it is older than :data:`STALE_TMP_SECONDS`."""
+    parts = path.name[len(TMP_PREFIX):].split("-")
+    if len(parts) >= 3 and parts[0] == socket.gethostname().replace("-", "_") and \
+            parts[1].isdigit():
+        return int(parts[1]) != os.getpid() and not pid_alive(int(parts[1]))
+    try:
+        age = (now or time.time()) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_TMP_SECONDS
