@@ -52,12 +52,8 @@ sys.path.insert(0, str(REPO))
 from deepfakemae.faces.align import align_face  # noqa: E402
 from deepfakemae.faces.detect import select_face  # noqa: E402
 from deepfakemae.faces.landmarks import DlibLandmarks  # noqa: E402
-from deepfakemae.faces.pipeline import (  # noqa: E402
-    FaceConfig,
-    FacePipeline,
-    available_cpus,
-    run_preprocess,
-)
+from deepfakemae.faces.pipeline import FaceConfig, FacePipeline, available_cpus  # noqa: E402
+from deepfakemae.faces.runner import run_preprocess  # noqa: E402
 from deepfakemae.faces.video import sample_indices  # noqa: E402
 from deepfakemae.records import VideoRecord  # noqa: E402
 

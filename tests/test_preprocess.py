@@ -19,12 +19,9 @@ from face_assets import CLIPS, grid_frames, write_video
 
 from deepfakemae.commands.preprocess import add_preprocess_arguments, run_preprocess_command
 from deepfakemae.faces.cache import FaceCache
-from deepfakemae.faces.pipeline import (
-    FaceConfig,
-    records_from_inputs,
-    run_preprocess,
-    shard_records,
-)
+from deepfakemae.faces.input_files import records_from_inputs
+from deepfakemae.faces.pipeline import FaceConfig
+from deepfakemae.faces.runner import run_preprocess, shard_records
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = FaceConfig(frames=4, size=112)
@@ -149,7 +146,9 @@ def test_killed_run_resumes_to_identical_cache(tmp_path):
             shutil.copy(clip, inputs / f"{clip.stem}_{copy}.mpg")
     out, ref = tmp_path / "killed", tmp_path / "reference"
     code = ("import sys; from pathlib import Path; "
-            "from deepfakemae.faces.pipeline import FaceConfig, records_from_inputs, run_preprocess; "
+            "from deepfakemae.faces.input_files import records_from_inputs; "
+            "from deepfakemae.faces.pipeline import FaceConfig; "
+            "from deepfakemae.faces.runner import run_preprocess; "
             "run_preprocess(records_from_inputs(Path(sys.argv[1])), Path(sys.argv[2]), "
             "FaceConfig(frames=12, size=112), progress=False)")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))

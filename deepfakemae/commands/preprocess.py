@@ -10,13 +10,10 @@ from data_modules.indexes import DatasetError, list_indexes, records_for_dataset
 from deepfakemae.faces.align import DEFAULT_MARGIN
 from deepfakemae.faces.cache import CacheError, FaceCache
 from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
+from deepfakemae.faces.input_files import records_from_inputs
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
-from deepfakemae.faces.pipeline import (
-    FaceConfig,
-    detector_setting,
-    records_from_inputs,
-    run_preprocess,
-)
+from deepfakemae.faces.pipeline import FaceConfig
+from deepfakemae.faces.runner import detector_setting, run_preprocess
 from deepfakemae.records import VideoRecord
 
 

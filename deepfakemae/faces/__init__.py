@@ -10,6 +10,7 @@ from deepfakemae.faces.cache import (
 )
 from deepfakemae.faces.detect import Detection, FaceDetector, select_face
 from deepfakemae.faces.ibug68 import five_points
+from deepfakemae.faces.input_files import records_from_inputs
 from deepfakemae.faces.landmarks import (
     DlibLandmarks,
     FanLandmarks,
@@ -17,15 +18,8 @@ from deepfakemae.faces.landmarks import (
     LandmarkError,
     build_landmarks,
 )
-from deepfakemae.faces.pipeline import (
-    FaceConfig,
-    FaceError,
-    FacePipeline,
-    PreprocessSummary,
-    records_from_inputs,
-    run_preprocess,
-    shard_records,
-)
+from deepfakemae.faces.pipeline import FaceConfig, FaceError, FacePipeline
+from deepfakemae.faces.runner import PreprocessSummary, run_preprocess, shard_records
 from deepfakemae.faces.video import VideoError, open_video, read_sampled, sample_indices
 
 __all__ = [
