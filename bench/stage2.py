@@ -1,7 +1,7 @@
 """Stage-2 throughput: Mapping Network meta-steps/s and Finetuning Network clips/s.
 
-* Mapping Network: one outer meta step (``deepfakemae.metalearning.meta_step``: K inner SGD steps, T_ref
-  accuracy after each, meta-train + meta-test terms, backward, SGD update) with ``--map-batch``
+* Mapping Network: one outer meta step (``deepfakemae.metalearning.meta_step``: K inner SGD
+  steps, T_ref accuracy after each, meta-train + meta-test terms, backward, SGD update) with ``--map-batch``
   images per set (meta-train, meta-test, mix, T_ref) at ``--map-size``; second order vs first order.
 * Finetuning Network: one AdamW training step (forward, backward, optimizer) of
   ``FinetuneClassifier`` on clips of ``--frames`` frames, for each MAE preset.

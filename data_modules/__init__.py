@@ -1,7 +1,7 @@
 """Datasets, samplers and the Lightning data module over face caches.
 
-Public names are re-exported lazily so that importing a light submodule (the dataset indexes) does not
-pull in torch, Lightning and albumentations.
+Public names are re-exported lazily so that importing a light submodule (the dataset indexes)
+does not pull in torch, Lightning and albumentations.
 """
 
 from __future__ import annotations

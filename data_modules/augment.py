@@ -3,7 +3,8 @@
 Geometric transforms move the landmarks with the pixels. A horizontal flip also swaps landmark
 *identity*: after mirroring, the point that was the subject's left-eye outer corner (45) sits
 where the right-eye outer corner (36) belongs, so the 68 rows are re-ordered with the iBUG
-mirror permutation ``ibug68.FLIP_PERMUTATION`` and index 36 stays "the subject's right-eye outer corner".
+mirror permutation ``ibug68.FLIP_PERMUTATION`` and index 36 stays "the subject's right-eye
+outer corner".
 
 Clips get the same augmentation on every frame: the pipeline is re-seeded with the same seed
 before each frame, so every random draw (flip, angle, JPEG quality, noise field) repeats.
@@ -31,7 +32,8 @@ class LandmarkHorizontalFlip(A.HorizontalFlip):
         flipped = super().apply_to_keypoints(keypoints, **params)  # (N, 2+) with x -> W-1-x
         n = len(flipped)
         if n % NUM_POINTS:
-            raise ValueError(f"LandmarkHorizontalFlip needs groups of {NUM_POINTS} keypoints, got {n}")
+            raise ValueError(
+                f"LandmarkHorizontalFlip needs groups of {NUM_POINTS} keypoints, got {n}")
         faces = flipped.reshape(n // NUM_POINTS, NUM_POINTS, -1)  # (F, 68, C)
         return faces[:, FLIP_PERMUTATION].reshape(n, -1)
 

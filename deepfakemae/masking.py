@@ -32,6 +32,7 @@ PartVariant = Literal["algorithm1", "region"]
 STRATEGIES: tuple[str, ...] = get_args(MaskStrategy)
 VARIANTS: tuple[str, ...] = get_args(PartVariant)
 
+
 def template_landmarks(img_size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Mean-face landmarks for a square crop of ``img_size`` pixels. Returns (68, 2) float32."""
     return torch.tensor(ibug68.MEAN_FACE, dtype=torch.float32, device=device) * img_size
@@ -59,7 +60,8 @@ def synthetic_landmarks(
     rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
     pts = torch.einsum("bij,nj->bni", rot, tpl)  # (B, 68, 2)
     pts = pts + img_size / 2 + u[:, None, 2:] * max_shift * img_size
-    noise = torch.randn(batch_size, ibug68.NUM_POINTS, 2, generator=generator) * point_noise * img_size
+    noise = torch.randn(batch_size, ibug68.NUM_POINTS, 2, generator=generator)
+    noise = noise * point_noise * img_size
     return pts + noise
 
 

@@ -33,7 +33,8 @@ def test_masking_choices_are_the_masking_registry(module):
 
 
 def test_other_choices_are_literals():
-    assert literal_values(typing.get_type_hints(FinetuneModule.__init__)["pooling"]) == {"mean", "cls"}
+    finetune = typing.get_type_hints(FinetuneModule.__init__)
+    assert literal_values(finetune["pooling"]) == {"mean", "cls"}
     assert set(typing.get_args(Pooling)) == {"mean", "cls"}
     hints = typing.get_type_hints(MappingModule.__init__)
     assert literal_values(hints["target"]) == {"unmasked", "masked"}

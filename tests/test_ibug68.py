@@ -30,7 +30,8 @@ def test_flip_permutation_mirrors_the_symmetric_mean_face_onto_itself():
 def test_five_points_are_eye_centres_nose_tip_and_mouth_corners():
     lm = np.arange(ibug68.NUM_POINTS * 2, dtype=np.float64).reshape(-1, 2)
     five = ibug68.five_points(lm)
-    np.testing.assert_array_equal(five, [lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
+    np.testing.assert_array_equal(
+        five, [lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
 
 
 def test_rescale_keeps_pixel_centres_and_edges():

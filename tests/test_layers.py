@@ -108,6 +108,8 @@ def test_an_upward_import_is_caught(tmp_path):
         "def f():\n    from data_modules.datasets import DataError\n    return DataError\n")
     (tmp_path / "deepfakemae" / "faces" / "rel.py").write_text("from ..masking import x\n")
     assert upward_imports(tmp_path) == [
-        "deepfakemae/faces/bad.py:2: deepfakemae.faces.bad (faces) imports data_modules.datasets (data)",
-        "deepfakemae/faces/rel.py:1: deepfakemae.faces.rel (faces) imports deepfakemae.masking (models)",
+        "deepfakemae/faces/bad.py:2: deepfakemae.faces.bad (faces) imports "
+        "data_modules.datasets (data)",
+        "deepfakemae/faces/rel.py:1: deepfakemae.faces.rel (faces) imports "
+        "deepfakemae.masking (models)",
     ]

@@ -3,9 +3,10 @@
 The five stable points (:func:`~deepfakemae.faces.ibug68.five_points`) are the two eye centres
 (means of landmarks 36-41 and 42-47), the nose tip (30) and the mouth corners (48, 54). The
 canonical template below is the mean geometry of dlib landmarks on frontal faces, in units of
-the inter-ocular distance with the origin between the eyes: brows reach y = -0.42, the chin y = 1.97 and the jaw x = +-1.12. The crop is centred
-on (0, CENTRE_Y) and is wide enough that this extent fills ``1 - 2 * margin`` of its side, so
-the whole face (brows to chin, jaw to jaw) fits with background around it.
+the inter-ocular distance with the origin between the eyes: brows reach y = -0.42, the chin
+y = 1.97 and the jaw x = +-1.12. The crop is centred on (0, CENTRE_Y) and is wide enough that
+this extent fills ``1 - 2 * margin`` of its side, so the whole face (brows to chin, jaw to jaw)
+fits with background around it.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ def to_tensor(crops: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def resize_faces(crops: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def resize_faces(crops: np.ndarray, landmarks: np.ndarray, size: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Resize (T,S,S,3) crops to (T,size,size,3); landmarks scale about pixel centres."""
     s = crops.shape[1]
     if s == size and crops.shape[2] == size:

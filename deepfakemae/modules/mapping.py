@@ -123,8 +123,8 @@ class MappingModule(VideoEvaluation, LightningModule):
     """ResNet-18 mapper trained to map faces onto the frozen stage-1 MAE's reconstruction.
 
     Loss (paper eq. 1): ``λcls·BCE + λmse·MSE`` on meta-train plus the same on meta-test, with
-    the meta step of :func:`deepfakemae.metalearning.meta_step` (K inner SGD steps on functional copies,
-    the step with the best T_ref accuracy kept, second order by default). Each batch is cut by
+    the meta step of :func:`deepfakemae.metalearning.meta_step` (K inner SGD steps on
+    functional copies, the step with the best T_ref accuracy kept, second order by default). Each batch is cut by
     :func:`meta_split` into inner meta-train, T_ref, a meta-train-domain mix batch and meta-test.
     ``meta_learning=False`` trains on plain batches (Table 6 "w/o meta"). Outer optimiser SGD
     lr 0.1, momentum 0.9, weight decay 5e-4 (paper §4.1); cosine schedule per step (ours).
@@ -141,8 +141,8 @@ class MappingModule(VideoEvaluation, LightningModule):
 
     ``pretrained_backbone``: ResNet-18 from timm's ImageNet weights (paper config) or random.
 
-    BatchNorm: see :func:`deepfakemae.metalearning.meta_step` — batch statistics in every forward,
-    running statistics updated once per outer step (by the meta-test forward).
+    BatchNorm: see :func:`deepfakemae.metalearning.meta_step` — batch statistics in every
+    forward, running statistics updated once per outer step (by the meta-test forward).
     """
 
     primary_branch = "M"

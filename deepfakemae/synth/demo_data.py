@@ -71,7 +71,8 @@ class DemoMethod:
         return np.stack(frames)
 
 
-METHODS: dict[str, DemoMethod] = {name: DemoMethod(name, region) for name, region in DEMO_REGIONS.items()}
+METHODS: dict[str, DemoMethod] = {name: DemoMethod(name, region)
+                                  for name, region in DEMO_REGIONS.items()}
 ALL_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
