@@ -32,7 +32,7 @@ from data_modules.indexes.ffpp import DATASET as FFPP
 from data_modules.indexes.ffpp import key_split, load_splits, split_owner
 from data_modules.pseudo import make_pseudo_fake
 from deepfakemae.faces.cache import FaceCache
-from deepfakemae.faces.inputs import resize_faces, to_tensor, window_positions
+from deepfakemae.faces.tensors import resize_faces, to_tensor, window_positions
 from deepfakemae.records import FAKE, REAL, REAL_METHOD
 
 SPLITS = ("train", "val", "test", "all")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deepfakemae.faces.inputs import resize_faces, to_tensor
+from deepfakemae.faces.tensors import resize_faces, to_tensor
 from deepfakemae.masking import PART_NAMES, FacialPartMasker
 from deepfakemae.models.classifier import FinetuneClassifier
 from deepfakemae.models.mae import MaskedAutoencoderViT

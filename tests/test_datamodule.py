@@ -27,7 +27,7 @@ from data_modules import (
 from deepfakemae.constants import IMAGENET_MEAN, IMAGENET_STD
 from deepfakemae.faces.cache import FaceCache
 from deepfakemae.faces.ibug68 import FLIP_PERMUTATION
-from deepfakemae.faces.inputs import window_positions
+from deepfakemae.faces.tensors import window_positions
 
 KEYS = {"image", "landmarks", "label", "domain", "video_key", "frame_index"}
 

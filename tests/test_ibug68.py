@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from deepfakemae.faces import ibug68
-from deepfakemae.faces.inputs import resize_faces
+from deepfakemae.faces.tensors import resize_faces
 from deepfakemae.masking import synthetic_landmarks
 
 

@@ -99,7 +99,7 @@ def test_window_scores_average_overlapping_clips(trained):  # noqa: F811
     scorer = VideoScorer(detector, torch.device("cpu"), batch_size=1)
     crops = np.random.default_rng(0).integers(0, 256, (7, 64, 64, 3), dtype=np.uint8)
     scores = scorer.score_faces(crops)  # windows 0-4 and 2-6
-    from deepfakemae.faces.inputs import to_tensor
+    from deepfakemae.faces.tensors import to_tensor
 
     images = to_tensor(crops)
     with torch.no_grad():

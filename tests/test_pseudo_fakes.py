@@ -11,7 +11,7 @@ from data_modules import BalancedRealFakeSampler, DataError, DeepfakeDataModule,
 from data_modules.datasets import select_videos
 from data_modules.pseudo import PSEUDO_METHOD, make_pseudo_fake, pseudo_fake_videos, pseudo_key
 from deepfakemae.faces.cache import FaceCache
-from deepfakemae.faces.inputs import to_tensor
+from deepfakemae.faces.tensors import to_tensor
 from deepfakemae.records import FAKE, REAL
 from deepfakemae.synth.swap import (
     SBI_MAX_DEFORM,

@@ -28,9 +28,9 @@ import torch
 from deepfakemae.faces.cache import JPEG_QUALITY, FaceEntry, decode_jpeg, encode_jpeg
 from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
 from deepfakemae.faces.input_files import records_from_inputs
-from deepfakemae.faces.inputs import resize_faces, to_tensor, window_positions
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
 from deepfakemae.faces.pipeline import FaceConfig, FaceError, FacePipeline
+from deepfakemae.faces.tensors import resize_faces, to_tensor, window_positions
 from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
 from deepfakemae.modules.detector import DualNetworkDetector
 from deepfakemae.records import VideoRecord

@@ -1,4 +1,4 @@
-"""Cached face crops as model inputs: resizing with their landmarks, normalising, clip windows."""
+"""Cached face crops as model tensors: resizing with their landmarks, normalising, clip windows."""
 
 from __future__ import annotations
 
