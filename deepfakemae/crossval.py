@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from deepfakemae.experiments import STAGES, Plan, merge_args
-from deepfakemae.metrics import Interval, bootstrap_auc
-from deepfakemae.modules.evaluation import ScoredSet, read_scores_csv
+from deepfakemae.metrics import Interval, ScoredSet, bootstrap_auc
+from deepfakemae.results import read_scores_csv
 
 Pair = tuple[str, str]
 BRANCHES = ("fused", "F", "M")
