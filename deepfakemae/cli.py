@@ -24,7 +24,7 @@ TOOLS = {
                   "build the embedded FF++-layout demo dataset from the bundled GRID clips"),
     "demo": ("deepfakemae.commands.demo", "add_demo_arguments", "run_demo_command",
              "the whole method on the embedded demo set (make demo)"),
-    "run": ("deepfakemae.experiments", "add_run_arguments", "run_plan_command",
+    "run": ("deepfakemae.commands.run", "add_run_arguments", "run_plan_command",
             "run a paper-table plan (experiments/tables/tableN.yaml): its stages, resumably"),
     "report": ("deepfakemae.report", "add_report_arguments", "run_report_command",
                "tables of results_test.json beside the paper's numbers (Markdown + CSV)"),

@@ -7,7 +7,7 @@ made between them): the pairs are dealt round-robin into ``k`` groups; fold ``i`
 stage 1 included — on the rest. Every identity is a test identity exactly once, and no identity
 of a fold's test or validation group is seen in its training.
 
-Each fold is a variant of a plan run by :func:`deepfakemae.experiments.run_plan` (so a rerun
+Each fold is a variant of a plan run by :func:`deepfakemae.plans.run_plan` (so a rerun
 resumes), with ``--data.init_args.splits_dir`` pointing at the fold's split files. The detector's
 per-frame test scores (``scores_test.csv``) of all folds are pooled per test set and AUCs are
 reported with 95% bootstrap intervals that resample whole videos
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfakemae.experiments import STAGES, Plan, merge_args
 from deepfakemae.metrics import Interval, ScoredSet, bootstrap_auc
+from deepfakemae.plans import STAGES, Plan, merge_args
 from deepfakemae.results import read_scores_csv
 
 Pair = tuple[str, str]

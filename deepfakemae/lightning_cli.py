@@ -179,7 +179,7 @@ class DeepfakeMAECLI(LightningCLI):
 def locate_configs(args: Sequence[str]) -> list[str]:
     """``args`` with each ``-c``/``--config`` file under ``experiments/`` that is not found from
     the working directory replaced by the installed copy (a wheel install ships them)."""
-    from deepfakemae.experiments import locate
+    from deepfakemae.plans import locate
 
     out = list(args)
     for i, arg in enumerate(out):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from deepfakemae.experiments import (
+from deepfakemae.plans import (
     PLAN_RECORD,
     TABLES_DIR,
     Plan,

@@ -27,7 +27,7 @@ from deepfakemae.crossval import (
     write_fold_splits,
     write_results_csv,
 )
-from deepfakemae.experiments import Plan, experiments_dir, load_plan, merge_args, run_plan
+from deepfakemae.plans import Plan, experiments_dir, load_plan, merge_args, run_plan
 
 PLAN = experiments_dir() / "demo" / "plan.yaml"
 CV_NAME = "demo-cv"
