@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfakemae.branches import ordered_labels
 from deepfakemae.metrics import ScoredSet
 
 SCORE_COLUMNS = ("test_set", "video_key", "frame_index", "label")
@@ -51,15 +52,11 @@ def read_scores_csv(path: str | Path) -> dict[str, ScoredSet]:
         for name, items in rows.items()}
 
 
-#: the order branches are shown in (others follow alphabetically)
-BRANCH_ORDER = ("fused", "F", "M")
-
-
 def summary_table(results: dict[str, dict[str, float]], path: Path) -> str:
     """A short Markdown summary of a test: video-level AUC per test set and branch, the number
     of videos, and where the full results are."""
     found = {k.rsplit("/", 1)[0] for m in results.values() for k in m if k.endswith("/auc")}
-    branches = [b for b in BRANCH_ORDER if b in found] + sorted(found - set(BRANCH_ORDER))
+    branches = ordered_labels(found)
     lines = ["| test set | " + " | ".join(f"{b} AUC" for b in branches) + " | videos |",
              "|---|" + "---|" * (len(branches) + 1)]
     for name, metrics in sorted(results.items()):

@@ -100,3 +100,16 @@ def log_image(trainer, key: str, image_rgb: np.ndarray, step: int) -> None:
             logger.experiment.add_image(key, image_rgb, step, dataformats="HWC")
     if trainer.is_global_zero:
         save_png(image_rgb, local_log_dir(trainer) / "figures" / f"{key.replace('/', '_')}_{step:07d}.png")
+
+
+class PictureQueue:
+    """LightningModule mixin: pictures a step makes wait here, as ``(key, RGB image, step)``,
+    until :class:`deepfakemae.callbacks.PictureFiles` logs them (modules write no files)."""
+
+    def queue_picture(self, key: str, image_rgb: np.ndarray, step: int) -> None:
+        """Keep ``image_rgb`` to be logged under ``key`` at ``step``."""
+        self.__dict__.setdefault("_pictures", []).append((key, image_rgb, step))
+
+    def take_pictures(self) -> list[tuple[str, np.ndarray, int]]:
+        """The queued pictures, oldest first; the queue is emptied."""
+        return self.__dict__.pop("_pictures", [])

@@ -9,16 +9,22 @@ single-process run.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from deepfakemae.loggers import log_wandb_results
-from deepfakemae.metrics import ScoreBook, set_metrics
-from deepfakemae.results import summary_table, write_scores_csv
-from deepfakemae.visualize import log_image, roc_figure
+from deepfakemae.metrics import ScoreBook, ScoredSet, set_metrics
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation epoch found: the de-duplicated scores and, per test set, its
+    metrics and video-level ROC curves ``{branch: (fpr, tpr, auc)}``."""
+
+    scored: dict[str, ScoredSet]
+    results: dict[str, dict[str, float]]
+    curves: dict[str, dict[str, tuple]]
 
 
 class VideoEvaluation:
@@ -27,8 +33,8 @@ class VideoEvaluation:
     A module defines ``score_batch(batch) -> {branch: probabilities}`` and ``primary_branch``.
     Logged names: ``<stage>/<set>/auc`` (video level, primary branch), ``<stage>/<set>/frame_auc``
     and ``video_*`` for AUC/AP/EER/ACC, and ``<stage>/<set>/<branch>/...`` for other branches.
-    At test end, ROC curves are logged as a figure and every number lands in
-    ``<default_root_dir>/results_test.json`` (read by ``deepfakemae run``/``report``/``demo``).
+    Each epoch's :class:`Evaluation` stays in ``evaluations[stage]``; the files are written by
+    :class:`deepfakemae.callbacks.TestResultFiles`.
     """
 
     primary_branch: str = "score"
@@ -41,6 +47,13 @@ class VideoEvaluation:
         if not hasattr(self, "_score_book"):
             self._score_book = ScoreBook()
         return self._score_book
+
+    @property
+    def evaluations(self) -> dict[str, Evaluation]:
+        """The last :class:`Evaluation` of each stage (``val``, ``test``)."""
+        if not hasattr(self, "_evaluations"):
+            self._evaluations: dict[str, Evaluation] = {}
+        return self._evaluations
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         with torch.no_grad():
@@ -64,33 +77,18 @@ class VideoEvaluation:
     def on_test_epoch_end(self) -> None:
         self._finish_evaluation("test")
 
-    def _finish_evaluation(self, stage: str) -> dict[str, dict[str, float]]:
+    def _finish_evaluation(self, stage: str) -> Evaluation:
         scored = self.score_book.gather()  # every rank gets every row: identical numbers
-        results: dict[str, dict[str, float]] = {}
-        curves_by_set = {}
+        evaluation = Evaluation(scored, {}, {})
         for set_name, rows in scored.items():
             metrics, curves = set_metrics(rows)
-            results[set_name] = metrics
-            curves_by_set[set_name] = curves
+            evaluation.results[set_name] = metrics
+            evaluation.curves[set_name] = curves
             for name, value in metrics.items():
                 branch, _, metric = name.rpartition("/")
                 shown = metric if branch in ("", self.primary_branch) else name
                 if not math.isnan(value):
                     self.log(f"{stage}/{set_name}/{shown}", value, sync_dist=False)
         self.score_book.reset()
-        self.eval_results = getattr(self, "eval_results", {})
-        self.eval_results[stage] = results
-        trainer = self.trainer
-        if stage == "test" and trainer is not None and trainer.is_global_zero and results:
-            # the run folder itself (RUN_DIR/<stage> in the configs), whatever the logger
-            out = Path(trainer.default_root_dir) / "results_test.json"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_scores_csv(scored, out.with_name("scores_test.csv"))
-            out.write_text(json.dumps(results, indent=2, sort_keys=True))  # last: marks done
-            plotted = {f"{s}/{b}": c for s, cs in curves_by_set.items() for b, c in cs.items()
-                       if not math.isnan(c[2])}
-            if plotted:
-                log_image(trainer, "test/roc", roc_figure(plotted), trainer.global_step)
-            log_wandb_results(trainer, results, curves_by_set)
-            print(summary_table(results, out), flush=True)
-        return results
+        self.evaluations[stage] = evaluation
+        return evaluation

@@ -11,13 +11,13 @@ from deepfakemae.masking import FacialPartMasker
 from deepfakemae.models.mae import create_mae, load_timm_mae_encoder
 from deepfakemae.modules.checkpoints import tag_checkpoint
 from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
-from deepfakemae.visualize import log_image, reconstruction_grid
+from deepfakemae.visualize import PictureQueue, reconstruction_grid
 
 MaskStrategy = Literal["facial_part", "eyes", "cheek_nose", "lips", "random"]  # Table 5
 PartVariant = Literal["algorithm1", "region"]  # reading of Algorithm 1's bands (docs/DESIGN.md)
 
 
-class MAEPretrainModule(LightningModule):
+class MAEPretrainModule(PictureQueue, LightningModule):
     """Trains :class:`~deepfakemae.models.mae.MaskedAutoencoderViT` with facial-part masking.
 
     Batches follow the batch contract (``image`` (B,3,H,W), ``landmarks`` (B,68,2)); the
@@ -76,7 +76,7 @@ class MAEPretrainModule(LightningModule):
             return
         recon = self.model.reconstruct(images[:8], mask[:8])
         grid = reconstruction_grid(images[:8], mask[:8], recon, self.model.patch_size)
-        log_image(self.trainer, key, grid, self.global_step)
+        self.queue_picture(key, grid, self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         tag_checkpoint(checkpoint, self)

@@ -17,7 +17,10 @@ from deepfakemae.plans.jobs import (
     stage_status,
 )
 from deepfakemae.plans.load import (
+    BRANCH_STAGES,
+    DETECTOR,
     PLAN_RECORD,
+    PRETRAIN,
     STAGES,
     TABLES_DIR,
     Plan,
@@ -32,7 +35,7 @@ from deepfakemae.plans.load import (
 )
 from deepfakemae.plans.runner import run_plan, write_plan_record
 
-__all__ = ["PLAN_RECORD", "STAGES", "STAGE_COMMAND", "STAGE_INPUTS", "TABLES_DIR", "Job", "Plan",
+__all__ = ["BRANCH_STAGES", "DETECTOR", "PRETRAIN", "PLAN_RECORD", "STAGES", "STAGE_COMMAND", "STAGE_INPUTS", "TABLES_DIR", "Job", "Plan",
            "PlanError", "Resolver", "StageSpec", "experiments_dir", "flag_list", "load_plan",
            "locate", "merge_args", "plan_from_record", "plan_jobs", "run_plan", "stage_output",
            "stage_status", "write_plan_record"]

@@ -15,17 +15,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepfakemae.plans.load import STAGES, Plan, PlanError, flag_list, load_plan, locate
+from deepfakemae.plans.load import (
+    BRANCH_STAGES,
+    DETECTOR,
+    PRETRAIN,
+    STAGES,
+    Plan,
+    PlanError,
+    flag_list,
+    load_plan,
+    locate,
+)
 
-#: LightningCLI subcommand of each stage
-STAGE_COMMAND = {"pretrain": "fit", "finetune": "fit", "mapping": "fit", "detector": "test"}
-#: stage -> [(flag of the consumer, producing stage)]: the checkpoints a stage reads
+#: LightningCLI subcommand of each stage: the detector is only tested
+STAGE_COMMAND = {stage: "test" if stage == DETECTOR else "fit" for stage in STAGES}
+#: stage -> [(flag of the consumer, producing stage)]: the checkpoints a stage reads (every
+#: branch trains from stage 1; the detector reads each branch's as ``<branch>_checkpoint``)
 STAGE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "pretrain": (),
-    "finetune": (("model.init_args.mae_checkpoint", "pretrain"),),
-    "mapping": (("model.init_args.mae_checkpoint", "pretrain"),),
-    "detector": (("model.init_args.finetune_checkpoint", "finetune"),
-                 ("model.init_args.mapping_checkpoint", "mapping")),
+    PRETRAIN: (),
+    **{b: (("model.init_args.mae_checkpoint", PRETRAIN),) for b in BRANCH_STAGES},
+    DETECTOR: tuple((f"model.init_args.{b}_checkpoint", b) for b in BRANCH_STAGES),
 }
 #: environment variables the stage configs read, passed through to every stage
 PASSED_ENV = ("CACHE_DIR", "DEMO_CACHE", "PRECISION")

@@ -1,7 +1,7 @@
 """Plan files: a paper table as variants × stages, merged over ``common.yaml`` and resolved.
 
 A plan (``experiments/tables/tableN.yaml``) names variants; each variant lists the stages
-``pretrain → finetune → mapping → detector``, each ``{}``, ``{args: ...}`` or
+(``pretrain``, one per detector branch: ``finetune``, ``mapping``; then ``detector``), each ``{}``, ``{args: ...}`` or
 ``{reuse: <variant>}`` (``"<variant>"`` or ``"<table>/<variant>"``: that run's stage is used).
 """
 
@@ -14,8 +14,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from deepfakemae.branches import BRANCHES
+
+#: stage 1, one stage per detector branch (the registry's names), the fused detector's test
+PRETRAIN, DETECTOR = "pretrain", "detector"
+BRANCH_STAGES: tuple[str, ...] = tuple(BRANCHES)
 #: the pipeline, in run order
-STAGES: tuple[str, ...] = ("pretrain", "finetune", "mapping", "detector")
+STAGES: tuple[str, ...] = (PRETRAIN, *BRANCH_STAGES, DETECTOR)
 PLAN_RECORD = "plan.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMMON_PLAN = "common.yaml"
