@@ -97,6 +97,7 @@ class _Results:
         self._files: dict[Path, dict | None] = {}
 
     def get(self, path: Path, test_set: str, metric: str) -> float | None:
+        """``metric`` of ``test_set`` in results file ``path`` (read once), None if absent."""
         if path not in self._files:
             self._files[path] = json.loads(path.read_text()) if path.exists() else None
         data = self._files[path]
@@ -323,6 +324,7 @@ class TableRuns:
 
     @property
     def run_root(self) -> Path:
+        """The run root the table's folder sits in."""
         return self.table_dir.parent
 
 

@@ -97,8 +97,3 @@ class DualNetworkDetector(VideoEvaluation, LightningModule):
 
     def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.branch_scores(batch["image"])
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        scores = self.branch_scores(batch["image"])
-        return {"video_key": batch["video_key"], "frame_index": batch["frame_index"],
-                **{k: v.cpu() for k, v in scores.items()}}

@@ -44,6 +44,7 @@ class VideoEvaluation:
 
     @property
     def score_book(self) -> ScoreBook:
+        """This epoch's scores (one :class:`ScoreBook` per module)."""
         if not hasattr(self, "_score_book"):
             self._score_book = ScoreBook()
         return self._score_book

@@ -56,6 +56,7 @@ class Job:
 
     @property
     def label(self) -> str:
+        """``<table>/<variant> <stage>``, for messages."""
         return f"{self.table}/{self.variant} {self.stage}"
 
     def env(self) -> dict[str, str]:
@@ -116,6 +117,7 @@ class Resolver:
         self.run_root = run_root
 
     def plan(self, table: str) -> Plan:
+        """The plan of ``table`` (loaded once, from the same folder and mode)."""
         if table not in self.plans:
             path = self.root / f"{table}.yaml"
             if not path.exists():
@@ -139,6 +141,7 @@ class Resolver:
         return self.owner(ref_table or table, ref_variant, stage, (*seen, (table, variant)))
 
     def run_dir(self, table: str, variant: str) -> Path:
+        """``<run root>/<table>/<variant>``."""
         return self.run_root / table / variant
 
     def job(self, table: str, variant: str, stage: str) -> Job:
