@@ -64,8 +64,8 @@ class ActivationMapFigures(Callback):
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.rows: dict[str, dict[int, np.ndarray]] = {}
 
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch: dict,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: object,
+                          batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not hasattr(pl_module, "branch_modules") or not trainer.is_global_zero:
             return
         rows = self.rows.setdefault((batch.get("test_set") or ["test"])[0], {})

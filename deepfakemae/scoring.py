@@ -23,6 +23,7 @@ from data_modules.records import VideoRecord
 from deepfakemae.branches import FUSED
 from deepfakemae.faces.cache import JPEG_QUALITY, FaceEntry, decode_jpeg, encode_jpeg
 from deepfakemae.faces.pipeline import FaceError, FacePipeline
+from deepfakemae.models.mae import MaskedAutoencoderViT
 from deepfakemae.modules.detector import DualNetworkDetector
 
 CLIP_LEN = 5  # frames per Finetuning Network clip (paper §3.2.1)
@@ -160,7 +161,11 @@ def score_videos(records: Iterable[VideoRecord], scorer: VideoScorer, pipeline: 
     return predictions
 
 
-def explainer(scorer: VideoScorer, out_dir: Path, stage1=None) -> Explainer:
+#: the stage-1 MAE of ``--explain`` reconstructions: (MAE, mask ratio, part variant)
+Stage1 = tuple[MaskedAutoencoderViT, float, str]
+
+
+def explainer(scorer: VideoScorer, out_dir: Path, stage1: Stage1 | None = None) -> Explainer:
     """An :data:`Explainer` writing ``<out_dir>/<key>/cam.png`` (every branch's Grad-CAM) and,
     given ``stage1 = (mae, mask ratio, part variant)``, ``reconstruction.png``."""
     from deepfakemae.explain import explain_face

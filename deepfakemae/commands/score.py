@@ -22,7 +22,7 @@ from deepfakemae.faces.pipeline import FaceConfig, FacePipeline, records_from_in
 from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
 from deepfakemae.modules.detector import DualNetworkDetector
 from deepfakemae.predictions import print_table, write_predictions
-from deepfakemae.scoring import VideoScorer, explainer, score_videos
+from deepfakemae.scoring import Stage1, VideoScorer, explainer, score_videos
 
 
 class UsageError(ValueError):
@@ -128,7 +128,7 @@ def load_detector(args: argparse.Namespace) -> DualNetworkDetector:
         raise UsageError(str(exc)) from exc
 
 
-def load_explain_mae(args: argparse.Namespace, device: torch.device):
+def load_explain_mae(args: argparse.Namespace, device: torch.device) -> Stage1 | None:
     """``(mae, ratio, variant)`` for the reconstruction figure, or ``None`` with a note printed
     when the stage-1 checkpoint is missing or unusable (the cam figure is still drawn)."""
     path = args.mae_ckpt if args.mae_ckpt is not None else (
