@@ -3,7 +3,9 @@
 Data tools are plain subcommands (``preprocess``, ``cache verify``, ``demo-data``, ``report``);
 training and evaluation are LightningCLI's ``fit`` / ``validate`` / ``test`` driven by YAML
 configs in ``experiments/``. ``deepfakemae score --video ...`` scores videos end to end
-(``predict`` is the same command: LightningCLI's own predict wrote nothing and is not offered).
+(``predict --video``, its old spelling, still works with a note; LightningCLI's own predict
+wrote nothing and is not offered). Tools live under ``deepfakemae/commands/``, except ``cache``
+(``faces/verify.py``) and ``demo-data`` (``synth/demo_data.py``) for now.
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ TOOLS = {
                   "build the embedded FF++-layout demo dataset from the bundled GRID clips"),
     "demo": ("deepfakemae.commands.demo", "add_demo_arguments", "run_demo_command",
              "the whole method on the embedded demo set (make demo)"),
-    "run": ("deepfakemae.experiments", "add_run_arguments", "run_plan_command",
+    "run": ("deepfakemae.commands.run", "add_run_arguments", "run_plan_command",
             "run a paper-table plan (experiments/tables/tableN.yaml): its stages, resumably"),
-    "report": ("deepfakemae.report", "add_report_arguments", "run_report_command",
+    "report": ("deepfakemae.commands.report", "add_report_arguments", "run_report_command",
                "tables of results_test.json beside the paper's numbers (Markdown + CSV)"),
-    "score": ("deepfakemae.commands.predict", "add_predict_arguments", "run_predict_command",
+    "score": ("deepfakemae.commands.score", "add_score_arguments", "run_score_command",
               "score videos: `score --video clip.mp4 [--run-dir runs/demo/main]` "
               "(JSON/CSV, --explain figures)"),
 }
-#: other spellings of a tool
+#: old spellings of a tool (a one-line note on stderr names the new one)
 ALIASES = {"predict": "score"}
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -51,7 +53,7 @@ def _usage() -> str:
         lines.append(f"  {name:<11} LightningCLI {name} (see `deepfakemae {name} --help`)")
     for name, (_, _, _, help_text) in TOOLS.items():
         lines.append(f"  {name:<11} {help_text}")
-    lines += [f"  {alias:<11} the same as `{name}`" for alias, name in ALIASES.items()]
+    lines += [f"  {alias:<11} old spelling of `{name}`" for alias, name in ALIASES.items()]
     return "\n".join(lines)
 
 
@@ -63,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     os.environ.setdefault("WANDB_SILENT", "true")  # no W&B banner lines on every run
     command = ALIASES.get(args[0], args[0])
+    if command != args[0]:
+        print(f"note: `deepfakemae {args[0]}` is now `deepfakemae {command}`", file=sys.stderr)
     if command in TOOLS:
         parser, run = _tool_parser(command)
         return int(run(parser.parse_args(args[1:])) or 0)

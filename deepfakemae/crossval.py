@@ -7,7 +7,7 @@ made between them): the pairs are dealt round-robin into ``k`` groups; fold ``i`
 stage 1 included — on the rest. Every identity is a test identity exactly once, and no identity
 of a fold's test or validation group is seen in its training.
 
-Each fold is a variant of a plan run by :func:`deepfakemae.experiments.run_plan` (so a rerun
+Each fold is a variant of a plan run by :func:`deepfakemae.plans.run_plan` (so a rerun
 resumes), with ``--data.init_args.splits_dir`` pointing at the fold's split files. The detector's
 per-frame test scores (``scores_test.csv``) of all folds are pooled per test set and AUCs are
 reported with 95% bootstrap intervals that resample whole videos
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfakemae.experiments import STAGES, Plan, merge_args
-from deepfakemae.metrics import Interval, bootstrap_auc
-from deepfakemae.modules.evaluation import ScoredSet, read_scores_csv
+from deepfakemae.branches import ordered_labels
+from deepfakemae.metrics import Interval, ScoredSet, bootstrap_auc
+from deepfakemae.plans import STAGES, Plan, merge_args
+from deepfakemae.results import read_scores_csv
 
 Pair = tuple[str, str]
-BRANCHES = ("fused", "F", "M")
 LEVELS = ("video", "frame")
 SCORES_FILE = "scores_test.csv"
 
@@ -115,14 +115,15 @@ def set_results(scored: dict[str, ScoredSet], n_boot: int = 2000, seed: int = 0
         num_fake = sum(video_labels.values())
         auc = {(branch, level): bootstrap_auc(rows.scores[branch], rows.labels, rows.keys,
                                               level=level, n_boot=n_boot, seed=seed)
-               for branch in BRANCHES if branch in rows.scores for level in LEVELS}
+               for branch in ordered_labels(rows.scores) for level in LEVELS}
         out.append(SetResult(name, len(video_labels) - num_fake, num_fake, auc))
     return out
 
 
 def results_markdown(results: list[SetResult]) -> str:
     """Markdown table: one row per test set, AUC (%) [95% CI] per branch and level."""
-    cols = [(b, lvl) for lvl in LEVELS for b in BRANCHES]
+    found = ordered_labels(b for r in results for b, _ in r.auc)
+    cols = [(b, lvl) for lvl in LEVELS for b in found]
     head = ["test set", "videos (real/fake)"] + [f"{b} {lvl} AUC" for b, lvl in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:

@@ -1,5 +1,5 @@
 """Explanations of one face: facial-part reconstructions (paper Fig. 1) and class-activation
-maps of both stage-2 branches (paper Fig. 3), drawn as labelled PNG figures.
+maps of the detector's branches (paper Fig. 3), drawn as labelled PNG figures.
 
 Grad-CAM (Selvaraju et al.) with plain autograd, on these layers:
 
@@ -20,6 +20,8 @@ CAM = ReLU(Σ_c w_c A_c), w_c = mean of ∂target/∂A_c over positions, scaled 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -212,52 +214,57 @@ def reconstruction_figure(image: Tensor, masks: Tensor, recons: Tensor, patch_si
     return np.concatenate([header, body], axis=0)
 
 
-def cam_figure(face_rgb: np.ndarray, mapping_cam: np.ndarray, mapping_prob: float,
-               mapped_rgb: np.ndarray, finetune_cam: np.ndarray, finetune_prob: float
-               ) -> np.ndarray:
-    """One row: ``face | Mapping Grad-CAM | mapped face | Finetuning Grad-CAM``, labelled.
+@dataclass
+class BranchCam:
+    """One branch's explanation of a face: its Grad-CAM (any size, [0, 1]), its fake
+    probability, and extra pictures it makes of the face as ``(title, caption, RGB uint8)``."""
 
-    face_rgb (H,W,3) uint8, cams in [0,1] of any size, mapped_rgb (s,s,3) uint8.
+    title: str
+    cam: np.ndarray
+    probability: float
+    extras: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
+
+
+def cam_figure(face_rgb: np.ndarray, cams: Sequence[BranchCam]) -> np.ndarray:
+    """One row: ``face`` then, per branch, its Grad-CAM overlay and its extra pictures, labelled.
+
+    face_rgb (H,W,3) uint8; the pictures are drawn at the face's (upscaled) side.
     """
     size = face_rgb.shape[0]
-    k = _scale_for(size)
-    face = _upscale(face_rgb, k)
+    face = _upscale(face_rgb, _scale_for(size))
     side = face.shape[0]
     big = cv2.resize(face_rgb, (side, side), interpolation=cv2.INTER_CUBIC)
-    m_overlay = heatmap_overlay(big, mapping_cam) if mapping_cam.max() > 0 else big
-    f_overlay = heatmap_overlay(big, finetune_cam) if finetune_cam.max() > 0 else big
-    mapped = cv2.resize(mapped_rgb, (side, side), interpolation=cv2.INTER_NEAREST)
-    row = np.concatenate([face, m_overlay, mapped, f_overlay], axis=1)
-    m_target = "fake" if mapping_prob >= 0.5 else "real"
-    f_target = "fake" if finetune_prob >= 0.5 else "real"
-    titles = _text_strip(row.shape[1], ["face", "Mapping Network CAM", "mapped face",
-                                        "Finetuning Network CAM"])
-    scores = _text_strip(row.shape[1], ["(model input)",
-                                        f"p(fake)={mapping_prob:.2f}, CAM->{m_target}",
-                                        "(Mapping Network output)",
-                                        f"p(fake)={finetune_prob:.2f}, CAM->{f_target}"],
-                         scale=0.4)
-    return np.concatenate([titles, row, scores], axis=0)
+    panels, titles, captions = [face], ["face"], ["(model input)"]
+    for branch in cams:
+        target = "fake" if branch.probability >= 0.5 else "real"
+        panels.append(heatmap_overlay(big, branch.cam) if branch.cam.max() > 0 else big)
+        titles.append(f"{branch.title} CAM")
+        captions.append(f"p(fake)={branch.probability:.2f}, CAM->{target}")
+        for title, caption, picture in branch.extras:
+            panels.append(cv2.resize(picture, (side, side), interpolation=cv2.INTER_NEAREST))
+            titles.append(title)
+            captions.append(caption)
+    row = np.concatenate(panels, axis=1)
+    return np.concatenate([_text_strip(row.shape[1], titles), row,
+                           _text_strip(row.shape[1], captions, scale=0.4)], axis=0)
 
 
 # -- one face → PNGs ---------------------------------------------------------------------------
 
 def explain_face(face_rgb: np.ndarray, landmarks: np.ndarray, out_dir: str | Path,
-                 mapping_net: MappingNetwork, classifier: FinetuneClassifier,
-                 mae: MaskedAutoencoderViT | None = None, ratio: float = 0.5,
+                 branches: Iterable, mae: MaskedAutoencoderViT | None = None, ratio: float = 0.5,
                  variant: str = "algorithm1", device: str | torch.device = "cpu"
                  ) -> dict[str, str]:
     """Write ``cam.png`` (and ``reconstruction.png`` when ``mae`` is given) for one face.
 
-    face_rgb (S,S,3) uint8 at the stage-2 models' input size; landmarks (68,2) crop px.
+    face_rgb (S,S,3) uint8 at the stage-2 models' input size; landmarks (68,2) crop px;
+    ``branches``: the detector's branch modules (each has ``activation_map(face)``).
     Returns ``{"cam": path, "reconstruction": path}`` for the files written.
     """
     out_dir = Path(out_dir)
     written: dict[str, str] = {}
     image = to_tensor(face_rgb[None]).to(device)  # (1, 3, S, S)
-    m_cam, m_prob, mapped = mapping_gradcam(mapping_net, image)
-    f_cam, f_prob = finetune_gradcam(classifier, image)
-    figure = cam_figure(face_rgb, m_cam, m_prob, to_uint8(mapped)[0], f_cam, f_prob)
+    figure = cam_figure(face_rgb, [branch.activation_map(image) for branch in branches])
     written["cam"] = str(save_png(figure, out_dir / "cam.png"))
     if mae is not None:
         crop, lms = resize_faces(face_rgb[None], landmarks[None].astype(np.float32), mae.img_size)

@@ -12,6 +12,7 @@ from pathlib import Path
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from deepfakemae.callbacks import default_callbacks
 from deepfakemae.modules.checkpoints import CHECKPOINT_ARGUMENTS, check_checkpoint
 from deepfakemae.runinfo import run_info
 from deepfakemae.visualize import local_log_dir
@@ -136,7 +137,9 @@ def check_not_finished(run) -> None:
 
 
 class DeepfakeMAECLI(LightningCLI):
-    """LightningCLI with ``parser_mode="omegaconf"`` so configs can use ``${...}`` interpolation."""
+    """LightningCLI with ``parser_mode="omegaconf"`` so configs can use ``${...}`` interpolation,
+    and :func:`deepfakemae.callbacks.default_callbacks` (the test's files and figures) added to
+    every run after the config's own callbacks."""
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
         """``args`` None reads ``sys.argv``; ``run`` False only parses and instantiates."""
@@ -147,6 +150,7 @@ class DeepfakeMAECLI(LightningCLI):
             subclass_mode_data=True,
             save_config_callback=SaveConfigAndRunInfo,
             save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": default_callbacks()},
             seed_everything_default=0,
             parser_kwargs={"parser_mode": "omegaconf"},
             args=list(args) if args is not None else None,
@@ -179,7 +183,7 @@ class DeepfakeMAECLI(LightningCLI):
 def locate_configs(args: Sequence[str]) -> list[str]:
     """``args`` with each ``-c``/``--config`` file under ``experiments/`` that is not found from
     the working directory replaced by the installed copy (a wheel install ships them)."""
-    from deepfakemae.experiments import locate
+    from deepfakemae.plans import locate
 
     out = list(args)
     for i, arg in enumerate(out):

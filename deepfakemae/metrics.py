@@ -1,50 +1,37 @@
-"""Detection metrics (AUC, AP, EER, ACC@0.5), video-level aggregation and DDP-exact score collection.
+"""Detection metrics (AUC, AP, EER, ACC@0.5), video-level aggregation, bootstrap intervals and
+the one evaluation path: :class:`ScoreBook` (DDP-exact per-frame scores) → :func:`set_metrics`.
 
 Scores are "probability of fake" in [0, 1] (label 1 = fake). torchmetrics treats float inputs outside
 [0, 1] as logits and applies a sigmoid, so raw logits also work (AUC/AP/EER are unchanged by that
 monotone map, ACC@0.5 becomes "logit > 0").
 
-DDP: ``DistributedSampler`` pads the last batch by repeating samples, so gathered predictions contain
-duplicates. :class:`ScoreCollector` keeps (score, label, video-key id, frame index) as list states;
-after torchmetrics' all_gather its :meth:`ScoreCollector.compute` removes duplicate
-(key id, frame index) pairs, giving exactly the single-process result. Video keys are strings and
-cannot be all_gathered, so they travel as int64 ids (:func:`key_to_id`, a stable BLAKE2b hash).
+DDP: ``DistributedSampler`` pads the last batch by repeating samples. :class:`ScoreBook` keys every
+score by ``(test set, video key, window start, frame index)``; :meth:`ScoreBook.gather` collects
+all ranks' rows with ``all_gather_object`` and de-duplicates on that key, giving exactly the
+single-process result.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
     BinaryAveragePrecision,
     BinaryROC,
 )
-from torchmetrics.utilities.data import dim_zero_cat
 
 KeyLike = Sequence[str] | Tensor
-
-
-# --------------------------------------------------------------------------------------------- keys
-def key_to_id(key: str) -> int:
-    """Stable signed int64 id of a video key (BLAKE2b, 8 bytes): the same on every rank and run."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
-
-
-def keys_to_ids(keys: Sequence[str]) -> Tensor:
-    """Video keys → (N,) int64 tensor of :func:`key_to_id` ids."""
-    return torch.tensor([key_to_id(k) for k in keys], dtype=torch.int64)
 
 
 # --------------------------------------------------------------------------------------------- frame metrics
@@ -141,16 +128,6 @@ def video_level(scores: Any, labels: Any, video_keys: KeyLike) -> tuple[Tensor, 
     return (sums / counts).float(), lab_min, list(index.keys())
 
 
-def frame_and_video_metrics(
-    scores: Any, labels: Any, video_keys: KeyLike, prefix: str = ""
-) -> dict[str, float]:
-    """``{prefix}frame/<m>`` and ``{prefix}video/<m>`` for m in auc, ap, eer, acc."""
-    out = {f"{prefix}frame/{k}": v for k, v in compute_metrics(scores, labels).items()}
-    vs, vl, _ = video_level(scores, labels, video_keys)
-    out.update({f"{prefix}video/{k}": v for k, v in compute_metrics(vs, vl).items()})
-    return out
-
-
 # --------------------------------------------------------------------------------------------- intervals
 def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Exact ROC AUC (Mann-Whitney U, ties count 1/2) with optional per-sample weights.
@@ -233,91 +210,105 @@ def bootstrap_auc(scores: Any, labels: Any, video_keys: Sequence[str], level: st
     return Interval(point, float(low), float(high))
 
 
-# --------------------------------------------------------------------------------------------- DDP
-def deduplicate(
-    scores: Tensor, labels: Tensor, keys: KeyLike, frame_ids: Tensor
-) -> tuple[Tensor, Tensor, KeyLike, Tensor]:
-    """Drop repeated (key, frame) pairs, keeping the first occurrence (DistributedSampler padding).
+# --------------------------------------------------------------------------------------------- evaluation
+@dataclass
+class ScoredSet:
+    """De-duplicated scores of one test set: frame rows and per-branch fake probabilities."""
 
-    ``keys`` may be a list of strings or an int64 id tensor; the same type comes back.
-    """
-    key_list = _key_list(keys)
-    fids = frame_ids.reshape(-1).tolist()
-    if not (len(key_list) == len(fids) == scores.shape[0] == labels.shape[0]):
-        raise ValueError(
-            f"metrics.py deduplicate: lengths differ (scores {scores.shape[0]}, labels "
-            f"{labels.shape[0]}, keys {len(key_list)}, frames {len(fids)})"
-        )
-    seen: set[tuple[Any, int]] = set()
-    keep: list[int] = []
-    for i, pair in enumerate(zip(key_list, fids, strict=True)):
-        if pair not in seen:
-            seen.add(pair)
-            keep.append(i)
-    idx = torch.tensor(keep, dtype=torch.long)
-    out_keys: KeyLike = keys.reshape(-1)[idx.to(keys.device)] if isinstance(keys, Tensor) else [key_list[i] for i in keep]
-    return scores[idx.to(scores.device)], labels[idx.to(labels.device)], out_keys, frame_ids.reshape(-1)[idx.to(frame_ids.device)]
+    keys: list[str]
+    frames: np.ndarray  # (N,) frame indices
+    labels: np.ndarray  # (N,) 0 real / 1 fake
+    scores: dict[str, np.ndarray]  # branch -> (N,) fake probability
 
 
-class ScoreCollector(Metric):
-    """Accumulates (score, label, video-key id, frame index) and gathers them across DDP ranks.
+class ScoreBook:
+    """Accumulates fake probabilities of evaluation frames for several named test sets.
 
-    ``update(scores, labels, video_keys, frame_ids)``: ``video_keys`` is a list of strings (hashed with
-    :func:`key_to_id`, names remembered locally) or an int64 id tensor. ``compute()`` returns the
-    deduplicated ``{"scores", "labels", "key_ids", "frame_ids"}`` of all ranks; :meth:`metrics`
-    turns that into frame- and video-level metrics. Register all dataset keys with
-    :meth:`register_keys` to name videos that other ranks saw.
+    A row is one face crop, identified by ``(video key, window start, frame index)``: a frame
+    scored inside a clip carries the clip's first frame index as window start (a frame may sit in
+    two overlapping evaluation windows; both are kept, exactly as in a single-process run).
     """
 
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = None
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[tuple[str, int, int], tuple[int, dict[str, float]]]] = \
+            defaultdict(dict)
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("labels", default=[], dist_reduce_fx="cat")
-        self.add_state("key_ids", default=[], dist_reduce_fx="cat")
-        self.add_state("frame_ids", default=[], dist_reduce_fx="cat")
-        self.key_names: dict[int, str] = {}
+    def reset(self) -> None:
+        """Forget every row (at the start and end of an evaluation epoch)."""
+        self._rows.clear()
 
-    def register_keys(self, keys: Sequence[str]) -> None:
-        """Remember id → name for these keys (not a synced state)."""
-        for k in keys:
-            self.key_names[key_to_id(k)] = k
+    def add_batch(self, batch: dict, scores: dict[str, torch.Tensor],
+                  default_set: str = "test") -> None:
+        """Record a batch's per-frame scores.
 
-    def update(self, scores: Tensor, labels: Tensor, video_keys: KeyLike, frame_ids: Tensor) -> None:  # type: ignore[override]
-        """Add one batch: scores (B,), labels (B,), keys (B,) and frame ids (B,)."""
-        if isinstance(video_keys, Tensor):
-            ids = video_keys.reshape(-1).to(torch.int64)
+        ``scores`` maps a branch name to fake probabilities of shape (B,) (one per sample) or
+        (B, T) (one per frame of a clip); a (B,) score of a clip sample is given to its T frames.
+        """
+        frames = batch["frame_index"]
+        frames = frames[:, None] if frames.ndim == 1 else frames  # (B, T)
+        b, t = frames.shape
+        starts = frames[:, :1].expand(b, t)
+        cols = {}
+        for name, value in scores.items():
+            value = value.detach().float()
+            cols[name] = (value[:, None].expand(b, t) if value.ndim == 1 else value).reshape(-1)
+        sets = batch.get("test_set") or [default_set] * b
+        keys = [k for k in batch["video_key"] for _ in range(t)]
+        names = [n for n in sets for _ in range(t)]
+        labels = batch["label"][:, None].expand(b, t).reshape(-1).tolist()
+        starts_l, frames_l = starts.reshape(-1).tolist(), frames.reshape(-1).tolist()
+        cols_l = {n: c.cpu().tolist() for n, c in cols.items()}
+        for i, key in enumerate(keys):
+            self._rows[names[i]][(key, int(starts_l[i]), int(frames_l[i]))] = (
+                int(labels[i]), {n: c[i] for n, c in cols_l.items()})
+
+    def gather(self) -> dict[str, ScoredSet]:
+        """All ranks' rows, de-duplicated on (video key, frame index), per test set."""
+        local = {name: dict(rows) for name, rows in self._rows.items()}
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, local)
         else:
-            self.register_keys(video_keys)
-            ids = keys_to_ids(video_keys)
-        n = scores.reshape(-1).shape[0]
-        if not (ids.numel() == labels.numel() == frame_ids.numel() == n):
-            raise ValueError(
-                f"metrics.py ScoreCollector.update: sizes differ (scores {n}, labels {labels.numel()}, "
-                f"keys {ids.numel()}, frame_ids {frame_ids.numel()}); pass one frame id per score"
+            parts = [local]
+        merged: dict[str, dict] = defaultdict(dict)
+        for part in parts:
+            for name, rows in part.items():
+                merged[name].update(rows)
+        out = {}
+        for name in sorted(merged):
+            items = sorted(merged[name].items())
+            branches = sorted(items[0][1][1]) if items else []
+            out[name] = ScoredSet(
+                keys=[k for (k, _, _), _ in items],
+                frames=np.array([f for (_, _, f), _ in items], dtype=np.int64),
+                labels=np.array([lab for _, (lab, _) in items], dtype=np.int64),
+                scores={b: np.array([s[b] for _, (_, s) in items], dtype=np.float64)
+                        for b in branches},
             )
-        self.scores.append(scores.detach().reshape(-1).float())
-        self.labels.append(labels.detach().reshape(-1).long())
-        self.key_ids.append(ids.to(self.device))
-        self.frame_ids.append(frame_ids.detach().reshape(-1).long())
+        return out
 
-    def compute(self) -> dict[str, Tensor]:
-        """Deduplicated, gathered ``{"scores", "labels", "key_ids", "frame_ids"}`` (CPU tensors)."""
-        if isinstance(self.scores, list) and not self.scores:
-            empty_f, empty_l = torch.zeros(0), torch.zeros(0, dtype=torch.long)
-            return {"scores": empty_f, "labels": empty_l, "key_ids": empty_l, "frame_ids": empty_l}
-        s, y, k, f = (dim_zero_cat(x).cpu() for x in (self.scores, self.labels, self.key_ids, self.frame_ids))
-        s, y, k, f = deduplicate(s, y, k, f)
-        return {"scores": s, "labels": y, "key_ids": k, "frame_ids": f}
 
-    def key_name(self, key_id: int) -> str:
-        """Name of a key id if known on this rank, else its hex form."""
-        return self.key_names.get(int(key_id), f"id:{int(key_id) & (2**64 - 1):016x}")
+def set_metrics(scored: ScoredSet) -> tuple[dict[str, float], dict[str, tuple]]:
+    """Metrics of one test set for every branch, at frame and video level.
 
-    def metrics(self, prefix: str = "") -> dict[str, float]:
-        """Frame- and video-level metrics of everything collected (see :func:`frame_and_video_metrics`)."""
-        c: Mapping[str, Tensor] = self.compute()
-        return frame_and_video_metrics(c["scores"], c["labels"], c["key_ids"], prefix=prefix)
+    Returns ``(metrics, curves)``: metric names are ``<branch>/<level>_<metric>`` plus the
+    headline ``<branch>/auc`` (video level, the paper's tables' unit), and curves hold video-level
+    ROC points ``(fpr, tpr, auc)`` per branch.
+    """
+    metrics: dict[str, float] = {}
+    curves: dict[str, tuple] = {}
+    labels = torch.as_tensor(scored.labels)
+    for branch, frame_scores in scored.scores.items():
+        scores = torch.as_tensor(frame_scores)
+        for name, value in compute_metrics(scores, labels).items():
+            metrics[f"{branch}/frame_{name}"] = value
+        v_scores, v_labels, _ = video_level(scores, labels, scored.keys)
+        for name, value in compute_metrics(v_scores, v_labels).items():
+            metrics[f"{branch}/video_{name}"] = value
+        metrics[f"{branch}/auc"] = metrics[f"{branch}/video_auc"]
+        if not math.isnan(metrics[f"{branch}/video_auc"]):  # both classes present
+            fpr, tpr, _ = roc_curve(v_scores, v_labels)
+            curves[branch] = (fpr, tpr, metrics[f"{branch}/video_auc"])
+    metrics["num_frames"] = float(len(scored.keys))
+    metrics["num_videos"] = float(len(set(scored.keys)))
+    return metrics, curves

@@ -1,4 +1,5 @@
-"""``deepfakemae report``: the paper's tables from finished runs, beside the paper's numbers.
+"""The paper's tables from finished runs, beside the paper's numbers (``deepfakemae report``,
+:mod:`deepfakemae.commands.report`).
 
 A table plan (``experiments/tables/tableN.yaml``) says which variant, test set and metric fills
 each cell (``report.blocks``); the runs of ``deepfakemae run`` hold ``results_test.json`` in
@@ -9,19 +10,18 @@ Markdown is also printed.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from deepfakemae.experiments import (
+from deepfakemae.branches import BRANCHES, FUSED, ordered_labels
+from deepfakemae.plans import (
     PLAN_RECORD,
     TABLES_DIR,
     Plan,
@@ -33,7 +33,7 @@ from deepfakemae.experiments import (
 )
 
 PAPER_RESULTS = experiments_dir() / "paper_results.yaml"
-DEFAULT_METRIC = "fused/auc"
+DEFAULT_METRIC = f"{FUSED}/auc"
 MISSING = "—"  # no run / no result
 NOT_REPORTED = "*"  # the paper's own mark for a number it does not give
 _TABLE_DIR = re.compile(r"table\d+")
@@ -97,6 +97,7 @@ class _Results:
         self._files: dict[Path, dict | None] = {}
 
     def get(self, path: Path, test_set: str, metric: str) -> float | None:
+        """``metric`` of ``test_set`` in results file ``path`` (read once), None if absent."""
         if path not in self._files:
             self._files[path] = json.loads(path.read_text()) if path.exists() else None
         data = self._files[path]
@@ -212,17 +213,19 @@ def default_layout(plan: Plan, run_root: Path) -> dict:
     found in its detector results, columns for the fused detector and both branches."""
     resolver = Resolver(plan, run_root)
     rows = []
+    found = {FUSED, *(kind.label for kind in BRANCHES.values())}
     for variant in plan.variants:
         path = resolver.run_dir(*resolver.owner(plan.name, variant, "detector")) / "detector"
         try:
-            sets = sorted(json.loads((path / "results_test.json").read_text()))
+            results = json.loads((path / "results_test.json").read_text())
         except (OSError, ValueError):
-            sets = []
+            results = {}
+        sets = sorted(results)
+        found |= {k.rsplit("/", 1)[0] for m in results.values() for k in m if k.endswith("/auc")}
         label = "" if len(plan.variants) == 1 else f"{variant} "
         rows += [{"label": f"{label}{name}", "variant": variant, "test_set": name}
                  for name in sets]
-    columns = [{"label": label, "metric": metric} for label, metric in
-               (("fused", "fused/auc"), ("F", "F/auc"), ("M", "M/auc"))]
+    columns = [{"label": label, "metric": f"{label}/auc"} for label in ordered_labels(found)]
     return {"row_header": "test set", "blocks": [{"columns": columns, "rows": rows}]}
 
 
@@ -230,7 +233,8 @@ def _notes(plan: Plan, run_root: Path) -> list[str]:
     notes = [
         "AUC (%) at video level: a video's score is the mean of its frames' fake probabilities "
         f"(`{DEFAULT_METRIC}` of results_test.json, the fused detector, unless the column names a "
-        "branch: `F/auc` Finetuning Network, `M/auc` Mapping Network); one decimal.",
+        "branch: " + ", ".join(f"`{k.label}/auc` {k.title}" for k in BRANCHES.values())
+        + "); one decimal.",
         f"{MISSING} = no result yet (run `{rerun_command(plan)}`); "
         f"{NOT_REPORTED} = not reported in the paper.",
         f"Runs: {run_root / plan.name}.",
@@ -320,6 +324,7 @@ class TableRuns:
 
     @property
     def run_root(self) -> Path:
+        """The run root the table's folder sits in."""
         return self.table_dir.parent
 
 
@@ -383,31 +388,3 @@ def report_tables(paths: Sequence[str | Path], table: str | None = None,
         write_report(report, output or runs.run_root / "report")
         reports.append(report)
     return reports
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``deepfakemae report``."""
-    parser.add_argument("run_dirs", nargs="+", type=Path,
-                        help="run root (runs), table run directories (runs/table1) or variant "
-                             "directories (runs/table4/ratio_25)")
-    parser.add_argument("--table", help="only this table (1..6 or table1..table6)")
-    parser.add_argument("--output", type=Path,
-                        help="folder for <table>.md and <table>.csv (default <run root>/report)")
-    parser.add_argument("--demo", action="store_true",
-                        help="runs of `deepfakemae run --demo` without their plan.json")
-
-
-def run_report_command(args: argparse.Namespace) -> int:
-    """``deepfakemae report``: print each table's Markdown and write Markdown + CSV files."""
-    table = args.table
-    if table is not None and not table.startswith("table"):
-        table = f"table{table}"
-    try:
-        reports = report_tables(args.run_dirs, table, args.output, args.demo)
-    except PlanError as err:
-        print(f"deepfakemae report: {err}", file=sys.stderr)
-        return 2
-    for report in reports:
-        print(render_markdown(report))
-    return 0

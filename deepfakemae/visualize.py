@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 
 from deepfakemae.constants import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -79,7 +83,7 @@ def save_png(image_rgb: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def local_log_dir(trainer) -> Path:
+def local_log_dir(trainer: Trainer) -> Path:
     """``trainer.log_dir`` without its broadcast, so rank 0 alone may call it under DDP."""
     if trainer.loggers:
         logger = trainer.loggers[0]
@@ -90,7 +94,7 @@ def local_log_dir(trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
-def log_image(trainer, key: str, image_rgb: np.ndarray, step: int) -> None:
+def log_image(trainer: Trainer, key: str, image_rgb: np.ndarray, step: int) -> None:
     """Send an image to every logger that takes images and save it as PNG under the log dir."""
     for logger in trainer.loggers:
         name = type(logger).__name__
@@ -100,3 +104,16 @@ def log_image(trainer, key: str, image_rgb: np.ndarray, step: int) -> None:
             logger.experiment.add_image(key, image_rgb, step, dataformats="HWC")
     if trainer.is_global_zero:
         save_png(image_rgb, local_log_dir(trainer) / "figures" / f"{key.replace('/', '_')}_{step:07d}.png")
+
+
+class PictureQueue:
+    """LightningModule mixin: pictures a step makes wait here, as ``(key, RGB image, step)``,
+    until :class:`deepfakemae.callbacks.PictureFiles` logs them (modules write no files)."""
+
+    def queue_picture(self, key: str, image_rgb: np.ndarray, step: int) -> None:
+        """Keep ``image_rgb`` to be logged under ``key`` at ``step``."""
+        self.__dict__.setdefault("_pictures", []).append((key, image_rgb, step))
+
+    def take_pictures(self) -> list[tuple[str, np.ndarray, int]]:
+        """The queued pictures, oldest first; the queue is emptied."""
+        return self.__dict__.pop("_pictures", [])

@@ -18,9 +18,9 @@ from deepfakemae.crossval import (
     set_results,
     write_fold_splits,
 )
-from deepfakemae.experiments import load_plan
-from deepfakemae.metrics import bootstrap_auc, weighted_auc
-from deepfakemae.modules.evaluation import ScoredSet, read_scores_csv, write_scores_csv
+from deepfakemae.metrics import ScoredSet, bootstrap_auc, weighted_auc
+from deepfakemae.plans import load_plan
+from deepfakemae.results import read_scores_csv, write_scores_csv
 
 PAIRS = [("000", "001"), ("002", "003"), ("004", "005"), ("006", "007"), ("008", "009")]
 

@@ -9,18 +9,22 @@ import pytest
 import torch
 
 from deepfakemae.cli import main
-from deepfakemae.experiments import (
+from deepfakemae.plans import (
     STAGES,
     TABLES_DIR,
     PlanError,
     flag_list,
     load_plan,
-    pending_stages,
     plan_jobs,
     run_plan,
 )
 
 TABLES = [f"table{i}" for i in range(1, 7)]
+
+
+def pending_stages(plan, run_root, **selection):
+    """The stage runs ``run_plan`` would execute now, in order (``resume`` ones included)."""
+    return [j for j in plan_jobs(plan, run_root, **selection) if j.status != "done"]
 
 
 def _flag(job, name: str) -> str:
@@ -242,7 +246,7 @@ def test_run_command_dry_run(capsys, tmp_path):
 
 
 def test_demo_and_paper_runs_never_share_a_folder(tmp_path):
-    from deepfakemae.experiments import PlanError, load_plan, write_plan_record
+    from deepfakemae.plans import PlanError, load_plan, write_plan_record
 
     write_plan_record(load_plan("table1", demo=True), tmp_path)
     with pytest.raises(PlanError, match="demo runs"):

@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from deepfakemae.experiments import TABLES_DIR, load_plan, pending_stages
 from deepfakemae.lightning_cli import effective_config
 from deepfakemae.loggers import AutoWandbLogger, log_wandb_results
+from deepfakemae.plans import TABLES_DIR, load_plan, plan_jobs
+
+
+def pending_stages(plan, run_root, **selection):
+    """The stage runs ``run_plan`` would execute now, in order (``resume`` ones included)."""
+    return [j for j in plan_jobs(plan, run_root, **selection) if j.status != "done"]
 
 
 @pytest.fixture(autouse=True)

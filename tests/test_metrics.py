@@ -1,25 +1,45 @@
-"""Metrics: hand-computed AUC/AP/EER/ACC, references on random data, video level, DDP deduplication."""
+"""Metrics: hand-computed AUC/AP/EER/ACC, references on random data, video level, the ScoreBook's
+DDP deduplication."""
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from deepfakemae.metrics import (
-    ScoreCollector,
+    ScoreBook,
     compute_metrics,
-    deduplicate,
     eer_from_roc,
-    frame_and_video_metrics,
-    key_to_id,
-    keys_to_ids,
     roc_curve,
+    set_metrics,
     video_level,
 )
+
+
+def frame_and_video_metrics(scores, labels, keys, prefix: str = "") -> dict[str, float]:
+    """Reference: ``{prefix}frame/<m>`` and ``{prefix}video/<m>`` computed directly."""
+    out = {f"{prefix}frame/{k}": v for k, v in compute_metrics(scores, labels).items()}
+    vs, vl, _ = video_level(scores, labels, keys)
+    out.update({f"{prefix}video/{k}": v for k, v in compute_metrics(vs, vl).items()})
+    return out
+
+
+def _book_metrics(book: ScoreBook, prefix: str = "") -> tuple[dict[str, float], int]:
+    """The ScoreBook's metrics of its one test set in :func:`frame_and_video_metrics`' names,
+    and the number of rows it kept."""
+    (rows,) = book.gather().values()
+    metrics, _ = set_metrics(rows)
+    out = {f"{prefix}{level}/{m}": metrics[f"score/{level}_{m}"]
+           for level in ("frame", "video") for m in ("auc", "ap", "eer", "acc")}
+    return out, len(rows.keys)
+
+
+def _add(book: ScoreBook, scores, labels, keys, frames) -> None:
+    book.add_batch({"frame_index": frames, "label": labels, "video_key": list(keys)},
+                   {"score": scores})
 
 
 def test_hand_computed_case() -> None:
@@ -114,36 +134,22 @@ def test_video_level_mean_and_label_check() -> None:
     assert vk == ["a", "b", "c"]
     torch.testing.assert_close(vs, torch.tensor([0.3, 0.75, 0.0]))
     assert vl.tolist() == [0, 1, 0]
-    # integer key ids work the same way
-    vs2, _, vk2 = video_level(scores, labels, keys_to_ids(keys))
-    torch.testing.assert_close(vs2, vs)
-    assert vk2 == [key_to_id(k) for k in ["a", "b", "c"]]
     with pytest.raises(ValueError, match="different labels"):
         video_level(scores, torch.tensor([0, 1, 1, 1, 0]), keys)
     m = frame_and_video_metrics(scores, labels, keys, prefix="val/")
     assert m["val/video/auc"] == 1.0 and "val/frame/eer" in m
 
 
-def test_deduplicate_keeps_first_occurrence() -> None:
-    scores = torch.tensor([0.1, 0.2, 0.3, 0.1, 0.5])
-    labels = torch.tensor([0, 0, 1, 0, 1])
-    keys = ["a", "a", "b", "a", "b"]
-    frames = torch.tensor([0, 8, 0, 0, 16])
-    s, y, k, f = deduplicate(scores, labels, keys, frames)
-    assert k == ["a", "a", "b", "b"] and f.tolist() == [0, 8, 0, 16]
-    torch.testing.assert_close(s, torch.tensor([0.1, 0.2, 0.3, 0.5]))
-    s2, _, k2, _ = deduplicate(scores, labels, keys_to_ids(keys), frames)
-    torch.testing.assert_close(s2, s)
-    assert k2.tolist() == [key_to_id(x) for x in k]
+def test_score_book_keeps_one_row_per_frame() -> None:
+    book = ScoreBook()
+    _add(book, torch.tensor([0.1, 0.2, 0.3, 0.1, 0.5]), torch.tensor([0, 0, 1, 0, 1]),
+         ["a", "a", "b", "a", "b"], torch.tensor([0, 8, 0, 0, 16]))
+    (rows,) = book.gather().values()
+    assert rows.keys == ["a", "a", "b", "b"] and rows.frames.tolist() == [0, 8, 0, 16]
+    np.testing.assert_allclose(rows.scores["score"], [0.1, 0.2, 0.3, 0.5], rtol=1e-6)
 
 
-def test_key_ids_are_stable_int64() -> None:
-    assert key_to_id("ffpp/c23/Deepfakes/000_003") == key_to_id("ffpp/c23/Deepfakes/000_003")
-    ids = keys_to_ids([f"ffpp/c23/Deepfakes/{i:03d}" for i in range(500)])
-    assert ids.dtype == torch.int64 and ids.unique().numel() == 500
-
-
-def test_score_collector_matches_direct_metrics_with_padding_duplicates() -> None:
+def test_score_book_matches_direct_metrics_with_padding_duplicates() -> None:
     rng = np.random.default_rng(0)
     n = 30
     keys = [f"vid{i // 3}" for i in range(n)]  # 10 videos × 3 frames
@@ -151,22 +157,18 @@ def test_score_collector_matches_direct_metrics_with_padding_duplicates() -> Non
     frames = torch.tensor([i % 3 for i in range(n)])
     scores = torch.tensor(np.clip(rng.normal(0.3 + 0.4 * labels.numpy(), 0.25), 0, 1), dtype=torch.float32)
 
-    col = ScoreCollector()
+    book = ScoreBook()
     for lo in range(0, n, 7):
-        col.update(scores[lo : lo + 7], labels[lo : lo + 7], keys[lo : lo + 7], frames[lo : lo + 7])
+        _add(book, scores[lo : lo + 7], labels[lo : lo + 7], keys[lo : lo + 7], frames[lo : lo + 7])
     # what DistributedSampler padding does: the first samples come around again
-    col.update(scores[:2], labels[:2], keys[:2], frames[:2])
-    out = col.compute()
-    assert out["scores"].numel() == n
-    got = col.metrics(prefix="test/")
+    _add(book, scores[:2], labels[:2], keys[:2], frames[:2])
+    got, kept = _book_metrics(book, prefix="test/")
+    assert kept == n
     want = frame_and_video_metrics(scores, labels, keys, prefix="test/")
     assert got == pytest.approx(want)
-    assert col.key_name(out["key_ids"][0]) == "vid0"
-    assert col.key_name(123).startswith("id:")
-    col.reset()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torchmetrics: compute() before update()
-        assert col.compute()["scores"].numel() == 0
+    assert book.gather()["test"].keys[0] == "vid0"
+    book.reset()
+    assert book.gather() == {}
 
 
 def _ddp_worker(rank: int, world: int, port: int, result_path: str) -> None:
@@ -178,13 +180,13 @@ def _ddp_worker(rank: int, world: int, port: int, result_path: str) -> None:
     # DistributedSampler(shuffle=False) order: rank r takes r, r+world, ...; padded to equal length
     total = -(-n // world) * world
     idx = [i % n for i in range(total)][rank::world]
-    col = ScoreCollector()
+    book = ScoreBook()
     for lo in range(0, len(idx), 4):
         sel = idx[lo : lo + 4]
-        col.update(scores[sel], labels[sel], [keys[i] for i in sel], frames[sel])
-    metrics = col.metrics()
+        _add(book, scores[sel], labels[sel], [keys[i] for i in sel], frames[sel])
+    metrics, kept = _book_metrics(book)
     if rank == 0:
-        torch.save({"metrics": metrics, "n": col.compute()["scores"].numel()}, result_path)
+        torch.save({"metrics": metrics, "n": kept}, result_path)
     dist.destroy_process_group()
 
 
@@ -199,7 +201,7 @@ def _ddp_data():
 
 
 @pytest.mark.slow
-def test_score_collector_ddp_gloo_equals_single_process(tmp_path) -> None:
+def test_score_book_ddp_gloo_equals_single_process(tmp_path) -> None:
     import socket
 
     import torch.multiprocessing as mp

@@ -15,8 +15,8 @@ import torch
 from test_stage2 import trained  # noqa: F401  (module fixture: micro stage 1 + both branches)
 
 from deepfakemae.cli import main
-from deepfakemae.commands.predict import VideoScorer
 from deepfakemae.modules.detector import DualNetworkDetector
+from deepfakemae.scoring import VideoScorer
 
 GRID = Path(__file__).resolve().parents[1] / "deepfakemae" / "assets" / "grid"  # bundled clips
 FRAMES = "6"

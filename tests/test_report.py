@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deepfakemae.cli import main
-from deepfakemae.experiments import TABLES_DIR, PlanError, load_plan, write_plan_record
+from deepfakemae.plans import TABLES_DIR, PlanError, load_plan, write_plan_record
 from deepfakemae.report import (
     build_table,
     find_table_runs,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from data_modules.indexes.ffpp import load_splits
 from data_modules.pseudo import FAKE_SOURCES
+from deepfakemae.branches import BRANCHES
 from deepfakemae.crossval import (
     SCORES_FILE,
     fold_plan,
@@ -27,7 +28,16 @@ from deepfakemae.crossval import (
     write_fold_splits,
     write_results_csv,
 )
-from deepfakemae.experiments import Plan, experiments_dir, load_plan, merge_args, run_plan
+from deepfakemae.plans import (
+    BRANCH_STAGES,
+    PRETRAIN,
+    STAGES,
+    Plan,
+    experiments_dir,
+    load_plan,
+    merge_args,
+    run_plan,
+)
 
 PLAN = experiments_dir() / "demo" / "plan.yaml"
 CV_NAME = "demo-cv"
@@ -93,10 +103,10 @@ def demo_plan(args: argparse.Namespace) -> Plan:
     plan = load_plan(PLAN, demo=True)
     for stages in plan.variants.values():
         if args.max_steps is not None:
-            for name in ("pretrain", "finetune", "mapping"):
+            for name in (PRETRAIN, *BRANCH_STAGES):
                 stages[name].args.setdefault("trainer", {})["max_steps"] = args.max_steps
         if args.fake_source != "dataset":
-            for name in ("finetune", "mapping"):
+            for name in BRANCH_STAGES:
                 switch = {"data": {"init_args": {"fake_source": args.fake_source}}}
                 stages[name] = dataclasses.replace(
                     stages[name], args=merge_args(stages[name].args, switch))
@@ -166,14 +176,15 @@ def print_results(run_dir: Path, n_boot: int = 2000) -> None:
     runs are."""
     scores_path = run_dir / "detector" / SCORES_FILE
     results = set_results(pool_scores([scores_path]), n_boot=n_boot)
-    print("\nDeepfakeMAE on the demo set (fused = mean of the Finetuning (F) and Mapping (M) "
+    branches = " and ".join(f"{k.title} ({k.label})" for k in BRANCHES.values())
+    print(f"\nDeepfakeMAE on the demo set (fused = mean of the {branches} "
           "branches; video AUC averages a video's frame scores). AUC % with a 95% bootstrap "
           "interval over whole videos; with 2 real and 2 fake test videos per method the "
           "intervals are wide: `deepfakemae demo --folds 5` (make demo-cv) tests every "
           "speaker.\n")
     print(results_markdown(results))
     print(f"\nresults: {run_dir / 'detector' / 'results_test.json'}, scores: {scores_path}")
-    for stage in ("pretrain", "finetune", "mapping", "detector"):
+    for stage in STAGES:
         figures = run_dir / stage / "figures"
         if figures.exists():
             print(f"figures ({stage}): {figures}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deepfakemae.branches import BRANCHES
 from deepfakemae.models.mae import MaskedAutoencoderViT, create_mae
 
 
@@ -113,17 +114,17 @@ def load_module(cls, path: str | Path, **overrides):
 #: module class -> what its checkpoint is, for messages
 KINDS = {
     "MAEPretrainModule": "a stage-1 MAE checkpoint (deepfakemae fit -c experiments/pretrain.yaml)",
-    "FinetuneModule": "a stage-2 Finetuning Network checkpoint "
-                      "(deepfakemae fit -c experiments/finetune.yaml)",
-    "MappingModule": "a stage-2 Mapping Network checkpoint "
-                     "(deepfakemae fit -c experiments/mapping.yaml)",
+    **{kind.module_name: f"a stage-2 {kind.title} checkpoint (deepfakemae fit -c "
+                         f"experiments/{name}.yaml)" for name, kind in BRANCHES.items()},
     "DualNetworkDetector": "no checkpoint of its own: the fused detector is built from its "
-                           "finetune_checkpoint and mapping_checkpoint, so drop --ckpt_path",
+                           "branches' checkpoints ("
+                           + ", ".join(f"{name}_checkpoint" for name in BRANCHES)
+                           + "), so drop --ckpt_path",
 }
 #: model init argument -> the module class whose checkpoint it takes
 CHECKPOINT_ARGUMENTS = {"mae_checkpoint": "MAEPretrainModule",
-                        "finetune_checkpoint": "FinetuneModule",
-                        "mapping_checkpoint": "MappingModule"}
+                        **{f"{name}_checkpoint": kind.module_name
+                           for name, kind in BRANCHES.items()}}
 
 
 def describe_kind(kind: str | None) -> str:

@@ -1,89 +1,99 @@
-"""The fused DeepfakeMAE detector: mean of the two stage-2 branches (paper §3.2)."""
+"""The fused DeepfakeMAE detector: the mean of its branches' fake probabilities (paper §3.2)."""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Mapping
+
 import torch
 from lightning.pytorch import LightningModule
 
-from deepfakemae.explain import cam_figure, finetune_gradcam, mapping_gradcam
-from deepfakemae.modules.checkpoints import load_module
+from deepfakemae.branches import BRANCHES, FUSED, BranchKind, branch_label, kind_of_module
+from deepfakemae.modules.checkpoints import (
+    MODULE_TAG,
+    CheckpointError,
+    load_module,
+    read_checkpoint,
+)
 from deepfakemae.modules.evaluation import VideoEvaluation
-from deepfakemae.modules.finetune import FinetuneModule
-from deepfakemae.modules.mapping import MappingModule
-from deepfakemae.visualize import log_image, to_uint8
+
+
+def branch_kind(name: str, checkpoint: str) -> BranchKind:
+    """The kind of branch ``name``: the one its checkpoint was written by (a registered name
+    must be given a checkpoint of its own kind)."""
+    tag = read_checkpoint(checkpoint, mmap=True).get(MODULE_TAG)
+    kind = kind_of_module(str(tag))
+    if kind is None:
+        modules = ", ".join(k.module_name for k in BRANCHES.values())
+        raise CheckpointError(f"branch {name!r}: {checkpoint} was written by "
+                              f"{tag or 'another program'}, not by a branch module ({modules})")
+    if name in BRANCHES and BRANCHES[name] != kind:
+        raise CheckpointError(f"branch {name!r} needs a {BRANCHES[name].module_name} checkpoint; "
+                              f"{checkpoint} was written by {tag}")
+    return kind
+
+
+def fuse(scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The fused score: the mean of the branches' fake probabilities (each of one shape)."""
+    return torch.stack(list(scores.values())).mean(0)
 
 
 class DualNetworkDetector(VideoEvaluation, LightningModule):
-    """Scores clips with both branches; a video's score is the mean of the branches' scores.
+    """Scores clips with every branch; the fused score is the mean of the branches' scores.
 
-    Evaluation batches are clips (datamodule ``eval_mode: clip``, T = 5). Per frame: ``F`` is the
-    fake probability of the clip the frame belongs to (the Finetuning Network classifies 5-frame
-    clips), ``M`` is the Mapping Network's probability of that frame, ``fused`` = (F + M) / 2.
-    A video's score is the mean over its frames, so the fused video score is the mean of the two
-    branches' video scores. Logged: ``test/<set>/auc`` (fused, video level) and
-    ``test/<set>/F/auc``, ``test/<set>/M/auc`` — Table 6's columns.
+    Built from a mapping of branch name → stage-2 checkpoint (``branches``); the paper's two,
+    ``finetune`` and ``mapping`` (:data:`deepfakemae.branches.BRANCHES`), may also be given as
+    ``finetune_checkpoint`` / ``mapping_checkpoint``, the spelling of the stage configs and plans.
+    A name outside the registry (``finetune_b``) takes its kind from its checkpoint.
+
+    Evaluation batches are clips (datamodule ``eval_mode: clip``, T = 5). Per frame each branch
+    gives a fake probability (the Finetuning Network's clip probability goes to each of the
+    clip's frames), ``fused`` is their mean; a video's score is the mean over its frames.
+    Logged: ``test/<set>/auc`` (fused, video level) and ``test/<set>/<label>/auc`` per branch
+    (``F``, ``M``: Table 6's columns).
     """
 
-    primary_branch = "fused"
+    primary_branch = FUSED
 
-    def __init__(self, finetune_checkpoint: str, mapping_checkpoint: str) -> None:
+    def __init__(self, finetune_checkpoint: str | None = None,
+                 mapping_checkpoint: str | None = None,
+                 branches: dict[str, str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.finetune = load_module(FinetuneModule, finetune_checkpoint, mae_checkpoint=None)
-        # the checkpoint holds every weight: no stage-1 file, no ImageNet download needed
-        self.mapping = load_module(MappingModule, mapping_checkpoint, mae_checkpoint=None,
-                                   pretrained_backbone=False)
+        named = {"finetune": finetune_checkpoint, "mapping": mapping_checkpoint}
+        checkpoints = {**{n: p for n, p in named.items() if p}, **(branches or {})}
+        if not checkpoints:
+            raise ValueError("DualNetworkDetector needs at least one branch checkpoint "
+                             f"({', '.join(f'{n}_checkpoint' for n in BRANCHES)} or branches)")
+        self.labels: dict[str, str] = {}
+        for name, path in checkpoints.items():
+            kind = branch_kind(name, str(path))
+            self.add_module(name, load_module(kind.module_class(), path, **kind.load_overrides))
+            self.labels[name] = branch_label(name)
+        shown = list(self.labels.values())
+        if len(set(shown)) != len(shown) or FUSED in shown:
+            raise ValueError(f"branch labels must be distinct and not {FUSED!r}: {self.labels}")
+
+    def branch_modules(self) -> list[LightningModule]:
+        """The branch modules, in the detector's order."""
+        return [getattr(self, name) for name in self.labels]
+
+    @property
+    def input_size(self) -> int:
+        """The faces' side the branches take: the stage-1 encoder's input size."""
+        for module in self.modules():
+            size = getattr(module, "img_size", None)
+            if isinstance(size, int):
+                return size
+        raise AttributeError("no branch of this detector records its input size")
 
     def branch_scores(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
-        """clips (B,T,3,H,W) → per-frame fake probabilities (B,T) for F, M and fused."""
+        """clips (B,T,3,H,W) → per-frame fake probabilities (B,T): ``fused`` and one per
+        branch label."""
         if clips.ndim == 4:
             clips = clips.unsqueeze(1)
-        t = clips.shape[1]
-        f = self.finetune.fake_probability(clips)[:, None].expand(-1, t)  # (B, T)
-        m = self.mapping.fake_probability(clips)  # (B, T)
-        return {"fused": (f + m) / 2, "F": f, "M": m}
+        scores = {label: getattr(self, name).frame_probabilities(clips)
+                  for name, label in self.labels.items()}
+        return {FUSED: fuse(scores), **scores}
 
     def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.branch_scores(batch["image"])
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        self._cam_rows: dict[str, dict[int, np.ndarray]] = {}
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        super().test_step(batch, batch_idx, dataloader_idx)
-        if self.trainer.is_global_zero:
-            self._collect_activation_maps(batch)
-
-    def on_test_epoch_end(self) -> None:
-        for name, rows in getattr(self, "_cam_rows", {}).items():
-            figures = [rows[label] for label in sorted(rows)]
-            width = max(f.shape[1] for f in figures)
-            figures = [np.pad(f, ((0, 0), (0, width - f.shape[1]), (0, 0))) for f in figures]
-            log_image(self.trainer, f"test/{name}/activation_maps", np.concatenate(figures, 0),
-                      self.global_step)
-        super().on_test_epoch_end()
-
-    def _collect_activation_maps(self, batch: dict) -> None:
-        """Grad-CAM of both branches (paper Fig. 3) on the first real and first fake face of
-        each test set."""
-        name = (batch.get("test_set") or ["test"])[0]
-        rows = self._cam_rows.setdefault(name, {})
-        clips = batch["image"] if batch["image"].ndim == 5 else batch["image"][:, None]
-        for label in (0, 1):
-            found = (batch["label"] == label).nonzero()
-            if label in rows or len(found) == 0:
-                continue
-            # evaluation runs in inference mode: step out of it for the gradients
-            with torch.inference_mode(False), torch.enable_grad():
-                face = clips[int(found[0]), clips.shape[1] // 2][None].clone()
-                m_cam, m_prob, mapped = mapping_gradcam(self.mapping.net, face)
-                f_cam, f_prob = finetune_gradcam(self.finetune.classifier, face)
-            rows[label] = cam_figure(to_uint8(face)[0], m_cam, m_prob, to_uint8(mapped)[0],
-                                     f_cam, f_prob)
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        scores = self.branch_scores(batch["image"])
-        return {"video_key": batch["video_key"], "frame_index": batch["frame_index"],
-                **{k: v.cpu() for k, v in scores.items()}}

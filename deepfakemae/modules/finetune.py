@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
+from deepfakemae.branches import BRANCHES
+from deepfakemae.explain import BranchCam, finetune_gradcam
 from deepfakemae.models.classifier import FinetuneClassifier, Pooling
 from deepfakemae.models.mae import create_mae
 from deepfakemae.modules.checkpoints import load_stage1_mae, tag_checkpoint
@@ -36,7 +38,7 @@ class FinetuneModule(VideoEvaluation, LightningModule):
     randomly initialised ``preset``, for tests and ablations).
     """
 
-    primary_branch = "F"
+    primary_branch = BRANCHES["finetune"].label
 
     def __init__(self, mae_checkpoint: str | None = None, preset: str = "mae_vit_base_patch16",
                  pooling: Pooling = "mean", lr: float = 1e-3, weight_decay: float = 0.05,
@@ -67,8 +69,17 @@ class FinetuneModule(VideoEvaluation, LightningModule):
         self.log("train/acc", acc, batch_size=size)
         return loss
 
+    def frame_probabilities(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B,T,3,H,W) → (B,T): each clip's fake probability given to its T frames."""
+        return self.fake_probability(clips)[:, None].expand(-1, clips.shape[1])
+
+    def activation_map(self, face: torch.Tensor) -> BranchCam:
+        """Grad-CAM of one face (1,3,H,W) over the patch grid (paper Fig. 3)."""
+        cam, probability = finetune_gradcam(self.classifier, face)
+        return BranchCam(BRANCHES["finetune"].title, cam, probability)
+
     def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {"F": self.fake_probability(batch["image"])}
+        return {self.primary_branch: self.fake_probability(batch["image"])}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         tag_checkpoint(checkpoint, self)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
+from deepfakemae.branches import BRANCHES
+from deepfakemae.explain import BranchCam, mapping_gradcam
 from deepfakemae.faces.ibug68 import rescale_landmarks
 from deepfakemae.masking import FacialPartMasker, MaskStrategy, PartVariant
 from deepfakemae.metalearning import (
@@ -23,7 +25,7 @@ from deepfakemae.models.mapping_network import ClassifierInput, MappingNetwork
 from deepfakemae.modules.checkpoints import load_stage1, tag_checkpoint
 from deepfakemae.modules.evaluation import VideoEvaluation
 from deepfakemae.modules.optim import warmup_cosine
-from deepfakemae.visualize import log_image, to_uint8
+from deepfakemae.visualize import PictureQueue, to_uint8
 
 #: what the Mapping Network learns to reproduce: the MAE's reconstruction of the whole face
 #: (paper §4.1) or of a part-masked face (Table 6 ablation)
@@ -119,7 +121,7 @@ def meta_split(batch: dict, rng: np.random.Generator, ref_fraction: float = 0.5
                      test=rows(fake_test + real_test))
 
 
-class MappingModule(VideoEvaluation, LightningModule):
+class MappingModule(VideoEvaluation, PictureQueue, LightningModule):
     """ResNet-18 mapper trained to map faces onto the frozen stage-1 MAE's reconstruction.
 
     Loss (paper eq. 1): ``λcls·BCE + λmse·MSE`` on meta-train plus the same on meta-test, with
@@ -145,7 +147,7 @@ class MappingModule(VideoEvaluation, LightningModule):
     forward, running statistics updated once per outer step (by the meta-test forward).
     """
 
-    primary_branch = "M"
+    primary_branch = BRANCHES["mapping"].label
     MASKING_HPARAMS = ("mask_strategy", "mask_ratio", "part_variant")
 
     def __init__(self, mae_checkpoint: str | None = None,
@@ -267,8 +269,7 @@ class MappingModule(VideoEvaluation, LightningModule):
         self.net.train()
         rows = [np.concatenate(r, axis=1) for r in zip(to_uint8(face), to_uint8(batch["map_target"][:n]),
                                                        to_uint8(mapped), strict=True)]
-        log_image(self.trainer, "train/face_target_mapped", np.concatenate(rows, 0),
-                  self.global_step)
+        self.queue_picture("train/face_target_mapped", np.concatenate(rows, 0), self.global_step)
 
     # -- evaluation --------------------------------------------------------------------------
     def fake_probability(self, images: torch.Tensor) -> torch.Tensor:
@@ -278,8 +279,20 @@ class MappingModule(VideoEvaluation, LightningModule):
             return self.fake_probability(images.flatten(0, 1)).view(b, t)
         return self.net(images)[0].float().sigmoid()
 
+    def frame_probabilities(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B,T,3,H,W) → (B,T) fake probabilities, one per frame."""
+        return self.fake_probability(clips)
+
+    def activation_map(self, face: torch.Tensor) -> BranchCam:
+        """Grad-CAM of one face (1,3,H,W) on the fused features, and the mapped face (paper
+        Fig. 3)."""
+        cam, probability, mapped = mapping_gradcam(self.net, face)
+        title = BRANCHES["mapping"].title
+        return BranchCam(title, cam, probability,
+                         [("mapped face", f"({title} output)", to_uint8(mapped)[0])])
+
     def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {"M": self.fake_probability(batch["image"])}
+        return {self.primary_branch: self.fake_probability(batch["image"])}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         tag_checkpoint(checkpoint, self)

@@ -10,10 +10,10 @@ from deepfakemae.models.mae import create_mae
 from deepfakemae.models.pretrained import load_timm_mae_encoder
 from deepfakemae.modules.checkpoints import tag_checkpoint
 from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
-from deepfakemae.visualize import log_image, reconstruction_grid
+from deepfakemae.visualize import PictureQueue, reconstruction_grid
 
 
-class MAEPretrainModule(LightningModule):
+class MAEPretrainModule(PictureQueue, LightningModule):
     """Trains :class:`~deepfakemae.models.mae.MaskedAutoencoderViT` with facial-part masking.
 
     Batches follow the batch contract (``image`` (B,3,H,W), ``landmarks`` (B,68,2)); the
@@ -72,7 +72,7 @@ class MAEPretrainModule(LightningModule):
             return
         recon = self.model.reconstruct(images[:8], mask[:8])
         grid = reconstruction_grid(images[:8], mask[:8], recon, self.model.patch_size)
-        log_image(self.trainer, key, grid, self.global_step)
+        self.queue_picture(key, grid, self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         tag_checkpoint(checkpoint, self)

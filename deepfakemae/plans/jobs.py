@@ -1,0 +1,208 @@
+"""The job graph of a plan: one :class:`Job` per stage run, ``reuse`` links followed, done /
+pending / resume status read from the run folders.
+
+A stage is done when its output exists — ``<RUN_DIR>/<stage>/checkpoints/last.ckpt`` for the fit
+stages, ``<RUN_DIR>/detector/results_test.json`` for the detector's test run — and was not left
+interrupted (the runner keeps a ``.running`` marker in the stage folder while it trains; an
+interrupted fit stage resumes from its ``last.ckpt``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepfakemae.plans.load import (
+    BRANCH_STAGES,
+    DETECTOR,
+    PRETRAIN,
+    STAGES,
+    Plan,
+    PlanError,
+    flag_list,
+    load_plan,
+    locate,
+)
+
+#: LightningCLI subcommand of each stage: the detector is only tested
+STAGE_COMMAND = {stage: "test" if stage == DETECTOR else "fit" for stage in STAGES}
+#: stage -> [(flag of the consumer, producing stage)]: the checkpoints a stage reads (every
+#: branch trains from stage 1; the detector reads each branch's as ``<branch>_checkpoint``)
+STAGE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    PRETRAIN: (),
+    **{b: (("model.init_args.mae_checkpoint", PRETRAIN),) for b in BRANCH_STAGES},
+    DETECTOR: tuple((f"model.init_args.{b}_checkpoint", b) for b in BRANCH_STAGES),
+}
+#: environment variables the stage configs read, passed through to every stage
+PASSED_ENV = ("CACHE_DIR", "DEMO_CACHE", "PRECISION")
+RUNNING_MARKER = ".running"
+
+
+@dataclass
+class Job:
+    """One stage run: where, with which command, and whether it is pending."""
+
+    table: str
+    variant: str
+    stage: str
+    run_dir: Path
+    args: list[str]  # LightningCLI argv: ["fit", "-c", ..., "--x=y", ...]
+    output: Path
+    status: str  # "done" | "pending" | "resume"
+    inputs: list[Path]
+
+    @property
+    def label(self) -> str:
+        """``<table>/<variant> <stage>``, for messages."""
+        return f"{self.table}/{self.variant} {self.stage}"
+
+    def env(self) -> dict[str, str]:
+        """Variables to set for this run (``RUN_DIR``, the data roots in use, and the W&B run's
+        name, group, job type and tags, read by :class:`deepfakemae.loggers.AutoWandbLogger`)."""
+        env = {"RUN_DIR": str(self.run_dir)}
+        env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+        env.update(self.wandb_env())
+        return env
+
+    def wandb_env(self) -> dict[str, str]:
+        """W&B's own variables for this stage: run ``<table>/<variant>/<stage>`` in group
+        ``<table>/<variant>``, job type ``<stage>``, tagged with all three."""
+        return {"WANDB_NAME": f"{self.table}/{self.variant}/{self.stage}",
+                "WANDB_RUN_GROUP": f"{self.table}/{self.variant}",
+                "WANDB_JOB_TYPE": self.stage,
+                "WANDB_TAGS": ",".join((self.table, self.variant, self.stage))}
+
+    def shell(self) -> str:
+        """The run as one shell line: ``RUN_DIR=... deepfakemae fit -c ... --...``."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env().items())
+        return f"{env} deepfakemae {' '.join(shlex.quote(a) for a in self.args)}"
+
+
+def _config_path(path: str) -> str:
+    """A config path as it should appear in a command: as written when it exists from the
+    working directory, else where :func:`locate` finds it."""
+    p = locate(path)
+    return path if p == Path(path) else str(p)
+
+
+def stage_output(run_dir: Path, stage: str) -> Path:
+    """The file whose presence marks ``stage`` done in ``run_dir``."""
+    if STAGE_COMMAND[stage] == "fit":
+        return run_dir / stage / "checkpoints" / "last.ckpt"
+    return run_dir / stage / "results_test.json"
+
+
+def stage_status(run_dir: Path, stage: str) -> str:
+    """``done`` (output present), ``resume`` (an interrupted fit with a checkpoint) or ``pending``."""
+    output = stage_output(run_dir, stage)
+    interrupted = (run_dir / stage / RUNNING_MARKER).exists()
+    if output.exists() and not interrupted:
+        return "done"
+    if output.exists() and STAGE_COMMAND[stage] == "fit":
+        return "resume"
+    return "pending"
+
+
+class Resolver:
+    """Follows ``reuse`` links across variants and tables (plans of other tables are loaded
+    from the same folder, in the same mode)."""
+
+    def __init__(self, plan: Plan, run_root: Path) -> None:
+        self.plans = {plan.name: plan}
+        self.root = plan.path.parent
+        self.demo = plan.demo
+        self.run_root = run_root
+
+    def plan(self, table: str) -> Plan:
+        """The plan of ``table`` (loaded once, from the same folder and mode)."""
+        if table not in self.plans:
+            path = self.root / f"{table}.yaml"
+            if not path.exists():
+                raise PlanError(f"reuse of {table!r}: no plan {path}")
+            self.plans[table] = load_plan(path, demo=self.demo)
+        return self.plans[table]
+
+    def owner(self, table: str, variant: str, stage: str, seen: tuple = ()) -> tuple[str, str]:
+        """The (table, variant) whose run directory holds ``stage`` of ``table/variant``."""
+        if (table, variant) in seen:
+            chain = " -> ".join(f"{t}/{v}" for t, v in (*seen, (table, variant)))
+            raise PlanError(f"reuse cycle for stage {stage}: {chain}")
+        plan = self.plan(table)
+        if variant not in plan.variants:
+            raise PlanError(f"{plan.path}: reuse names variant {variant!r} of {table}; "
+                            f"it has {list(plan.variants)}")
+        reuse = plan.variants[variant][stage].reuse
+        if reuse is None:
+            return table, variant
+        ref_table, _, ref_variant = reuse.rpartition("/")
+        return self.owner(ref_table or table, ref_variant, stage, (*seen, (table, variant)))
+
+    def run_dir(self, table: str, variant: str) -> Path:
+        """``<run root>/<table>/<variant>``."""
+        return self.run_root / table / variant
+
+    def job(self, table: str, variant: str, stage: str) -> Job:
+        """The job of an own (non-reused) stage."""
+        spec = self.plan(table).variants[variant][stage]
+        run_dir = self.run_dir(table, variant)
+        extra: dict[str, str] = {}
+        inputs = []
+        for flag, producer in STAGE_INPUTS[stage]:
+            owner = self.owner(table, variant, producer)
+            path = stage_output(self.run_dir(*owner), producer)
+            inputs.append(path)
+            if owner != (table, variant):  # own inputs come from the configs' ${RUN_DIR} paths
+                extra[flag] = str(path)
+        status = stage_status(run_dir, stage)
+        args = [STAGE_COMMAND[stage]]
+        for config in spec.configs:
+            args += ["-c", _config_path(config)]
+        args += flag_list(spec.args) + [f"--{k}={v}" for k, v in extra.items()]
+        if status == "resume":
+            args.append(f"--ckpt_path={stage_output(run_dir, stage)}")
+        return Job(table, variant, stage, run_dir, args, stage_output(run_dir, stage), status, inputs)
+
+
+def plan_jobs(plan: Plan, run_root: str | Path, variants: Sequence[str] | None = None,
+              stages: Sequence[str] | None = None, fresh: bool = False) -> list[Job]:
+    """Every stage run the selection involves, dependencies first, with its status.
+
+    ``variants`` / ``stages`` restrict the selection (default: all). Reused stages of other
+    variants or tables are included (as dependencies) when their stage kind is selected.
+    ``fresh`` marks this table's selected stages pending even when done; reused work of other
+    tables keeps its status.
+    """
+    variants = list(variants or plan.variants)
+    stages = list(stages or STAGES)
+    for v in variants:
+        if v not in plan.variants:
+            raise PlanError(f"{plan.path}: no variant {v!r}; variants are {list(plan.variants)}")
+    for s in stages:
+        if s not in STAGES:
+            raise PlanError(f"unknown stage {s!r}; stages are {list(STAGES)}")
+    resolver = Resolver(plan, Path(run_root))
+    order: list[Job] = []
+    seen: set[tuple[str, str, str]] = set()
+
+    def visit(table: str, variant: str, stage: str) -> None:
+        table, variant = resolver.owner(table, variant, stage)
+        if (table, variant, stage) in seen:
+            return
+        seen.add((table, variant, stage))
+        for _, producer in STAGE_INPUTS[stage]:
+            visit(table, variant, producer)
+        if stage not in stages:
+            return
+        job = resolver.job(table, variant, stage)
+        if fresh and table == plan.name:
+            job.status = "pending"
+            job.args = [a for a in job.args if not a.startswith("--ckpt_path=")]
+        order.append(job)
+
+    for variant in variants:
+        for stage in STAGES:
+            visit(plan.name, variant, stage)
+    return order
