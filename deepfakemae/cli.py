@@ -20,9 +20,9 @@ from collections.abc import Sequence
 TOOLS = {
     "preprocess": ("deepfakemae.commands.preprocess", "add_preprocess_arguments", "run_preprocess_command",
                    "detect, align and cache faces of videos or a whole dataset"),
-    "cache": ("deepfakemae.faces.verify", "add_cache_arguments", "run_cache_command",
+    "cache": ("deepfakemae.commands.cache", "add_cache_arguments", "run_cache_command",
               "check a face cache: `cache verify DIR [--repair]`"),
-    "demo-data": ("deepfakemae.synth.demo_data", "add_demo_data_arguments", "run_demo_data_command",
+    "demo-data": ("deepfakemae.commands.demo_data", "add_demo_data_arguments", "run_demo_data_command",
                   "build the embedded FF++-layout demo dataset from the bundled GRID clips"),
     "demo": ("deepfakemae.commands.demo", "add_demo_arguments", "run_demo_command",
              "the whole method on the embedded demo set (make demo)"),

@@ -10,19 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepfakemae.commands.demo_data import add_demo_data_arguments, run_demo_data_command
 from deepfakemae.synth import swap
 from deepfakemae.synth.demo_data import (
     ALL_METHODS,
     ATTRIBUTION,
     CACHE_DIR,
     DemoDataError,
-    add_demo_data_arguments,
     build_demo_dataset,
     fake_video_path,
     grid_clip_paths,
     read_video_frames,
     real_video_path,
-    run_demo_data_command,
 )
 
 FRAMES = 6

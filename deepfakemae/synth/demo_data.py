@@ -24,10 +24,8 @@ finished files. The same seed gives the same decoded frames.
 
 from __future__ import annotations
 
-import argparse
 import importlib.resources
 import json
-import sys
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -329,29 +327,3 @@ def build_demo_dataset(output: str | Path, seed: int = 0, methods: Sequence[str]
 
 
 # ----------------------------------------------------------------------------- CLI
-
-def add_demo_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``deepfakemae demo-data`` options to ``parser``."""
-    parser.add_argument("--output", type=Path, required=True,
-                        help="folder to write the FF++-layout demo dataset into")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fake parameters")
-    parser.add_argument("--frames", type=int, default=None,
-                        help="keep only the first N frames of every clip (default: all 75)")
-    parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS,
-                        metavar="METHOD", help=f"fake methods to build (default: all of "
-                                               f"{', '.join(ALL_METHODS)})")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
-def run_demo_data_command(args: argparse.Namespace) -> int:
-    """Run ``deepfakemae demo-data`` with parsed ``args``; returns the exit code."""
-    try:
-        root = build_demo_dataset(args.output, seed=args.seed, methods=args.methods,
-                                  frames=args.frames, progress=not args.no_progress)
-    except DemoDataError as exc:
-        print(f"demo-data: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"demo dataset ready: {root} (FF++ layout, {len(args.methods)} methods, "
-          f"splits in {root / 'splits'})")
-    return 0
