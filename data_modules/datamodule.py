@@ -30,7 +30,13 @@ from data_modules.datasets import (
     build_domain_map,
     select_videos,
 )
-from data_modules.pseudo import FAKE_SOURCES, FakeSource, pseudo_fake_videos
+from data_modules.pseudo import (
+    FAKE_SOURCES,
+    PSEUDO_METHODS,
+    FakeSource,
+    PseudoMethod,
+    pseudo_fake_videos,
+)
 from data_modules.samplers import BalancedRealFakeSampler, VideoEpochSampler
 from deepfakemae.records import REAL, REAL_METHOD
 
@@ -62,9 +68,11 @@ class DeepfakeDataModule(L.LightningDataModule):
         paired: with ``balanced``, draw each fake together with its own target real video at
             the same position (see ``BalancedRealFakeSampler``).
         fake_source: training fakes: ``"dataset"`` (the sources' fake videos), ``"pseudo"``
-            (only self-blended pseudo-fakes made on the fly from the real training videos; the
-            dataset fakes are left out) or ``"both"``. Pseudo-fakes are the domain
-            ``SelfBlendPseudo`` (see ``data_modules.pseudo``); evaluation sets are unchanged.
+            (only pseudo-fakes made on the fly from the real training videos; the dataset fakes
+            are left out) or ``"both"``. Evaluation sets are unchanged.
+        pseudo_methods: which pseudo-fakes ``pseudo``/``both`` make, each its own domain (see
+            ``data_modules.pseudo``): ``self_blend`` (default, ``SelfBlendPseudo``) and/or
+            ``blend_swap`` (``BlendSwapPseudo``: a region of another real training video).
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         splits_dir: str | None = None,
         paired: bool = False,
         fake_source: FakeSource = "dataset",
+        pseudo_methods: list[PseudoMethod] | None = None,
     ):
         super().__init__()
         for name, value in (("mode", mode), ("eval_mode", eval_mode or mode)):
@@ -137,6 +146,11 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise DataError(f"fake_source={fake_source!r} makes training fakes but real_only=True "
                             "keeps only reals; use fake_source: dataset for pre-training")
         self.fake_source = fake_source
+        self.pseudo_methods = list(pseudo_methods or ["self_blend"])
+        unknown = sorted(set(self.pseudo_methods) - set(PSEUDO_METHODS))
+        if unknown:
+            raise DataError(f"pseudo_methods: unknown {unknown}; use {list(PSEUDO_METHODS)} "
+                            "(--data.init_args.pseudo_methods)")
         self.domain_map: dict[str, int] | None = None
         self.train_dataset: FaceClipDataset | None = None
         self.val_datasets: list[FaceClipDataset] = []
@@ -161,7 +175,7 @@ class DeepfakeDataModule(L.LightningDataModule):
                 raise DataError(f"real_only=True but the training sources "
                                 f"{[s.name for s in self.train_sources]} select no real video")
         else:
-            videos = pseudo_fake_videos(videos, self.fake_source)
+            videos = pseudo_fake_videos(videos, self.fake_source, self.pseudo_methods)
             n_real = sum(v.label == REAL for v in videos)
             if n_real == 0 or n_real == len(videos):
                 raise DataError(

@@ -30,7 +30,7 @@ from data_modules.augment import FaceAugment
 from data_modules.indexes.common import DatasetError
 from data_modules.indexes.ffpp import DATASET as FFPP
 from data_modules.indexes.ffpp import key_split, load_splits, split_owner
-from data_modules.pseudo import make_pseudo_fake
+from data_modules.pseudo import DONOR_METHODS, make_blend_swap, make_pseudo_fake
 from deepfakemae.faces.cache import FaceCache
 from deepfakemae.faces.tensors import resize_faces, to_tensor, window_positions
 from deepfakemae.records import FAKE, REAL, REAL_METHOD
@@ -212,6 +212,9 @@ class FaceClipDataset(Dataset):
         bounds = np.searchsorted(self.video_of, np.arange(len(videos) + 1))
         #: sample indices of each video: ``range(samples_of[v][0], samples_of[v][1])``
         self.sample_ranges = np.stack([bounds[:-1], bounds[1:]], 1)  # (V, 2)
+        #: real videos that lend a region to blend-swap pseudo-fakes
+        self.donors = [i for i, v in enumerate(videos)
+                       if v.label == REAL and v.pseudo_of is None]
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -226,6 +229,21 @@ class FaceClipDataset(Dataset):
             self._caches[root] = FaceCache(root)
         return self._caches[root]
 
+    def _donor_clip(self, real_key: str, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``length`` consecutive frames of a real video other than ``real_key``, drawn from
+        ``seed``: crops (T,S,S,3) uint8 and landmarks (T,68,2) at ``img_size``."""
+        rng = np.random.default_rng(seed + 1)
+        donors = [i for i in self.donors if self.videos[i].key != real_key]
+        if not donors:
+            raise DataError(f"no other real video to blend into {real_key!r}")
+        donor = self.videos[donors[int(rng.integers(len(donors)))]]
+        start = int(rng.integers(max(donor.num_frames - length, 0) + 1))
+        pos = np.minimum(np.arange(start, start + length), donor.num_frames - 1)
+        uniq, inverse = np.unique(pos, return_inverse=True)
+        entry = self._cache(donor.cache_root).read(donor.key, frames=uniq)
+        return resize_faces(entry.crops[inverse], entry.landmarks[inverse].astype(np.float32),
+                            self.img_size)
+
     def __getitem__(self, index: int) -> dict:
         video = self.videos[int(self.video_of[index])]
         pos = self.positions[index]  # (T,)
@@ -234,8 +252,13 @@ class FaceClipDataset(Dataset):
         crops = entry.crops[inverse]  # (T, S, S, 3)
         lms = entry.landmarks[inverse].astype(np.float32)  # (T, 68, 2)
         crops, lms = resize_faces(crops, lms, self.img_size)
-        if video.pseudo_of is not None:  # a real video's self-blended twin: one blend per clip
-            crops = make_pseudo_fake(crops, lms, int(torch.randint(0, 2**31 - 1, ()).item()))
+        if video.pseudo_of is not None:  # a real video's pseudo-fake twin: one blend per clip
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            if video.method in DONOR_METHODS:
+                donor_crops, donor_lms = self._donor_clip(video.pseudo_of, len(pos), seed)
+                crops = make_blend_swap(crops, lms, donor_crops, donor_lms, seed)
+            else:
+                crops = make_pseudo_fake(crops, lms, seed)
         if self.augment is not None:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())  # per-worker torch RNG
             crops, lms = self.augment(crops, lms, seed)

@@ -204,7 +204,9 @@ def rerun_command(plan: Plan) -> str:
     if plan.name == "demo":
         return "deepfakemae demo"
     if plan.name.startswith("demo-"):  # the demo with pseudo-fakes (commands/demo.py run_name)
-        return f"deepfakemae demo --fake-source {plan.name.removeprefix('demo-')}"
+        source, _, methods = plan.name.removeprefix("demo-").partition("-")
+        pseudo = f" --pseudo-methods {methods.replace('+', ',')}" if methods else ""
+        return f"deepfakemae demo --fake-source {source}{pseudo}"
     return f"deepfakemae run {plan.name}{' --demo' if plan.demo else ''}"
 
 

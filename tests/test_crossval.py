@@ -226,5 +226,15 @@ def test_demo_fake_source_reaches_both_branches_of_every_fold(tmp_path, source):
     single = demo_plan(args)
     assert single.name == f"demo-{source}"
     assert rerun_command(single) == f"deepfakemae demo --fake-source {source}"
+    swap = parser.parse_args(["--fake-source", source, "--pseudo-methods", "self_blend,blend_swap"])
+    swap_plan = demo_plan(swap)
+    assert swap_plan.name == f"demo-{source}-self_blend+blend_swap"
+    assert rerun_command(swap_plan) == (f"deepfakemae demo --fake-source {source} "
+                                        "--pseudo-methods self_blend,blend_swap")
+    for stage in ("finetune", "mapping"):
+        init = swap_plan.variants["main"][stage].args["data"]["init_args"]
+        assert init["pseudo_methods"] == ["self_blend", "blend_swap"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--pseudo-methods", "faceswap"])
     default = demo_plan(parser.parse_args([]))
     assert default.name == "demo" and "data" not in default.variants["main"]["mapping"].args

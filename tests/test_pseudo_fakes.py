@@ -9,7 +9,13 @@ import torch
 
 from data_modules import BalancedRealFakeSampler, DataError, DeepfakeDataModule, SourceSpec
 from data_modules.datasets import select_videos
-from data_modules.pseudo import PSEUDO_METHOD, make_pseudo_fake, pseudo_fake_videos, pseudo_key
+from data_modules.pseudo import (
+    PSEUDO_METHODS,
+    make_blend_swap,
+    make_pseudo_fake,
+    pseudo_fake_videos,
+    pseudo_key,
+)
 from deepfakemae.faces.cache import FaceCache
 from deepfakemae.faces.tensors import to_tensor
 from deepfakemae.records import FAKE, REAL
@@ -25,6 +31,8 @@ from deepfakemae.synth.swap import (
     self_blend_alpha,
 )
 from tests.conftest import face_crop
+
+PSEUDO_METHOD = PSEUDO_METHODS["self_blend"][0]
 
 
 def _module(ffpp_cache, fake_source: str, **kw) -> DeepfakeDataModule:
@@ -175,3 +183,50 @@ def test_pseudo_fake_loader_batches(ffpp_cache):
     assert batch["label"].tolist().count(FAKE) == 2
     fake_keys = [k for k, y in zip(batch["video_key"], batch["label"].tolist(), strict=True) if y == FAKE]
     assert len(fake_keys) == 2 and all(k.endswith("#sbi") for k in fake_keys)
+
+
+def test_blend_swap_twins_sit_beside_self_blend_twins(ffpp_cache):
+    dm = _module(ffpp_cache, "pseudo", pseudo_methods=["self_blend", "blend_swap"])
+    videos = dm.train_dataset.videos
+    reals = {v.key for v in videos if v.label == REAL}
+    for method, (name, suffix) in PSEUDO_METHODS.items():
+        twins = [v for v in videos if v.method == name]
+        assert {v.pseudo_of for v in twins} == reals
+        assert all(v.key == pseudo_key(v.pseudo_of, method) and v.key.endswith(suffix)
+                   for v in twins)
+    assert set(dm.domain_map) == {"real", "SelfBlendPseudo", "BlendSwapPseudo"}
+    with pytest.raises(DataError, match="pseudo_methods"):
+        DeepfakeDataModule(fake_source="both", pseudo_methods=["faceswap"])
+
+
+def test_blend_swap_takes_its_region_from_another_real_video(ffpp_cache):
+    dm = _module(ffpp_cache, "pseudo", pseudo_methods=["blend_swap"], mode="clip", clip_len=2)
+    ds, cache = dm.train_dataset, FaceCache(str(ffpp_cache))
+    index = next(i for i in range(len(ds)) if ds.videos[int(ds.video_of[i])].pseudo_of)
+    video = ds.videos[int(ds.video_of[index])]
+    own = cache.read(video.pseudo_of, frames=ds.positions[index])
+    torch.manual_seed(11)
+    sample = ds[index]
+    torch.manual_seed(11)
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    donor_crops, donor_lms = ds._donor_clip(video.pseudo_of, 2, seed)
+    donor_keys = {ds.videos[i].key for i in ds.donors}
+    assert video.pseudo_of in donor_keys and len(donor_keys) >= 2
+    expected = make_blend_swap(own.crops, own.landmarks.astype(np.float32), donor_crops,
+                               donor_lms, seed)
+    assert torch.allclose(sample["image"], to_tensor(expected), atol=1e-6)
+    assert not torch.equal(sample["image"], to_tensor(own.crops))
+    assert sample["label"].item() == FAKE
+
+
+def test_blend_swap_changes_only_the_chosen_region(astronaut_face_session):
+    crop, points = face_crop(astronaut_face_session, 128)
+    donor = np.ascontiguousarray(crop[:, ::-1] // 2)  # darker, mirrored: another "face"
+    flipped = points.copy()
+    flipped[:, 0] = 127 - flipped[:, 0]
+    a = make_blend_swap(crop[None], points[None], donor[None], flipped[None], 3)
+    assert np.array_equal(a, make_blend_swap(crop[None], points[None], donor[None],
+                                             flipped[None], 3))
+    changed = np.abs(a[0].astype(int) - crop).max(-1) > 0
+    hull = region_mask(points, "face", crop.shape[:2], 0.1 * face_width(points)).astype(bool)
+    assert changed.any() and not changed[~hull].any()

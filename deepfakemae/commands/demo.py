@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from data_modules.indexes.ffpp import load_splits
-from data_modules.pseudo import FAKE_SOURCES
+from data_modules.pseudo import FAKE_SOURCES, PSEUDO_METHODS
 from deepfakemae.branches import BRANCHES
 from deepfakemae.crossval import (
     SCORES_FILE,
@@ -42,8 +42,9 @@ from deepfakemae.plans import (
 PLAN = experiments_dir() / "demo" / "plan.yaml"
 CV_NAME = "demo-cv"
 FAKE_SOURCE_LABELS = {"dataset": "the demo methods",
-                      "pseudo": "self-blended pseudo-fakes only (no demo method seen in training)",
-                      "both": "the demo methods and self-blended pseudo-fakes"}
+                      "pseudo": "pseudo-fakes only (no demo method seen in training)",
+                      "both": "the demo methods and pseudo-fakes"}
+DEFAULT_PSEUDO = ("self_blend",)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +69,19 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              "pseudo-fakes of the real videos only (pseudo: no demo method seen "
                              "in training) or both; other than dataset, runs land in "
                              "<run-root>/demo-<source> (demo-cv-<source> with --folds)")
+    parser.add_argument("--pseudo-methods", type=_pseudo_list, default=DEFAULT_PSEUDO,
+                        help="with --fake-source pseudo/both, comma-separated pseudo-fakes: "
+                             "self_blend (default; Self-Blended Images) and/or blend_swap (a "
+                             "region of another training speaker, blended in); other than the "
+                             "default, the run folder gets -<methods> appended")
+
+
+def _pseudo_list(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = sorted(set(methods) - set(PSEUDO_METHODS))
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"choose from {list(PSEUDO_METHODS)}, got {text!r}")
+    return methods
 
 
 def prepare_demo_data(args: argparse.Namespace) -> Path | None:
@@ -91,10 +105,22 @@ def prepare_demo_data(args: argparse.Namespace) -> Path | None:
     return cache
 
 
-def run_name(base: str, fake_source: str) -> str:
+def run_name(base: str, fake_source: str, pseudo_methods: tuple[str, ...] = DEFAULT_PSEUDO) -> str:
     """Where a demo run lands under ``--run-root``: ``base``, or ``base-<source>`` for
-    pseudo-fake runs, so they never mix with the dataset-fake runs."""
-    return base if fake_source == "dataset" else f"{base}-{fake_source}"
+    pseudo-fake runs (``base-<source>-<m1+m2>`` for other than self-blended pseudo-fakes), so
+    they never mix with the dataset-fake runs."""
+    if fake_source == "dataset":
+        return base
+    methods = "" if tuple(pseudo_methods) == DEFAULT_PSEUDO else "-" + "+".join(pseudo_methods)
+    return f"{base}-{fake_source}{methods}"
+
+
+def fake_source_label(args: argparse.Namespace) -> str:
+    """The stage-2 training fakes in words."""
+    label = FAKE_SOURCE_LABELS[args.fake_source]
+    if args.fake_source == "dataset":
+        return label
+    return f"{label} ({', '.join(args.pseudo_methods)})"
 
 
 def demo_plan(args: argparse.Namespace) -> Plan:
@@ -108,9 +134,11 @@ def demo_plan(args: argparse.Namespace) -> Plan:
         if args.fake_source != "dataset":
             for name in BRANCH_STAGES:
                 switch = {"data": {"init_args": {"fake_source": args.fake_source}}}
+                if tuple(args.pseudo_methods) != DEFAULT_PSEUDO:
+                    switch["data"]["init_args"]["pseudo_methods"] = list(args.pseudo_methods)
                 stages[name] = dataclasses.replace(
                     stages[name], args=merge_args(stages[name].args, switch))
-    name = run_name(plan.name, args.fake_source)
+    name = run_name(plan.name, args.fake_source, args.pseudo_methods)
     return dataclasses.replace(plan, name=name, resolved={**plan.resolved, "name": name})
 
 
@@ -145,7 +173,7 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     pairs = load_splits(args.data_dir / "raw" / "splits")
     all_pairs = [p for split in ("train", "val", "test") for p in pairs[split]]
     folds = make_folds(all_pairs, args.folds)
-    cv_name = run_name(CV_NAME, args.fake_source)
+    cv_name = run_name(CV_NAME, args.fake_source, args.pseudo_methods)
     root = args.run_root / cv_name
     splits_dirs = [write_fold_splits(f, root / "splits" / f"fold_{i}") for i, f in enumerate(folds)]
     print(f"[3/3] {args.folds}-fold cross-validation, identity-disjoint "
@@ -156,14 +184,15 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     results = set_results(pool_scores(score_files), n_boot=args.bootstrap)
     table = results_markdown(results)
     header = (f"DeepfakeMAE demo, {args.folds}-fold identity-disjoint cross-validation, "
-              f"stage-2 fakes: {FAKE_SOURCE_LABELS[args.fake_source]}: test "
+              f"stage-2 fakes: {fake_source_label(args)}: test "
               f"scores of all folds pooled; AUC % [95% bootstrap CI, {args.bootstrap} resamples "
               "of whole videos]")
     (root / "cv_results.md").write_text(f"{header}\n\n{table}\n")
     write_results_csv(results, root / "cv_results.csv")
     wandb_dir = log_wandb_summary(results, root, f"{cv_name}/summary",
                                   {"folds": args.folds, "plan": str(PLAN),
-                                   "max_steps": args.max_steps, "fake_source": args.fake_source})
+                                   "max_steps": args.max_steps, "fake_source": args.fake_source,
+                                   "pseudo_methods": list(args.pseudo_methods)})
     print(f"\n{header}:\n\n{table}\n\nresults: {root / 'cv_results.md'}, "
           f"{root / 'cv_results.csv'}", flush=True)
     if wandb_dir is not None:
