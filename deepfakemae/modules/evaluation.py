@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from deepfakemae.metrics import ScoreBook, ScoredSet, set_metrics
+from deepfakemae.modules.checkpoints import tag_checkpoint
 
 
 @dataclass
@@ -93,3 +94,17 @@ class VideoEvaluation:
         self.score_book.reset()
         self.evaluations[stage] = evaluation
         return evaluation
+
+
+class BranchEvaluation(VideoEvaluation):
+    """Mixin of a detector branch's LightningModule: scores a batch by its own
+    ``fake_probability(images)`` under its label, and tags its checkpoints with its kind."""
+
+    def fake_probability(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {self.primary_branch: self.fake_probability(batch["image"])}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        tag_checkpoint(checkpoint, self)

@@ -10,8 +10,8 @@ from deepfakemae.branches import BRANCHES
 from deepfakemae.explain import BranchCam, finetune_gradcam
 from deepfakemae.models.classifier import FinetuneClassifier, Pooling
 from deepfakemae.models.mae import create_mae
-from deepfakemae.modules.checkpoints import load_stage1_mae, tag_checkpoint
-from deepfakemae.modules.evaluation import VideoEvaluation
+from deepfakemae.modules.checkpoints import load_stage1_mae
+from deepfakemae.modules.evaluation import BranchEvaluation
 from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
 
 DECODER_PARTS = ("decoder_embed", "decoder_blocks", "decoder_norm", "decoder_pred", "mask_token")
@@ -25,7 +25,7 @@ def drop_decoder(mae: torch.nn.Module) -> torch.nn.Module:
     return mae
 
 
-class FinetuneModule(VideoEvaluation, LightningModule):
+class FinetuneModule(BranchEvaluation, LightningModule):
     """The stage-1 encoder on full, unmasked faces; 5-frame clips; cross-entropy.
 
     Batches are clips (``image`` (B,T,3,H,W)); each frame is encoded, mean-pooled over patch
@@ -77,12 +77,6 @@ class FinetuneModule(VideoEvaluation, LightningModule):
         """Grad-CAM of one face (1,3,H,W) over the patch grid (paper Fig. 3)."""
         cam, probability = finetune_gradcam(self.classifier, face)
         return BranchCam(BRANCHES["finetune"].title, cam, probability)
-
-    def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {self.primary_branch: self.fake_probability(batch["image"])}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        tag_checkpoint(checkpoint, self)
 
     def configure_optimizers(self):
         hp = self.hparams

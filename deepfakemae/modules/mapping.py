@@ -22,8 +22,8 @@ from deepfakemae.metalearning import (
 )
 from deepfakemae.models.mae import MaskedAutoencoderViT
 from deepfakemae.models.mapping_network import ClassifierInput, MappingNetwork
-from deepfakemae.modules.checkpoints import load_stage1, tag_checkpoint
-from deepfakemae.modules.evaluation import VideoEvaluation
+from deepfakemae.modules.checkpoints import load_stage1
+from deepfakemae.modules.evaluation import BranchEvaluation
 from deepfakemae.modules.optim import warmup_cosine
 from deepfakemae.visualize import PictureQueue, to_uint8
 
@@ -121,7 +121,7 @@ def meta_split(batch: dict, rng: np.random.Generator, ref_fraction: float = 0.5
                      test=rows(fake_test + real_test))
 
 
-class MappingModule(VideoEvaluation, PictureQueue, LightningModule):
+class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
     """ResNet-18 mapper trained to map faces onto the frozen stage-1 MAE's reconstruction.
 
     Loss (paper eq. 1): ``λcls·BCE + λmse·MSE`` on meta-train plus the same on meta-test, with
@@ -290,12 +290,6 @@ class MappingModule(VideoEvaluation, PictureQueue, LightningModule):
         title = BRANCHES["mapping"].title
         return BranchCam(title, cam, probability,
                          [("mapped face", f"({title} output)", to_uint8(mapped)[0])])
-
-    def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {self.primary_branch: self.fake_probability(batch["image"])}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        tag_checkpoint(checkpoint, self)
 
     def configure_optimizers(self):
         hp = self.hparams
