@@ -1,11 +1,12 @@
-"""Loader throughput per worker: training images/s with and without self-blended pseudo-fakes.
+"""Loader throughput per worker: training images/s with and without pseudo-fakes.
 
 One process, one thread (what one DataLoader worker does): the balanced training dataset of
 ``DeepfakeDataModule`` is read sample by sample in its sampler's order, with the default training
-augmentation, for ``--fake-source dataset`` (the cache's fakes) and ``pseudo`` (every fake a
-pseudo-fake made on the fly). The two runs alternate in rounds so that both see the same machine
-load. Besides the loader figure, the pseudo run reports the pseudo-fake samples alone against
-the real samples read in the same run (the cost of the blend itself).
+augmentation, for ``fake_source: dataset`` (the cache's fakes) and ``pseudo`` with each pseudo
+method (``self_blend``, ``blend_swap``: every fake a pseudo-fake made on the fly). The runs
+alternate in rounds so that all see the same machine load. Besides the loader figure, each
+pseudo run reports its pseudo-fake samples alone against the real samples read in the same run
+(the cost of the blend itself).
 
     python bench/loader.py --cache data/demo/cache               # the demo cache (112 px -> 224)
     python bench/loader.py --cache data/cache/ffpp_c23 --split train --rounds 5 --samples 400
@@ -23,11 +24,17 @@ import torch
 
 from data_modules import DeepfakeDataModule, SourceSpec
 
+#: row label -> (fake_source, pseudo_methods)
+SOURCES = {"dataset": ("dataset", None), "pseudo self_blend": ("pseudo", ["self_blend"]),
+           "pseudo blend_swap": ("pseudo", ["blend_swap"])}
 
-def build_dataset(cache: str, split: str, size: int, fake_source: str, mode: str):
-    """The training dataset and its balanced sampler order for ``fake_source``."""
+
+def build_dataset(cache: str, split: str, size: int, source: str, mode: str):
+    """The training dataset and its balanced sampler order for a ``SOURCES`` row."""
+    fake_source, methods = SOURCES[source]
     dm = DeepfakeDataModule(train=[SourceSpec("bench", cache, split=split)], img_size=size,
-                            augment=True, balanced=True, fake_source=fake_source, mode=mode)
+                            augment=True, balanced=True, fake_source=fake_source,
+                            pseudo_methods=methods, mode=mode)
     dm.setup("fit")
     sampler = dm.train_sampler()
     return dm.train_dataset, list(sampler)
@@ -66,7 +73,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.manual_seed(0)
     sources = {s: build_dataset(args.cache, args.split, args.size, s, args.mode)
-               for s in ("dataset", "pseudo")}
+               for s in SOURCES}
     totals = {s: {"all": [], "pseudo": [], "real": []} for s in sources}
     for dataset, order in sources.values():  # warm-up: JPEG decoder, caches
         time_samples(dataset, order, 10)
@@ -82,10 +89,11 @@ def main() -> None:
         cells = [f"{1.0 / np.mean(kinds[k]):.0f}" if kinds[k] else "-"
                  for k in ("all", "real", "pseudo")]
         print(f"| {source} | " + " | ".join(cells) + " |")
-    slow = np.mean(totals["pseudo"]["all"]) / np.mean(totals["dataset"]["all"])
-    blend = np.mean(totals["pseudo"]["pseudo"]) / np.mean(totals["pseudo"]["real"])
-    print(f"pseudo loader / dataset loader time: {slow:.2f}x; a pseudo-fake sample / a real "
-          f"sample: {blend:.2f}x")
+    for source in list(SOURCES)[1:]:
+        slow = np.mean(totals[source]["all"]) / np.mean(totals["dataset"]["all"])
+        blend = np.mean(totals[source]["pseudo"]) / np.mean(totals[source]["real"])
+        print(f"{source}: loader time / dataset loader time {slow:.2f}x; a pseudo-fake sample / "
+              f"a real sample {blend:.2f}x")
 
 
 if __name__ == "__main__":
