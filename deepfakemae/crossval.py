@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from deepfakemae.branches import ordered_labels
-from deepfakemae.metrics import Interval, ScoredSet, bootstrap_auc
+from deepfakemae.metrics import Interval, ScoredSet, bootstrap_auc, weighted_auc
 from deepfakemae.plans import STAGES, Plan, merge_args
 from deepfakemae.results import read_scores_csv
 
@@ -130,6 +130,29 @@ def results_markdown(results: list[SetResult]) -> str:
         cells = [r.name, f"{r.num_real}/{r.num_fake}"]
         cells += [r.auc[c].format() if c in r.auc else "—" for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fold_markdown(score_files: list[Path]) -> str:
+    """Markdown table of each fold's own frame AUC (%) per test set and branch, and their mean.
+
+    Read beside the pooled table: folds whose scores separate their own videos but sit at
+    different levels would show high per-fold AUCs under a low pooled one (a calibration
+    effect), while per-fold AUCs near 50 mean no fold separates its test speakers."""
+    folds = [read_scores_csv(path) for path in score_files]
+    names = sorted({name for fold in folds for name in fold})
+    head = ["test set", "branch", *(f"fold {i}" for i in range(len(folds))), "mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        branches = ordered_labels(b for fold in folds if name in fold for b in fold[name].scores)
+        for branch in branches:
+            aucs = [weighted_auc(fold[name].scores[branch], fold[name].labels)
+                    if name in fold and branch in fold[name].scores else float("nan")
+                    for fold in folds]
+            cells = ["—" if np.isnan(a) else f"{100 * a:.1f}" for a in aucs]
+            mean = np.nanmean(aucs) if not np.all(np.isnan(aucs)) else float("nan")
+            lines.append(f"| {name} | {branch} | " + " | ".join(cells)
+                         + f" | {'—' if np.isnan(mean) else f'{100 * mean:.1f}'} |")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import pytest
 from data_modules import BalancedRealFakeSampler, DeepfakeDataModule, SourceSpec, select_videos
 from data_modules.indexes.ffpp import key_split, split_owner, target_real_key
 from deepfakemae.crossval import (
+    fold_markdown,
     fold_plan,
     make_folds,
     pool_scores,
@@ -186,6 +187,13 @@ def test_scores_are_pooled_across_folds(tmp_path):
     assert results[0].auc[("fused", "video")].value == pytest.approx(0.75)
     table = results_markdown(results)
     assert "| Swap | 2/2 | 75.0 [" in table
+    per_fold = fold_markdown(files)  # each fold holds one class only: no AUC of its own
+    assert "| Swap | fused | — | — | — |" in per_fold
+    both = [write_scores_csv({"Swap": s}, tmp_path / f"both_{i}.csv") for i in range(2)]
+    frame_auc = _pairwise_auc([x for x, y in zip(s.scores["fused"], s.labels, strict=True) if y],
+                              [x for x, y in zip(s.scores["fused"], s.labels, strict=True) if not y])
+    cell = f"{100 * frame_auc:.1f}"
+    assert f"| Swap | fused | {cell} | {cell} | {cell} |" in fold_markdown(both)
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a scores file"):

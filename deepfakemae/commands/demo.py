@@ -19,6 +19,7 @@ from data_modules.pseudo import FAKE_SOURCES, PSEUDO_METHODS
 from deepfakemae.branches import BRANCHES
 from deepfakemae.crossval import (
     SCORES_FILE,
+    fold_markdown,
     fold_plan,
     log_wandb_summary,
     make_folds,
@@ -187,13 +188,18 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
               f"stage-2 fakes: {fake_source_label(args)}: test "
               f"scores of all folds pooled; AUC % [95% bootstrap CI, {args.bootstrap} resamples "
               "of whole videos]")
-    (root / "cv_results.md").write_text(f"{header}\n\n{table}\n")
+    folds_table = fold_markdown(score_files)
+    folds_header = ("Each fold on its own: frame AUC % of its test speakers (2 real + 2 fake "
+                    "videos per set, no interval: too few to give one)")
+    (root / "cv_results.md").write_text(f"{header}\n\n{table}\n\n{folds_header}\n\n"
+                                        f"{folds_table}\n")
     write_results_csv(results, root / "cv_results.csv")
     wandb_dir = log_wandb_summary(results, root, f"{cv_name}/summary",
                                   {"folds": args.folds, "plan": str(PLAN),
                                    "max_steps": args.max_steps, "fake_source": args.fake_source,
                                    "pseudo_methods": list(args.pseudo_methods)})
-    print(f"\n{header}:\n\n{table}\n\nresults: {root / 'cv_results.md'}, "
+    print(f"\n{header}:\n\n{table}\n\n{folds_header}:\n\n{folds_table}\n\n"
+          f"results: {root / 'cv_results.md'}, "
           f"{root / 'cv_results.csv'}", flush=True)
     if wandb_dir is not None:
         print(f"W&B summary run: {wandb_dir}", flush=True)
