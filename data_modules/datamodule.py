@@ -175,7 +175,11 @@ class DeepfakeDataModule(L.LightningDataModule):
                 raise DataError(f"real_only=True but the training sources "
                                 f"{[s.name for s in self.train_sources]} select no real video")
         else:
-            videos = pseudo_fake_videos(videos, self.fake_source, self.pseudo_methods)
+            try:
+                videos = pseudo_fake_videos(videos, self.fake_source, self.pseudo_methods)
+            except ValueError as exc:
+                raise DataError(f"training sources {[s.name for s in self.train_sources]}: "
+                                f"{exc}") from exc
             n_real = sum(v.label == REAL for v in videos)
             if n_real == 0 or n_real == len(videos):
                 raise DataError(

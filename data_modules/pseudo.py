@@ -65,7 +65,9 @@ def pseudo_fake_videos(videos: list, fake_source: FakeSource,
         return list(videos)
     reals = [v for v in videos if v.label == REAL and v.method == REAL_METHOD]
     if "blend_swap" in methods and len(reals) < 2:
-        raise ValueError("blend_swap pseudo-fakes need at least two real training videos")
+        raise ValueError(f"blend_swap pseudo-fakes need at least two real training videos (a "
+                         f"donor besides the target), got {len(reals)}; add real videos or drop "
+                         f"blend_swap from --data.init_args.pseudo_methods")
     twins = [replace(v, key=pseudo_key(v.key, m), label=FAKE, method=PSEUDO_METHODS[m][0],
                      pseudo_of=v.key)
              for m in dict.fromkeys(methods) for v in reals]

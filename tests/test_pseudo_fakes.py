@@ -230,3 +230,13 @@ def test_blend_swap_changes_only_the_chosen_region(astronaut_face_session):
     changed = np.abs(a[0].astype(int) - crop).max(-1) > 0
     hull = region_mask(points, "face", crop.shape[:2], 0.1 * face_width(points)).astype(bool)
     assert changed.any() and not changed[~hull].any()
+
+
+def test_blend_swap_with_a_single_real_video_names_the_switch(make_face_cache, tmp_path):
+    vids = [{"key": f"other/{m}/v0", "label": int(m != "real"), "dataset": "other", "method": m,
+             "split": "train", "frames": 3} for m in ("real", "Swap")]
+    root = make_face_cache(tmp_path / "cache", vids)
+    dm = DeepfakeDataModule(train=[SourceSpec("one", str(root))], img_size=64, augment=False,
+                            fake_source="both", pseudo_methods=["blend_swap"])
+    with pytest.raises(DataError, match="at least two real training videos.*pseudo_methods"):
+        dm.setup("fit")
