@@ -64,13 +64,17 @@ def main() -> None:
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    aucs = [float(a) for a in args.aucs.split(",")]
+    if args.videos < 1 or not all(0.0 < a <= 1.0 for a in aucs):
+        parser.error(f"--videos must be >= 1 and every --aucs value in (0, 1], got "
+                     f"--videos {args.videos} --aucs {args.aucs}")
     print(f"{args.videos} real + {args.videos} fake videos, {args.sims} simulated test sets, "
           f"{args.n_boot} bootstrap resamples each")
     print(f"check: lower bound differs from bootstrap_auc's by "
           f"{check_against_table(args.videos, args.n_boot, args.seed):.3f} (resampling noise)")
     print("| true AUC | median 95 % lower bound | share with lower bound > 0.5 |")
     print("|---|---|---|")
-    for auc in (float(a) for a in args.aucs.split(",")):
+    for auc in aucs:
         low = lower_bounds(auc, args.videos, args.sims, args.n_boot, args.seed)
         print(f"| {auc:.2f} | {np.median(low):.2f} | {np.mean(low > 0.5):.0%} |", flush=True)
 
