@@ -21,19 +21,23 @@ First order (``first_order=True``, FOMAML): inner gradients are computed without
 detached, so ``θ_sel = θ - α Σ g_k`` with the ``g_k`` treated as constants; the outer gradient is
 ``∇L_outer`` evaluated at ``θ_sel`` and applied to ``θ`` (the Jacobian ``∂θ_sel/∂θ`` is the identity).
 
-BatchNorm: every forward runs in the module's current mode (train mode during fitting → batch
-statistics). Forwards on functional copies use a scratch clone of the buffers, so inner steps,
-the reference evaluation and the meta-train term never touch the real running statistics. When
-``update_running_stats=True`` (default) the meta-test forward — the only forward that sees both domain
-sets — runs with the real buffers, so the running statistics advance exactly once per outer step.
+BatchNorm: inner steps, the meta-train term and the meta-test term run in the module's current
+mode (train mode during fitting → batch statistics) on a scratch clone of the buffers, so they
+never touch the real running statistics. ``T_ref`` is scored in eval mode with the real running
+statistics (as at inference; eval mode only reads them), so its accuracy is what the deployed
+network would get and it changes no statistics. ``running_stats="theta"`` (default) then advances the real running statistics once
+per outer step with a no-grad train-mode forward of ``stats_batch`` under the outer parameters θ
+— the parameters inference uses; ``"theta_sel"`` lets the meta-test forward at θ_sel advance them
+instead; ``"none"`` leaves them alone.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -42,6 +46,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 Batch = Mapping[str, Any]
+#: whose BatchNorm running statistics a meta step advances (see the module docstring)
+RunningStats = Literal["theta", "theta_sel", "none"]
+RUNNING_STATS = get_args(RunningStats)
 # loss_fn(outputs, batch) -> loss tensor, or (loss, {name: component}) for logging
 LossFn = Callable[[Any, Batch], Any]
 AccuracyFn = Callable[[Any, Batch], float]
@@ -138,6 +145,7 @@ class MetaStepResult:
         inner_losses: meta-train loss before each inner update (length K, floats).
         meta_train_parts / meta_test_parts: the loss components returned by ``loss_fn`` (detached).
         selected_params: the selected fast parameters (graph attached).
+        param_distance: ``‖θ_sel − θ‖₂`` over the trained parameters (how far the inner loop went).
     """
 
     loss: Tensor
@@ -150,6 +158,7 @@ class MetaStepResult:
     meta_train_parts: dict[str, Tensor] = field(default_factory=dict)
     meta_test_parts: dict[str, Tensor] = field(default_factory=dict)
     selected_params: dict[str, Tensor] = field(default_factory=dict)
+    param_distance: float = 0.0
 
     def log_dict(self, prefix: str = "meta/") -> dict[str, float]:
         """Flat float dict for a logger."""
@@ -160,7 +169,9 @@ class MetaStepResult:
             f"{prefix}selected_step": float(self.selected_step),
             f"{prefix}ref_acc": self.ref_accuracies[self.selected_step - 1],
             f"{prefix}ref_loss": self.ref_losses[self.selected_step - 1],
+            f"{prefix}param_distance": self.param_distance,
         }
+        out.update({f"{prefix}ref_acc_step{k + 1}": a for k, a in enumerate(self.ref_accuracies)})
         out.update({f"{prefix}train_{k}": float(v) for k, v in self.meta_train_parts.items()})
         out.update({f"{prefix}test_{k}": float(v) for k, v in self.meta_test_parts.items()})
         return out
@@ -193,7 +204,8 @@ def meta_step(
     mix_batch: Batch | None = None,
     accuracy_fn: AccuracyFn = binary_accuracy,
     input_key: str = "image",
-    update_running_stats: bool = True,
+    running_stats: RunningStats = "theta",
+    stats_batch: Batch | None = None,
     generator: torch.Generator | None = None,
 ) -> MetaStepResult:
     """One outer meta-learning step (see the module docstring for the exact algorithm).
@@ -201,7 +213,7 @@ def meta_step(
     Args:
         model: the network; it is only used as a stateless function through ``functional_call``.
         params: ``dict(model.named_parameters())`` (the outer parameters θ, requires_grad).
-        buffers: ``dict(model.named_buffers())`` (the real buffers; see ``update_running_stats``).
+        buffers: ``dict(model.named_buffers())`` (the real buffers; see ``running_stats``).
         meta_train_batch / meta_test_batch / ref_batch: batch dicts; ``model(batch[input_key])``.
             ``ref_batch`` (T_ref) should hold samples of its own (see
             :func:`deepfakemae.modules.mapping.meta_split`).
@@ -213,11 +225,17 @@ def meta_step(
         mix_batch: meta-train-domain batch concatenated with the meta-test batch for the meta-test
             term (paper: "another batch in the Meta-train domain"); defaults to ``meta_train_batch``.
         accuracy_fn: ``accuracy_fn(outputs, ref_batch) -> float``; higher is better.
-        update_running_stats: run the meta-test forward with the real buffers (once per outer step).
+        running_stats: whose BatchNorm running statistics advance, once per outer step:
+            ``"theta"`` (a no-grad forward of ``stats_batch`` at θ), ``"theta_sel"`` (the
+            meta-test forward at θ_sel) or ``"none"``.
+        stats_batch: the samples of the ``"theta"`` forward; default meta-train ∪ meta-test.
         generator: RNG for the meta-test shuffle.
     """
     if inner_steps < 1:
         raise ValueError(f"metalearning.py meta_step: inner_steps must be >= 1, got {inner_steps}")
+    if running_stats not in RUNNING_STATS:
+        raise ValueError(f"metalearning.py meta_step: running_stats must be one of "
+                         f"{RUNNING_STATS}, got {running_stats!r}")
     names = [n for n, p in params.items() if p.requires_grad]
     frozen = {n: p for n, p in params.items() if not p.requires_grad}
     scratch = _clone_buffers(buffers)
@@ -244,8 +262,8 @@ def meta_step(
                 new_fast[n] = fast[n] - inner_lr * (g.detach() if first_order else g)
         fast = new_fast
         candidates.append(fast)
-        with torch.no_grad():
-            ref_out = call(fast, scratch, ref_batch)
+        with torch.no_grad(), _eval_mode(model):  # the real running statistics (read only)
+            ref_out = call(fast, buffers, ref_batch)
             ref_acc.append(float(accuracy_fn(ref_out, ref_batch)))
             ref_loss.append(float(_split_loss(loss_fn(ref_out, ref_batch))[0]))
 
@@ -259,8 +277,15 @@ def meta_step(
         generator=generator,
         input_key=input_key,
     )
-    test_bufs = dict(buffers) if update_running_stats else scratch
+    test_bufs = dict(buffers) if running_stats == "theta_sel" else scratch
     test_loss, test_parts = _split_loss(loss_fn(call(selected, test_bufs, mixed), mixed))
+    if running_stats == "theta":
+        seen = stats_batch if stats_batch is not None else concat_batches(meta_train_batch,
+                                                                          meta_test_batch)
+        with torch.no_grad():
+            call({n: params[n].detach() for n in names}, dict(buffers), seen)
+    with torch.no_grad():
+        distance = torch.sqrt(sum(((selected[n] - params[n]).float() ** 2).sum() for n in names))
 
     return MetaStepResult(
         loss=train_loss + test_loss,
@@ -273,7 +298,19 @@ def meta_step(
         meta_train_parts=train_parts,
         meta_test_parts=test_parts,
         selected_params=selected,
+        param_distance=float(distance),
     )
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block, its previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 # --------------------------------------------------------------------------------------------- splits

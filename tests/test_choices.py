@@ -37,7 +37,9 @@ def test_other_choices_are_literals():
     assert literal_values(finetune["pooling"]) == {"mean", "cls"}
     assert set(typing.get_args(Pooling)) == {"mean", "cls"}
     hints = typing.get_type_hints(MappingModule.__init__)
-    assert literal_values(hints["target"]) == {"unmasked", "masked"}
+    assert literal_values(hints["target"]) == {"masked", "masked_decoder", "unmasked"}
+    assert literal_values(hints["ref_source"]) == {"meta_test", "meta_train"}
+    assert literal_values(hints["bn_stats"]) == {"theta", "theta_sel", "none"}
     assert literal_values(hints["classifier_input"]) == {"features", "mapped", "both"}
 
 

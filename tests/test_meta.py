@@ -251,8 +251,8 @@ def _bce(out: torch.Tensor, batch: dict) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(out, batch["label"].float())
 
 
-@pytest.mark.parametrize("update", [False, True])
-def test_batchnorm_running_stats_updated_once_or_never(update: bool) -> None:
+@pytest.mark.parametrize("mode", ["none", "theta_sel", "theta"])
+def test_batchnorm_running_stats_advance_once_under_the_chosen_parameters(mode: str) -> None:
     torch.manual_seed(0)
     model = _BNNet().train()
     g = torch.Generator().manual_seed(3)
@@ -260,26 +260,63 @@ def test_batchnorm_running_stats_updated_once_or_never(update: bool) -> None:
     def b(n: int) -> dict:
         return {"image": torch.randn(n, 4, generator=g) + 2.0, "label": torch.randint(0, 2, (n,), generator=g)}
 
-    train, test, ref = b(6), b(4), b(6)
+    train, test, ref, whole = b(6), b(4), b(6), b(16)
     params, buffers = _params_buffers(model)
     before = {k: v.clone() for k, v in buffers.items()}
     res = meta_step(model, params, buffers, train, test, ref, _bce, inner_steps=3, inner_lr=0.1,
-                    update_running_stats=update, generator=torch.Generator().manual_seed(0))
+                    running_stats=mode, stats_batch=whole,
+                    generator=torch.Generator().manual_seed(0))
     after = dict(model.named_buffers())
-    if not update:
+    assert model.training  # the eval-mode T_ref forward restores the mode
+    if mode == "none":
         for k in before:
             torch.testing.assert_close(after[k], before[k])
         return
     assert after["bn.num_batches_tracked"].item() == 1
-    # exactly one momentum update, from the meta-test forward (test ∪ train) at the selected params
-    sel = res.selected_params
-    mixed = torch.cat([test["image"], train["image"]])
-    h = mixed @ sel["lin.weight"].detach().T + sel["lin.bias"].detach()
+    if mode == "theta_sel":  # the meta-test forward (test ∪ train) at the selected params
+        sel = {k: v.detach() for k, v in res.selected_params.items()}
+        h = torch.cat([test["image"], train["image"]]) @ sel["lin.weight"].T + sel["lin.bias"]
+    else:  # one forward of the whole batch at θ, the parameters inference uses
+        h = whole["image"] @ params["lin.weight"].detach().T + params["lin.bias"].detach()
     m = model.bn.momentum
     torch.testing.assert_close(after["bn.running_mean"], (1 - m) * before["bn.running_mean"] + m * h.mean(0))
     torch.testing.assert_close(after["bn.running_var"], (1 - m) * before["bn.running_var"] + m * h.var(0, unbiased=True))
     res.loss.backward()
     assert model.lin.weight.grad is not None
+    assert res.param_distance > 0
+
+
+def test_ref_set_is_scored_in_eval_mode_and_changes_no_statistics() -> None:
+    """T_ref accuracy is what inference (eval-mode BatchNorm) would get at each inner step."""
+    torch.manual_seed(1)
+    model = _BNNet().train()
+    g = torch.Generator().manual_seed(4)
+    data = {"image": torch.randn(12, 4, generator=g) * 3 + 5.0,  # far from the running stats
+            "label": torch.randint(0, 2, (12,), generator=g)}
+    ref = {"image": torch.randn(10, 4, generator=g) * 3 + 5.0,
+           "label": torch.randint(0, 2, (10,), generator=g)}
+    params, buffers = _params_buffers(model)
+    before = {k: v.clone() for k, v in buffers.items()}
+    res = meta_step(model, params, buffers, data, data, ref, _bce, inner_steps=3, inner_lr=0.5,
+                    running_stats="none", generator=torch.Generator().manual_seed(0))
+    for k in before:  # nothing advanced the real statistics, T_ref evaluation included
+        torch.testing.assert_close(buffers[k], before[k])
+    # replay the inner loop by hand; score T_ref in eval mode with the untouched statistics
+    fast = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    eval_losses, train_losses = [], []
+    for _ in range(3):
+        scratch = {k: v.clone() for k, v in before.items()}
+        out = functional_call(model, ({**fast}, scratch), (data["image"],))
+        grads = torch.autograd.grad(_bce(out, data), list(fast.values()))
+        fast = {k: (v - 0.5 * gr).detach().requires_grad_(True)
+                for (k, v), gr in zip(fast.items(), grads, strict=True)}
+        with torch.no_grad():
+            model.eval()
+            eval_losses.append(float(_bce(functional_call(model, (fast, before), (ref["image"],)), ref)))
+            model.train()
+            train_losses.append(float(_bce(functional_call(model, (fast, {k: v.clone() for k, v in before.items()}), (ref["image"],)), ref)))
+    np.testing.assert_allclose(res.ref_losses, eval_losses, rtol=1e-4)
+    assert max(abs(a - b) for a, b in zip(res.ref_losses, train_losses, strict=True)) > 1e-3
 
 
 def test_mapping_network_meta_step_end_to_end() -> None:

@@ -49,7 +49,8 @@ def trained(tmp_path_factory, ffpp_cache, celebdf_cache):
     os.chdir(root)
     try:
         assert main(["fit", "-c", str(EXP / "pretrain.yaml"), *SMALL, "--trainer.max_steps=2",
-                     "--model.init_args.preset=mae_vit_micro", "--data.init_args.batch_size=4"]) == 0
+                     "--model.init_args.preset=mae_vit_micro", "--data.init_args.batch_size=4",
+                     "--model.init_args.init_weights=null"]) == 0
         assert main(["fit", "-c", str(EXP / "finetune.yaml"), *SMALL, "--trainer.max_steps=2",
                      "--data.init_args.batch_size=4", eval_sets(cache_dir)]) == 0
         assert main(["fit", "-c", str(EXP / "mapping.yaml"), *SMALL, *RANDOM_INIT,
@@ -156,11 +157,13 @@ def _sample_keys(part: dict) -> list[tuple[str, int]]:
     return list(zip(part["video_key"], part["frame_index"].tolist(), strict=True))
 
 
-def test_meta_split_gives_four_disjoint_parts():
-    """Paper §3.2.2: the meta-test term mixes meta-test with *another* meta-train-domain batch."""
+@pytest.mark.parametrize("ref_source", ["meta_test", "meta_train"])
+def test_meta_split_gives_four_disjoint_parts(ref_source):
+    """Paper §3.2.2: the meta-test term mixes meta-test with *another* meta-train-domain batch;
+    T_ref ("validated by sampling ... from the Meta-test") comes from the meta-test side."""
     batch = _meta_batch(real_videos=16, frames_per_real=2, fakes_per_domain=8)  # 64 samples
     for seed in range(5):
-        split = meta_split(batch, np.random.default_rng(seed))
+        split = meta_split(batch, np.random.default_rng(seed), ref_source=ref_source)
         parts = {"train": split.train, "ref": split.ref, "mix": split.mix, "test": split.test}
         keys = {name: _sample_keys(p) for name, p in parts.items()}
         assert sorted(sum(keys.values(), [])) == sorted(_sample_keys(batch))  # a partition
@@ -171,20 +174,29 @@ def test_meta_split_gives_four_disjoint_parts():
                 assert not videos[a] & videos[b], (a, b)  # no video (hence no sample) shared
         test_domains = set(split.test["domain"][split.test["label"] == 1].tolist())
         assert len(test_domains) == 1
-        for name in ("train", "ref", "mix"):
+        ref_domains = set(split.ref["domain"][split.ref["label"] == 1].tolist())
+        assert ref_domains == test_domains if ref_source == "meta_test" else \
+            not ref_domains & test_domains
+        for name in ("train", "mix", "ref"):
             part = parts[name]
             assert set(part["label"].tolist()) == {0, 1}
-            assert not test_domains & set(part["domain"][part["label"] == 1].tolist())
-        # mix: as many samples per class as meta-test; the rest halved into T_ref and the inner batch
+            if name != "ref":
+                assert not test_domains & set(part["domain"][part["label"] == 1].tolist())
+        # per class: 8 fakes of the held-out method and 8 real frames on the meta-test side
+        expected = {"meta_test": {"test": 4, "ref": 4, "mix": 4, "train": 20},
+                    "meta_train": {"test": 8, "ref": 8, "mix": 8, "train": 8}}[ref_source]
         for label in (0, 1):
-            assert (split.mix["label"] == label).sum() == (split.test["label"] == label).sum() == 8
-            assert (split.ref["label"] == label).sum() == (split.train["label"] == label).sum() == 8
+            for name, n in expected.items():
+                assert (parts[name]["label"] == label).sum() == n, (name, label)
 
 
 def test_meta_split_single_domain_and_tiny_batches():
     one = meta_split(_meta_batch(10, 1, 10, domains=(1,)), np.random.default_rng(0))
-    assert (one.test["label"] == 1).sum() == 2  # cross-manipulation protocol: fakes split 8:2
+    # cross-manipulation protocol: fakes split 8:2, the two meta-test-side fakes halved into
+    # meta-test and T_ref
+    assert (one.test["label"] == 1).sum() == (one.ref["label"] == 1).sum() == 1
     assert not set(_sample_keys(one.mix)) & set(_sample_keys(one.train))
+    assert not set(_sample_keys(one.ref)) & set(_sample_keys(one.test))
     # two videos per class: T_ref gets its own samples, the mix batch falls back to the inner batch
     small = meta_split(_meta_batch(3, 1, 1, domains=(1, 2, 3)), np.random.default_rng(0))
     assert not set(_sample_keys(small.ref)) & set(_sample_keys(small.train))
@@ -192,7 +204,11 @@ def test_meta_split_single_domain_and_tiny_batches():
     for part in small:
         assert set(part["label"].tolist()) == {0, 1}
     tiny = meta_split(_meta_batch(2, 1, 1, domains=(1, 2)), np.random.default_rng(0))
-    assert _sample_keys(tiny.ref) == _sample_keys(tiny.mix) == _sample_keys(tiny.train)
+    assert _sample_keys(tiny.mix) == _sample_keys(tiny.train)  # nothing to spare on either side:
+    assert _sample_keys(tiny.ref) == _sample_keys(tiny.test)  # T_ref stays in the meta-test domain
+    old = meta_split(_meta_batch(2, 1, 1, domains=(1, 2)), np.random.default_rng(0),
+                     ref_source="meta_train")
+    assert _sample_keys(old.ref) == _sample_keys(old.mix) == _sample_keys(old.train)
     assert meta_split(_meta_batch(1, 4, 1), np.random.default_rng(0)) is None  # one real video
 
 
@@ -256,14 +272,47 @@ def test_masked_target_takes_masking_from_stage1(lips_stage1):
     expected = torch.nn.functional.interpolate(expected, size=(16, 16), mode="bilinear",
                                                align_corners=False, antialias=True)
     torch.testing.assert_close(target, expected)
-    # explicit values override stage 1; the unmasked target (the paper config) uses no masking
+    # explicit values override stage 1; the unmasked ablation uses no masking
     override = MappingModule(mae_checkpoint=str(lips_stage1), target="masked", mask_ratio=0.75)
     override.setup("fit")
     assert (override.hparams.mask_strategy, override.hparams.mask_ratio) == ("lips", 0.75)
-    plain = MappingModule(mae_checkpoint=str(lips_stage1))
+    assert MappingModule().hparams.target == "masked"  # the default
+    plain = MappingModule(mae_checkpoint=str(lips_stage1), target="unmasked")
     plain.setup("fit")
-    assert plain.hparams.target == "unmasked" and plain._masker is None
-    assert plain.hparams.mask_strategy is None
+    assert plain._masker is None and plain.hparams.mask_strategy is None
+
+
+@pytest.mark.parametrize("target", ["masked", "masked_decoder", "unmasked"])
+def test_mapping_target_visible_patches_from_the_input_masked_from_the_decoder(lips_stage1,
+                                                                               target):
+    from deepfakemae.masking import FacialPartMasker, synthetic_landmarks
+
+    module = MappingModule(mae_checkpoint=str(lips_stage1), target=target, map_size=64)
+    module.setup("fit")
+    mae = module._mae
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    landmarks = synthetic_landmarks(2, 64, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(5)
+    got = mae.patchify(module.map_target(images, landmarks))  # (B, L, P)
+    torch.manual_seed(5)
+    mask = FacialPartMasker("lips", 0.25, "algorithm1", 64, 8)(landmarks).mask
+    with torch.no_grad():
+        if target == "unmasked":
+            latent, layout = mae.forward_encoder(images, None)
+        else:
+            latent, layout = mae.forward_encoder(images, mask)
+        decoded = mae.forward_decoder(latent, layout)
+    given = mae.patchify(images)
+    if target == "unmasked":
+        torch.testing.assert_close(got, decoded, atol=1e-5, rtol=1e-4)
+        return
+    assert mask.any(1).all() and (~mask).any(1).all()
+    torch.testing.assert_close(got[mask], decoded[mask], atol=1e-5, rtol=1e-4)
+    if target == "masked":  # visible patches are the input's pixels
+        torch.testing.assert_close(got[~mask], given[~mask], atol=1e-5, rtol=1e-4)
+    else:  # the decoder's own output at visible positions too, which is not the input
+        torch.testing.assert_close(got[~mask], decoded[~mask], atol=1e-5, rtol=1e-4)
+        assert (got[~mask] - given[~mask]).abs().mean() > 0.1
 
 
 def test_paper_configs_follow_the_paper_and_the_demo_stays_offline():
@@ -274,8 +323,13 @@ def test_paper_configs_follow_the_paper_and_the_demo_stays_offline():
 
     assert init_args(EXP / "pretrain.yaml", "data")["augment"] is False  # §4.1 names none
     mapping = init_args(EXP / "mapping.yaml", "model")
-    assert mapping["target"] == "unmasked"  # §4.1: faces "without mask patches"
+    assert mapping["target"] == "masked"  # §1, §3.2.2, Fig. 1: reconstruct a masked face
+    assert mapping["ref_source"] == "meta_test"  # §3.2.2: validated on the Meta-test
     assert mapping["pretrained_backbone"] is True
+    for stage in ("finetune", "mapping"):  # §4.1 names no stage-2 augmentation
+        assert init_args(EXP / f"{stage}.yaml", "data")["augment"] is False
+    assert "mae_pretrain_vit_base_full" in init_args(EXP / "pretrain.yaml", "model")["init_weights"]
+    assert init_args(EXP / "demo" / "pretrain.yaml", "model")["init_weights"] is None
     assert not {"mask_strategy", "mask_ratio", "part_variant"} & set(mapping)  # stage 1 decides
     assert init_args(EXP / "demo" / "mapping.yaml", "model")["pretrained_backbone"] is False
 

@@ -324,20 +324,29 @@ class MaskedAutoencoderViT(nn.Module):
         return self.forward_loss(imgs, pred, mask), pred, mask
 
     @torch.no_grad()
-    def reconstruct(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, imgs: torch.Tensor, mask: torch.Tensor | None,
+                    keep_visible: bool = True) -> torch.Tensor:
         """Reconstructed images (B, C, H, W) in the input's (ImageNet-normalised) space.
 
-        Predicted patches are pasted at masked positions over the original image; visible
-        patches are the original pixels. With ``norm_pix_loss`` the predictions are per-patch
-        normalised, so they are mapped back with the mean and std of the *original* patch at
-        that position (as MAE's visualisation does) — the output then borrows each masked
-        patch's first two moments from the input.
+        imgs (B, C, H, W); mask (B, L) bool, True = masked, or None (nothing masked: the
+        encoder sees every patch). ``keep_visible=True`` (MAE's own convention): predictions at
+        masked positions pasted over the original image, visible patches are the input's
+        pixels. ``keep_visible=False``: the decoder's output at every position (with
+        ``mask=None`` the output of a decoder that never saw its input without mask tokens).
+        With ``norm_pix_loss`` predictions are per-patch normalised and are mapped back with the
+        mean and std of the *original* patch at that position (as MAE's visualisation does).
         """
-        pred = self.forward(imgs, mask)[1].float()  # (B, L, P)
+        if mask is None:
+            latent, layout = self.forward_encoder(imgs, None)
+            pred = self.forward_decoder(latent, layout).float()  # (B, L, P)
+            mask = torch.ones(imgs.shape[0], self.num_patches, dtype=torch.bool,
+                              device=imgs.device)  # every position is a prediction
+        else:
+            pred = self.forward(imgs, mask)[1].float()  # (B, L, P)
         target, mean, std = self._target(imgs.float())
         if self.norm_pix_loss:
             pred = pred * std + mean
-        out = torch.where(mask[..., None], pred, target)
+        out = torch.where(mask[..., None], pred, target) if keep_visible else pred
         return self.unpatchify(out).to(imgs.dtype)
 
 

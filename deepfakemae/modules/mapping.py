@@ -15,6 +15,7 @@ from deepfakemae.faces.ibug68 import rescale_landmarks
 from deepfakemae.masking import FacialPartMasker, MaskStrategy, PartVariant
 from deepfakemae.metalearning import (
     MappingLoss,
+    RunningStats,
     meta_step,
     select_batch,
     split_domains,
@@ -27,9 +28,13 @@ from deepfakemae.modules.evaluation import BranchEvaluation
 from deepfakemae.modules.optim import warmup_cosine
 from deepfakemae.visualize import PictureQueue, to_uint8
 
-#: what the Mapping Network learns to reproduce: the MAE's reconstruction of the whole face
-#: (paper §4.1) or of a part-masked face (Table 6 ablation)
-MappingTarget = Literal["unmasked", "masked"]
+#: what the Mapping Network learns to reproduce (docs/DESIGN.md, "Mapping target"):
+#: ``masked``: the MAE's reconstruction of a facial-part-masked face, visible patches from the
+#: input (MAE's convention); ``masked_decoder``: the decoder's output at every position for the
+#: same masked input; ``unmasked``: the decoder's output for the whole face (an ablation)
+MappingTarget = Literal["masked", "masked_decoder", "unmasked"]
+#: where T_ref, the reference set that picks the inner step, is drawn from
+RefSource = Literal["meta_test", "meta_train"]
 
 
 class MetaSplit(NamedTuple):
@@ -37,7 +42,7 @@ class MetaSplit(NamedTuple):
     allows (see :func:`meta_split`)."""
 
     train: dict  # inner-loop meta-train samples (meta-train domains)
-    ref: dict  # T_ref: scores each inner step (meta-train domains)
+    ref: dict  # T_ref: scores each inner step (meta-test domain by default)
     mix: dict  # "another batch in the Meta-train domain", mixed into the meta-test term
     test: dict  # meta-test samples (the held-out fake domain, and reals)
 
@@ -52,10 +57,14 @@ def _video_groups(indices: np.ndarray, keys: list[str], rng: np.random.Generator
     return [np.asarray(ordered[j], dtype=np.int64) for j in rng.permutation(len(ordered))]
 
 
+def _count(groups: list[np.ndarray]) -> int:
+    return sum(map(len, groups))
+
+
 def _take(groups: list[np.ndarray], n: int, keep: int) -> np.ndarray:
     """Pop whole groups off ``groups`` until ``n`` samples are taken or ``keep`` groups remain."""
     taken: list[np.ndarray] = []
-    while sum(map(len, taken)) < n and len(groups) > keep:
+    while _count(taken) < n and len(groups) > keep:
         taken.append(groups.pop(0))
     return np.concatenate(taken) if taken else np.zeros(0, dtype=np.int64)
 
@@ -67,23 +76,27 @@ def _split_groups(groups: list[np.ndarray], rng: np.random.Generator, ratio: flo
     return [groups[i] for i in first], [groups[i] for i in second]
 
 
-def meta_split(batch: dict, rng: np.random.Generator, ref_fraction: float = 0.5
-               ) -> MetaSplit | None:
+def meta_split(batch: dict, rng: np.random.Generator, ref_fraction: float = 0.5,
+               ref_source: RefSource = "meta_test") -> MetaSplit | None:
     """Split a balanced batch into inner meta-train, T_ref, mix and meta-test parts, or None.
 
-    Meta-test: with two or more fake domains in the batch, one at random (the cross-dataset
+    Meta-test side: with two or more fake domains in the batch, one at random (the cross-dataset
     protocol: different manipulations in meta-train and meta-test); with a single fake domain
     (cross-manipulation protocol) 20 % of the fake videos. Reals are split in the same proportion.
-    The meta-train side is then cut, per class, into the mix batch (as many samples as that class
-    has in meta-test: the paper's "another batch in the Meta-train domain"), T_ref
-    (``ref_fraction`` of the rest) and the inner-loop batch (the remainder). Samples of one video
-    stay in one part, so all four parts are disjoint in samples and in videos.
+    Per class, T_ref takes ``ref_fraction`` of the meta-test side (``ref_source="meta_test"``)
+    or of the meta-train side left after the mix batch (``"meta_train"``); the meta-test batch
+    is the rest of the meta-test side; the mix batch (the paper's "another batch in the
+    Meta-train domain") takes as many meta-train-side samples as the meta-test batch has; the
+    inner-loop batch is the remaining meta-train side. Samples of one video stay in one part, so
+    all four parts are disjoint in samples and in videos.
 
-    Tiny batches: every part keeps both classes; a class without a sample to spare for T_ref or
-    the mix batch gives that part up, and it falls back to the inner-loop batch (T_ref first
-    gets its own samples, then the mix batch). Returns None (a plain step) when a class has
-    fewer than two videos.
+    Tiny batches: every part keeps both classes. A class whose meta-test side has a single
+    video gives T_ref from its meta-train side instead; a class without a sample to spare for
+    T_ref or the mix batch gives that part up and it falls back to the inner-loop batch.
+    Returns None (a plain step) when a class has fewer than two videos.
     """
+    if ref_source not in get_args(RefSource):
+        raise ValueError(f"ref_source must be one of {get_args(RefSource)}, got {ref_source!r}")
     labels = batch["label"].cpu().numpy()
     domains = batch["domain"].cpu().numpy()
     keys = [str(k) for k in batch["video_key"]]
@@ -98,27 +111,36 @@ def meta_split(batch: dict, rng: np.random.Generator, ref_fraction: float = 0.5
         fake_train = [g for g in fakes if int(domains[g[0]]) not in test_domains]
     else:
         fake_train, fake_test = _split_groups(fakes, rng, 0.8)
-    share = sum(map(len, fake_train)) / sum(map(len, fakes))
+    share = _count(fake_train) / _count(fakes)
     real_train, real_test = _split_groups(reals, rng, min(max(share, 0.1), 0.9))
-    idx: dict[str, list[np.ndarray] | None] = {"train": [], "ref": [], "mix": []}  # per class
+    parts: dict[str, list[np.ndarray] | None] = {"train": [], "ref": [], "mix": [], "test": []}
+    ref_home: list[str] = []  # per class, the side T_ref was cut from
     for train_side, test_side in ((fake_train, fake_test), (real_train, real_test)):
-        side = list(train_side)
-        idx["mix"].append(_take(side, sum(map(len, test_side)), keep=2))
-        idx["ref"].append(_take(side, round(ref_fraction * sum(map(len, side))), keep=1))
-        idx["train"].append(np.concatenate(side))
-    for name in ("ref", "mix"):  # a class with nothing to spare: the part joins the inner batch
-        if any(len(p) == 0 for p in idx[name]):
-            idx["train"] = [np.concatenate(pair) for pair in zip(idx["train"], idx[name],
-                                                                 strict=True)]
-            idx[name] = None
+        side, tside = list(train_side), list(test_side)
+        ref, home = np.zeros(0, dtype=np.int64), "train"
+        if ref_source == "meta_test":
+            ref, home = _take(tside, round(ref_fraction * _count(tside)), keep=1), "test"
+        parts["test"].append(np.concatenate(tside))
+        parts["mix"].append(_take(side, _count(tside), keep=2))
+        if len(ref) == 0:  # meta_train source, or a meta-test side of one video
+            ref, home = _take(side, round(ref_fraction * _count(side)), keep=1), "train"
+        parts["ref"].append(ref)
+        ref_home.append(home)
+        parts["train"].append(np.concatenate(side))
+    for name in ("ref", "mix"):  # a class with nothing to spare gives the part up
+        if any(len(p) == 0 for p in parts[name]):
+            for c, taken in enumerate(parts[name]):  # samples go back to the side they came from
+                home = ref_home[c] if name == "ref" else "train"
+                parts[home][c] = np.concatenate([parts[home][c], taken])
+            parts[name] = None
 
     def rows(groups: list[np.ndarray]) -> dict:
         return select_batch(batch, np.concatenate(groups).tolist())
 
-    train = rows(idx["train"])
-    return MetaSplit(train=train, ref=train if idx["ref"] is None else rows(idx["ref"]),
-                     mix=train if idx["mix"] is None else rows(idx["mix"]),
-                     test=rows(fake_test + real_test))
+    train, test = rows(parts["train"]), rows(parts["test"])
+    fallback_ref = test if ref_source == "meta_test" else train
+    return MetaSplit(train=train, ref=fallback_ref if parts["ref"] is None else rows(parts["ref"]),
+                     mix=train if parts["mix"] is None else rows(parts["mix"]), test=test)
 
 
 class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
@@ -131,38 +153,44 @@ class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
     ``meta_learning=False`` trains on plain batches (Table 6 "w/o meta"). Outer optimiser SGD
     lr 0.1, momentum 0.9, weight decay 5e-4 (paper §4.1); cosine schedule per step (ours).
 
-    Target: the MAE reconstruction of the input face resized to 56×56. ``target="unmasked"``
-    (default; §4.1: second-stage faces "are fed into the model without mask patches") decodes
-    every patch from the full face. ``"masked"`` (an ablation) masks facial parts and pastes the
-    reconstruction of the masked patches over the visible ones; its ``mask_strategy``,
-    ``mask_ratio`` and ``part_variant`` default to ``None`` = the stage-1 checkpoint's own, so
-    the Table 4 / 5 variants change both stages; given values override. The effective values
-    are written back to ``hparams`` (and so into this module's checkpoints). Target masks are
-    drawn fresh per step; the MAE stays frozen in eval mode and is not saved in this module's
-    checkpoints (it is only needed for training).
+    Target (``target``, :data:`MappingTarget`): the frozen MAE's reconstruction of the input
+    resized to ``map_size``. ``"masked"`` (default): a facial-part mask drawn fresh per face and
+    step, masked patches from the decoder, visible ones from the input; ``"masked_decoder"``:
+    the decoder's output at every position for the same masked input; ``"unmasked"``: the
+    decoder's output for the whole face (Table 6 ablation). ``mask_strategy``, ``mask_ratio``
+    and ``part_variant`` default to ``None`` = the stage-1 checkpoint's own (so Tables 4 / 5
+    vary both stages); given values override; the effective values are written back to
+    ``hparams``. The MAE stays frozen in eval mode and is not saved in this module's checkpoints.
+
+    T_ref (``ref_source``): from the meta-test side (default) or the meta-train side of each
+    batch (:func:`meta_split`). ``bn_stats``: whose BatchNorm running statistics advance, θ's
+    (default) or θ_sel's (:func:`deepfakemae.metalearning.meta_step`); T_ref is scored in eval
+    mode. Logged per step: ``train/meta/param_distance`` (‖θ_sel − θ‖), ``selected_step``,
+    ``ref_acc_step{k}``, ``train_loss`` / ``test_loss``.
 
     ``pretrained_backbone``: ResNet-18 from timm's ImageNet weights (paper config) or random.
-
-    BatchNorm: see :func:`deepfakemae.metalearning.meta_step` — batch statistics in every
-    forward, running statistics updated once per outer step (by the meta-test forward).
     """
 
     primary_branch = BRANCHES["mapping"].label
     MASKING_HPARAMS = ("mask_strategy", "mask_ratio", "part_variant")
 
     def __init__(self, mae_checkpoint: str | None = None,
-                 target: MappingTarget = "unmasked",
+                 target: MappingTarget = "masked",
                  mask_strategy: MaskStrategy | None = None, mask_ratio: float | None = None,
                  part_variant: PartVariant | None = None, pretrained_backbone: bool = False,
                  classifier_input: ClassifierInput = "features", map_size: int = 56,
                  lambda_cls: float = 1.0, lambda_mse: float = 1.0, meta_learning: bool = True,
                  inner_steps: int = 3, inner_lr: float = 0.01, first_order: bool = False,
-                 ref_fraction: float = 0.5, lr: float = 0.1, momentum: float = 0.9,
+                 ref_fraction: float = 0.5, ref_source: RefSource = "meta_test",
+                 bn_stats: RunningStats = "theta", lr: float = 0.1, momentum: float = 0.9,
                  weight_decay: float = 5e-4, image_log_every_n_steps: int = 200,
                  seed: int = 0) -> None:
         super().__init__()
-        if target not in get_args(MappingTarget):
-            raise ValueError(f"target must be one of {get_args(MappingTarget)}, got {target!r}")
+        for name, value, kind in (("target", target, MappingTarget),
+                                  ("ref_source", ref_source, RefSource),
+                                  ("bn_stats", bn_stats, RunningStats)):
+            if value not in get_args(kind):
+                raise ValueError(f"{name} must be one of {get_args(kind)}, got {value!r}")
         self.save_hyperparameters()
         self.net = MappingNetwork(pretrained=pretrained_backbone, map_size=map_size,
                                   classifier_input=classifier_input)
@@ -179,7 +207,7 @@ class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
         """
         mae.requires_grad_(False).eval()
         self.__dict__["_mae"] = mae
-        if self.hparams.target == "masked":
+        if self.hparams.target != "unmasked":
             self._resolve_masking(stage1_hparams or {})
             hp = self.hparams
             self._masker = FacialPartMasker(hp.mask_strategy, hp.mask_ratio, hp.part_variant,
@@ -190,7 +218,7 @@ class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
         for name in self.MASKING_HPARAMS:
             if self.hparams[name] is None:
                 if stage1_hparams.get(name) is None:
-                    raise ValueError(f"MappingModule: target='masked' needs {name}; the stage-1 "
+                    raise ValueError(f"MappingModule: target={self.hparams.target!r} needs {name}; the stage-1 "
                                      f"checkpoint records none, so pass --model.init_args.{name}")
                 self.hparams[name] = stage1_hparams[name]
 
@@ -203,22 +231,19 @@ class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
 
     @torch.no_grad()
     def map_target(self, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) faces + (B,68,2) landmarks → MAE reconstruction (B,3,56,56)."""
+        """(B,3,H,W) faces + (B,68,2) landmarks → MAE reconstruction (B,3,S,S), S = map_size.
+
+        Masked targets draw a fresh facial-part mask per face and step (the stage-1 masking).
+        """
         mae = self._mae.to(images.device)
         size = mae.img_size
         if images.shape[-1] != size:
             landmarks = rescale_landmarks(landmarks, size / images.shape[-1])
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
                                    antialias=True)
-        if self.hparams.target == "masked":
-            recon = mae.reconstruct(images, self._masker(landmarks).mask)
-        else:
-            latent, layout = mae.forward_encoder(images, None)
-            pred = mae.forward_decoder(latent, layout).float()  # (B, L, P) every patch
-            if mae.norm_pix_loss:
-                _, mean, std = mae._target(images.float())
-                pred = pred * std + mean
-            recon = mae.unpatchify(pred).to(images.dtype)
+        target = self.hparams.target
+        mask = None if target == "unmasked" else self._masker(landmarks).mask
+        recon = mae.reconstruct(images, mask, keep_visible=target == "masked")
         s = self.hparams.map_size
         return F.interpolate(recon, size=(s, s), mode="bilinear", align_corners=False,
                              antialias=True)
@@ -236,7 +261,7 @@ class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
         split = None
         if self.hparams.meta_learning:
             rng = np.random.default_rng([self.hparams.seed, step, rank])
-            split = meta_split(batch, rng, self.hparams.ref_fraction)
+            split = meta_split(batch, rng, self.hparams.ref_fraction, self.hparams.ref_source)
         if split is None:  # plain step (w/o meta, or a batch too small to split)
             loss, parts = self.loss_fn(self.net(batch["image"]), batch)
             return loss, {"train/loss": loss, "train/cls": parts["cls"], "train/mse": parts["mse"]}
@@ -245,7 +270,8 @@ class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
                            dict(self.net.named_buffers()), split.train, split.test, split.ref,
                            self.loss_fn, inner_steps=self.hparams.inner_steps,
                            inner_lr=self.hparams.inner_lr, first_order=self.hparams.first_order,
-                           mix_batch=split.mix, generator=generator)
+                           mix_batch=split.mix, generator=generator,
+                           running_stats=self.hparams.bn_stats, stats_batch=batch)
         return result.loss, {"train/loss": result.loss, **result.log_dict("train/meta/")}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
