@@ -73,11 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in LIGHTNING_COMMANDS:
         from data_modules.datasets import DataError
         from deepfakemae.lightning_cli import RunDirError, run_lightning_cli
+        from deepfakemae.models.pretrained import PretrainedWeightsError
         from deepfakemae.modules.checkpoints import CheckpointError
 
         try:  # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
             run_lightning_cli(None if argv is None else args)
-        except (CheckpointError, RunDirError, DataError) as exc:
+        except (CheckpointError, RunDirError, DataError, PretrainedWeightsError) as exc:
             print(f"deepfakemae {command}: error: {exc}", file=sys.stderr)
             return 2
         return 0

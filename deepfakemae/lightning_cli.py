@@ -13,6 +13,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from deepfakemae.callbacks import default_callbacks
+from deepfakemae.models.pretrained import check_mae_init
 from deepfakemae.modules.checkpoints import CHECKPOINT_ARGUMENTS, check_checkpoint
 from deepfakemae.runinfo import run_info
 from deepfakemae.visualize import local_log_dir
@@ -79,8 +80,9 @@ def _value(namespace, key: str):
 def check_run_checkpoints(config) -> None:
     """Check every checkpoint a parsed LightningCLI config names, before any model is built:
     ``--ckpt_path`` must be written by the configured model class (with its MAE preset), and
-    the model's ``*_checkpoint`` inputs by the stage each one expects. Raises
-    :class:`~deepfakemae.modules.checkpoints.CheckpointError`."""
+    the model's ``*_checkpoint`` inputs by the stage each one expects; ``init_weights`` files
+    must exist. Raises :class:`~deepfakemae.modules.checkpoints.CheckpointError` or
+    :class:`~deepfakemae.models.pretrained.PretrainedWeightsError`."""
     command = _value(config, "subcommand")
     run = _value(config, command) if command else None
     model = _value(run, "model") if run is not None else None
@@ -100,6 +102,8 @@ def check_run_checkpoints(config) -> None:
     for arg, needs in CHECKPOINT_ARGUMENTS.items():
         if inputs[arg]:
             check_checkpoint(inputs[arg], needs, purpose=f"{name}'s --model.init_args.{arg}")
+    if _value(init, "init_weights"):
+        check_mae_init(_value(init, "init_weights"))
 
 
 def place_outputs(run) -> None:

@@ -33,6 +33,7 @@ def test_console_script_runs_lightning_help():
 # -- checkpoints are checked before any model is built -----------------------------------------
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
+FROM_SCRATCH = ["--model.init_args.init_weights=null"]  # no MAE weights download in tests
 
 
 def save_module_checkpoint(module, path: Path) -> Path:
@@ -76,7 +77,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 def test_fit_refuses_another_stages_checkpoint(checkpoints, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RUN_DIR", str(tmp_path / "runs"))
     code, err = run_cli(["fit", "-c", str(EXP / "pretrain.yaml"),
-                         "--model.init_args.preset=mae_vit_micro",
+                         "--model.init_args.preset=mae_vit_micro", *FROM_SCRATCH,
                          f"--ckpt_path={checkpoints['finetune']}"], capsys)
     assert code == 2
     assert str(checkpoints["finetune"]) in err and "Finetuning Network" in err
@@ -93,7 +94,7 @@ def test_test_refuses_a_pretrain_checkpoint_for_the_detector(checkpoints, capsys
 
 
 def test_preset_mismatch_is_named(checkpoints, capsys):
-    code, err = run_cli(["fit", "-c", str(EXP / "pretrain.yaml"),
+    code, err = run_cli(["fit", "-c", str(EXP / "pretrain.yaml"), *FROM_SCRATCH,
                          f"--ckpt_path={checkpoints['pretrain']}"], capsys)
     assert code == 2
     assert "mae_vit_micro" in err and "mae_vit_base_patch16" in err
@@ -110,7 +111,7 @@ def test_model_input_checkpoints_are_checked(checkpoints, capsys):
                                                  ("random", "test"), ("folder", "validate")])
 def test_unreadable_checkpoint_is_a_usage_error(checkpoints, capsys, broken, command):
     code, err = run_cli([command, "-c", str(EXP / "pretrain.yaml"),
-                         "--model.init_args.preset=mae_vit_micro",
+                         "--model.init_args.preset=mae_vit_micro", *FROM_SCRATCH,
                          f"--ckpt_path={checkpoints[broken]}"], capsys)
     assert code == 2
     assert str(checkpoints[broken]) in err and "Traceback" not in err
@@ -128,7 +129,7 @@ def test_matching_checkpoint_passes_the_check(checkpoints):
 
 # -- run folders keep their records --------------------------------------------------------------
 
-MICRO = ["--model.init_args.preset=mae_vit_micro", "--data.init_args.img_size=64"]
+MICRO = ["--model.init_args.preset=mae_vit_micro", "--data.init_args.img_size=64", *FROM_SCRATCH]
 
 
 def test_default_root_dir_moves_every_output(tmp_path, monkeypatch):

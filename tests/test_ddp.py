@@ -108,6 +108,7 @@ def _free_port() -> int:
 
 FIT = ["-m", "deepfakemae.cli", "fit", "-c", str(REPO / "experiments/pretrain.yaml"),
        "--model.init_args.preset=mae_vit_micro", "--data.init_args.img_size=64",
+       "--model.init_args.init_weights=null",
        "--data.init_args.num_workers=0", "--data.init_args.batch_size=2",
        "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.strategy=ddp",
        "--trainer.max_steps=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]

@@ -145,23 +145,37 @@ def test_table6_wo_meta_and_branch_columns(tmp_path):
     assert _flag(detector, "model.init_args.finetune_checkpoint") == \
         str(tmp_path / "table1/main/finetune/checkpoints/last.ckpt")
     columns = plan.report["blocks"][0]["columns"]
-    assert [c.get("metric") for c in columns] == ["F/auc", "M/auc", None, None, "M/auc", None]
+    assert [c.get("metric") for c in columns] == ["F/auc", "M/auc", None, None, "M/auc", None,
+                                                  None]
 
 
-def test_table6_masked_target_retrains_only_the_mapping_network(tmp_path):
+def test_table6_unmasked_target_retrains_only_the_mapping_network(tmp_path):
     plan = load_plan(TABLES_DIR / "table6.yaml")
-    jobs = pending_stages(plan, tmp_path, variants=["masked_target"])
+    jobs = pending_stages(plan, tmp_path, variants=["unmasked_target"])
     mine = [(j.table, j.variant, j.stage) for j in jobs if j.table == "table6"]
-    assert mine == [("table6", "masked_target", "mapping"), ("table6", "masked_target", "detector")]
-    mapping = next(j for j in jobs if j.variant == "masked_target" and j.stage == "mapping")
-    assert _flag(mapping, "model.init_args.target") == "masked"
-    # no masking flags: the masked target takes its masking from Table 1's stage-1 checkpoint
+    assert mine == [("table6", "unmasked_target", "mapping"),
+                    ("table6", "unmasked_target", "detector")]
+    mapping = next(j for j in jobs if j.variant == "unmasked_target" and j.stage == "mapping")
+    assert _flag(mapping, "model.init_args.target") == "unmasked"
     assert not any(a.startswith("--model.init_args.mask_") for a in mapping.args)
     assert _flag(mapping, "model.init_args.mae_checkpoint") == \
         str(tmp_path / "table1/main/pretrain/checkpoints/last.ckpt")
     columns = {c["label"]: c for c in plan.report["blocks"][0]["columns"]}
-    assert columns["M branch (masked target)"] == {"label": "M branch (masked target)",
-                                                   "variant": "masked_target", "metric": "M/auc"}
+    assert columns["M branch (unmasked target)"] == {
+        "label": "M branch (unmasked target)", "variant": "unmasked_target", "metric": "M/auc"}
+
+
+def test_table6_from_scratch_retrains_every_stage_without_mae_weights(tmp_path):
+    plan = load_plan(TABLES_DIR / "table6.yaml")
+    jobs = pending_stages(plan, tmp_path, variants=["from_scratch"])
+    mine = [(j.variant, j.stage) for j in jobs if j.table == "table6"]
+    assert mine == [("from_scratch", s) for s in ("pretrain", "finetune", "mapping", "detector")]
+    pretrain = next(j for j in jobs if j.variant == "from_scratch" and j.stage == "pretrain")
+    assert _flag(pretrain, "model.init_args.init_weights") in (None, "null", "None")
+    main_pretrain = next(j for j in pending_stages(load_plan(TABLES_DIR / "table1.yaml"),
+                                                   tmp_path, variants=["main"])
+                         if j.stage == "pretrain")
+    assert not any("init_weights" in a for a in main_pretrain.args)  # the config's MAE weights
 
 
 def test_table5_strategies():
@@ -208,7 +222,8 @@ def test_reused_table_work_is_kept_under_fresh(tmp_path):
     pending = pending_stages(plan, tmp_path, fresh=True)
     assert [(j.table, j.variant, j.stage) for j in pending] == [
         ("table6", "wo_meta", "mapping"), ("table6", "wo_meta", "detector"),
-        ("table6", "masked_target", "mapping"), ("table6", "masked_target", "detector")]
+        ("table6", "unmasked_target", "mapping"), ("table6", "unmasked_target", "detector"),
+        *[("table6", "from_scratch", s) for s in ("pretrain", "finetune", "mapping", "detector")]]
     assert pending_stages(plan, tmp_path, variants=["fused"]) == []
 
 

@@ -57,7 +57,8 @@ def bf16_runs(tmp_path_factory, ffpp_cache, celebdf_cache):
     mp.chdir(root)
     try:
         assert main(["fit", "-c", str(EXP / "pretrain.yaml"), *BF16, *STEPS,
-                     "--model.init_args.preset=mae_vit_micro", "--data.init_args.batch_size=4"]) == 0
+                     "--model.init_args.preset=mae_vit_micro", "--data.init_args.batch_size=4",
+                     "--model.init_args.init_weights=null"]) == 0
         assert main(["fit", "-c", str(EXP / "finetune.yaml"), *BF16, *STEPS,
                      "--data.init_args.batch_size=4", "--data.init_args.fake_source=both",
                      _test_set(root)]) == 0

@@ -15,7 +15,8 @@ from deepfakemae.cli import main
 from deepfakemae.modules.pretrain import MAEPretrainModule
 
 REPO = Path(__file__).resolve().parents[1]
-MICRO = ["--model.init_args.preset=mae_vit_micro", "--data.init_args.img_size=64",
+MICRO = ["--model.init_args.preset=mae_vit_micro", "--model.init_args.init_weights=null",
+         "--data.init_args.img_size=64",
          "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
          "--trainer.accelerator=cpu", "--trainer.precision=32-true"]
 
@@ -84,3 +85,42 @@ def test_two_process_ddp_fit_on_cpu(run_env):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "world_size: 2" in out.stderr + out.stdout or "GLOBAL_RANK: 1" in out.stderr + out.stdout
     assert (run_env / "runs" / "pretrain" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_stage1_starts_from_a_full_mae_checkpoint_encoder_and_decoder(tmp_path):
+    """The paper config's init: the MAE authors' checkpoint layout ({"model": state dict}) with
+    its decoder, as `mae_pretrain_vit_base_full.pth` has it (here at the micro preset's size)."""
+    from deepfakemae.models.mae import create_mae
+
+    torch.manual_seed(3)
+    source = create_mae("mae_vit_micro")
+    path = tmp_path / "mae_full.pth"
+    torch.save({"model": source.state_dict()}, path)
+    module = MAEPretrainModule(preset="mae_vit_micro", init_weights=str(path))
+    fresh = MAEPretrainModule(preset="mae_vit_micro")
+    own = module.model.state_dict()
+    for key in ("blocks.0.attn.qkv.weight", "decoder_blocks.0.mlp.fc1.weight",
+                "decoder_pred.weight", "mask_token", "cls_token"):
+        torch.testing.assert_close(own[key], source.state_dict()[key])
+        assert not torch.equal(fresh.model.state_dict()[key], own[key]) or key == "mask_token"
+    # encoder-only weights (timm's ``vit_base_patch16_224.mae`` layout) fill the encoder only
+    encoder_only = {k: v for k, v in source.state_dict().items() if not k.startswith("decoder")}
+    torch.save(encoder_only, tmp_path / "encoder.pth")
+    half = MAEPretrainModule(preset="mae_vit_micro", init_weights=str(tmp_path / "encoder.pth"))
+    torch.testing.assert_close(half.model.state_dict()["blocks.0.attn.qkv.weight"],
+                               own["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(half.model.state_dict()["decoder_pred.weight"], own["decoder_pred.weight"])
+
+
+def test_missing_stage1_weights_name_the_file_and_the_switch(tmp_path, run_env, capsys):
+    args = [a for a in MICRO if "init_weights" not in a]
+    missing = tmp_path / "weights" / "mae_pretrain_vit_base_full.pth"
+    code = main(["fit", "-c", str(REPO / "experiments/pretrain.yaml"), *args,
+                 f"--model.init_args.init_weights={missing}", "--trainer.max_steps=1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(missing) in err and "--model.init_args.init_weights null" in err
+    assert "mae_pretrain_vit_base_full.pth" in err and "Traceback" not in err
+    with pytest.raises(Exception, match="preset"):  # weights of another size: say which preset
+        torch.save({"model": {"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}}, tmp_path / "x.pth")
+        MAEPretrainModule(preset="mae_vit_micro", init_weights=str(tmp_path / "x.pth"))

@@ -21,7 +21,7 @@ RANDOM_INIT_SWITCH = "--model.init_args.pretrained_backbone false"
 
 
 class PretrainedWeightsError(RuntimeError):
-    """timm's ImageNet weights for ResNet-18 could not be obtained (offline, no cached copy)."""
+    """Public weights (timm's ImageNet ResNet-18, MAE's ViT) could not be obtained or fit."""
 
 
 def create_resnet18(pretrained: bool) -> nn.Module:
@@ -129,4 +129,51 @@ def load_timm_mae_encoder(
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     report.missing = sorted(wanted - set(to_load))
+    return report
+
+
+#: the MAE authors' ViT-B/16 ImageNet-1k pretraining checkpoint with its decoder (He et al.)
+MAE_FULL_CHECKPOINT = "mae_pretrain_vit_base_full.pth"
+MAE_FULL_URL = "https://dl.fbaipublicfiles.com/mae/pretrain/" + MAE_FULL_CHECKPOINT
+FROM_SCRATCH_SWITCH = "--model.init_args.init_weights null"
+
+
+def _is_file_source(source: Any) -> bool:
+    text = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
+    return isinstance(source, os.PathLike) or os.sep in text or text.endswith(
+        (".pth", ".pt", ".ckpt", ".safetensors"))
+
+
+def check_mae_init(source: Any) -> None:
+    """Raise :class:`PretrainedWeightsError` (where to get it, the switch to go without) when
+    ``source`` names a weights file that is not there; run before any model is built."""
+    if not isinstance(source, dict) and _is_file_source(source) and not os.path.isfile(source):
+        raise PretrainedWeightsError(
+            f"stage-1 initial weights {os.fspath(source)!r} not found. Download the MAE authors' "
+            f"ViT-B/16 checkpoint with its decoder ({MAE_FULL_URL}) to that path (or point "
+            f"--model.init_args.init_weights, or the MAE_INIT variable, at your copy), or train "
+            f"stage 1 from scratch with `{FROM_SCRATCH_SWITCH}`")
+
+
+def load_mae_init(model: MaskedAutoencoderViT, source: Any) -> LoadReport:
+    """Initialise a stage-1 MAE from public MAE weights: encoder, and decoder where present.
+
+    source: a file (the MAE authors' full pretraining checkpoint, ``MAE_FULL_CHECKPOINT``,
+    holds both; a Lightning or safetensors file too), a state dict, or a timm model name
+    (``vit_base_patch16_224.mae``: encoder only, fetched online). A file that is not there
+    raises :class:`PretrainedWeightsError` naming where to get it and the switch to train from
+    scratch; an encoder that does not fill up (another preset) raises too.
+    """
+    check_mae_init(source)
+    sd = _source_state_dict(source)
+    has_decoder = any(k.startswith(_DECODER_PREFIXES) for k in sd)
+    report = load_timm_mae_encoder(model, sd, include_decoder=has_decoder)
+    encoder_missing = [k for k in report.missing if not k.startswith(_DECODER_PREFIXES)
+                       and k != "mask_token"]
+    if encoder_missing:
+        raise PretrainedWeightsError(
+            f"stage-1 initial weights {source if isinstance(source, str) else 'given'} lack "
+            f"{len(encoder_missing)} encoder tensors of this preset (e.g. {encoder_missing[0]}); "
+            "pick the preset the weights were made for (mae_vit_base_patch16 for the MAE "
+            f"authors' ViT-B/16), or train from scratch with `{FROM_SCRATCH_SWITCH}`")
     return report

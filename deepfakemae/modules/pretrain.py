@@ -7,7 +7,7 @@ from lightning.pytorch import LightningModule
 
 from deepfakemae.masking import FacialPartMasker, MaskStrategy, PartVariant
 from deepfakemae.models.mae import create_mae
-from deepfakemae.models.pretrained import load_timm_mae_encoder
+from deepfakemae.models.pretrained import load_mae_init
 from deepfakemae.modules.checkpoints import tag_checkpoint
 from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
 from deepfakemae.visualize import PictureQueue, reconstruction_grid
@@ -21,6 +21,8 @@ class MAEPretrainModule(PictureQueue, LightningModule):
     0.5 of the selected part, AdamW lr 1.5e-4 with β1 = 0.9 ("momentum"), weight decay 0.05.
     Ours, where the paper is silent (docs/DESIGN.md): the ViT-B size, β2 = 0.95 and no decay on
     norms, biases and tokens (MAE's recipe), linear warmup then cosine decay per step.
+    ``init_weights``: start from public MAE weights (:func:`~deepfakemae.models.pretrained.load_mae_init`;
+    the paper config) instead of a random init. Checkpoints resumed by Lightning overwrite it.
     """
 
     def __init__(self, preset: str = "mae_vit_base_patch16",
@@ -29,12 +31,12 @@ class MAEPretrainModule(PictureQueue, LightningModule):
                  norm_pix_loss: bool = False, lr: float = 1.5e-4,
                  betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05,
                  warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0,
-                 image_log_every_n_steps: int = 200, timm_init: str | None = None) -> None:
+                 image_log_every_n_steps: int = 200, init_weights: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = create_mae(preset, norm_pix_loss=norm_pix_loss)
-        if timm_init:
-            load_timm_mae_encoder(self.model, timm_init)
+        if init_weights:  # public MAE weights (encoder + decoder where the file has it)
+            load_mae_init(self.model, init_weights)
         self.masker = FacialPartMasker(strategy=mask_strategy, ratio=mask_ratio,
                                        variant=part_variant, img_size=self.model.img_size,
                                        patch_size=self.model.patch_size)
