@@ -177,8 +177,8 @@ def test_table5_strategies():
     plan = load_plan(TABLES_DIR / "table5.yaml")
     strategies = {v: s["pretrain"].args.get("model", {}).get("init_args", {}).get("mask_strategy")
                   for v, s in plan.variants.items()}
-    assert strategies == {"RP": "random", "eyes": "eyes", "cheek_nose": "cheek_nose",
-                          "lips": "lips", "RA": None}
+    assert strategies == {"RP": "random", "rp_matched": "random", "eyes": "eyes",
+                          "cheek_nose": "cheek_nose", "lips": "lips", "RA": None}
     assert plan.variants["RA"]["pretrain"].reuse == "table1/main"
 
 
