@@ -28,7 +28,7 @@ PART_NAMES: tuple[str, str, str] = ("eyes", "cheek_nose", "lips")
 #: masking strategies (Table 5): a random part per sample, one fixed part, or MAE's random patches
 MaskStrategy = Literal["facial_part", "eyes", "cheek_nose", "lips", "random"]
 #: readings of Algorithm 1's part boundaries (``part_sets``)
-PartVariant = Literal["algorithm1", "region"]
+PartVariant = Literal["algorithm1", "region", "literal"]
 STRATEGIES: tuple[str, ...] = get_args(MaskStrategy)
 VARIANTS: tuple[str, ...] = get_args(PartVariant)
 
@@ -113,6 +113,24 @@ def _algorithm1_sets(lm: torch.Tensor, g: int, patch_size: int) -> torch.Tensor:
     return torch.stack([eyes, cheek, lips], 1)
 
 
+#: Algorithm 1 read literally: the "17th" and "16th" landmarks, 1-based (0-based 16 and 15)
+LITERAL_EYES_END, LITERAL_CHEEK_END = 16, 15
+
+
+def _literal_sets(lm: torch.Tensor, g: int, patch_size: int) -> torch.Tensor:
+    """Raster-index runs of Algorithm 1 read literally. lm: (B, 68, 2). Returns (B, 3, L)."""
+    L = g * g
+    idx = torch.arange(L, device=lm.device)  # (L,)
+    cell = torch.floor(lm[:, [LITERAL_EYES_END, LITERAL_CHEEK_END]] / patch_size).long()
+    cell = cell.clamp(0, g - 1)  # (B, 2, 2) column, row of each landmark's patch
+    raster = cell[..., 1] * g + cell[..., 0]  # (B, 2)
+    end_eyes = raster[:, 0].clamp(0, L - 3)  # (B,)
+    end_cheek = torch.maximum(raster[:, 1], end_eyes + 1).clamp(max=L - 2)  # (B,)
+    eyes = idx[None] <= end_eyes[:, None]  # (B, L)
+    lips = idx[None] > end_cheek[:, None]
+    return torch.stack([eyes, ~eyes & ~lips, lips], 1)
+
+
 def _boxes_to_patches(boxes: torch.Tensor, g: int, patch_size: int, dilation: float) -> torch.Tensor:
     """Patches overlapping any box. boxes: (B, K, 4) x0, y0, x1, y1 px. Returns (B, L) bool."""
     idx = torch.arange(g, device=boxes.device, dtype=boxes.dtype)
@@ -186,6 +204,10 @@ def part_sets(
     disjoint but need not cover the grid (background is in none). A set left empty (face partly
     outside the crop) takes the ``algorithm1`` band for that part and sample.
 
+    ``literal``: Algorithm 1 word for word, as raster patch indices: eyes = patches 0 … the
+    patch of landmark 16 (the 1-based "17th"), cheek & nose = the next patches up to that of
+    landmark 15 (the "16th"; at least one), lips = the rest (docs/DESIGN.md).
+
     Degenerate landmarks (non-finite, or spread smaller than a patch) are replaced by the mean
     face template for that sample (`sanitize_landmarks`), for both variants.
     """
@@ -194,6 +216,8 @@ def part_sets(
     bands = _algorithm1_sets(lm, g, patch_size)
     if variant == "algorithm1":
         return bands
+    if variant == "literal":
+        return _literal_sets(lm, g, patch_size)
     if variant == "region":
         d = patch_size / 8 if dilation is None else float(dilation)
         sets = _region_sets(lm, g, patch_size, d)
@@ -227,7 +251,7 @@ class FacialPartMasker:
     ``eyes`` / ``cheek_nose`` / ``lips`` (Table 5 single-part columns), ``random`` (MAE's RP:
     random patches over the whole image, ``ratio`` of all L patches).
     ratio: masking ratio M_r relative to the selected part (Table 4: 0.25 / 0.5 / 0.75).
-    variant: part-set construction, ``algorithm1`` or ``region`` (see `part_sets`).
+    variant: part-set construction, ``algorithm1``, ``region`` or ``literal`` (see `part_sets`).
     """
 
     def __init__(

@@ -7,8 +7,8 @@ monotone map, ACC@0.5 becomes "logit > 0").
 
 DDP: ``DistributedSampler`` pads the last batch by repeating samples. :class:`ScoreBook` keys every
 score by ``(test set, video key, window start, frame index)``; :meth:`ScoreBook.gather` collects
-all ranks' rows with ``all_gather_object`` and de-duplicates on that key, giving exactly the
-single-process result.
+all ranks' rows with ``all_gather_object``, de-duplicates on that key, giving exactly the
+single-process result, then averages a frame's overlapping windows into one row.
 """
 
 from __future__ import annotations
@@ -224,9 +224,10 @@ class ScoredSet:
 class ScoreBook:
     """Accumulates fake probabilities of evaluation frames for several named test sets.
 
-    A row is one face crop, identified by ``(video key, window start, frame index)``: a frame
-    scored inside a clip carries the clip's first frame index as window start (a frame may sit in
-    two overlapping evaluation windows; both are kept, exactly as in a single-process run).
+    A score is recorded under ``(video key, window start, frame index)`` (a clip's frames carry
+    its first frame index as window start), so DDP padding repeats collapse exactly; :meth:`gather`
+    then gives one row per ``(video key, frame index)``: a frame scored in several overlapping
+    windows gets the mean of their scores.
     """
 
     def __init__(self) -> None:
@@ -263,7 +264,7 @@ class ScoreBook:
                 int(labels[i]), {n: c[i] for n, c in cols_l.items()})
 
     def gather(self) -> dict[str, ScoredSet]:
-        """All ranks' rows, de-duplicated on (video key, frame index), per test set."""
+        """All ranks' rows per test set: one row per (video key, frame index), sorted."""
         local = {name: dict(rows) for name, rows in self._rows.items()}
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             parts: list = [None] * dist.get_world_size()
@@ -276,14 +277,17 @@ class ScoreBook:
                 merged[name].update(rows)
         out = {}
         for name in sorted(merged):
-            items = sorted(merged[name].items())
-            branches = sorted(items[0][1][1]) if items else []
+            frames: dict[tuple[str, int], list] = defaultdict(list)  # (key, frame) -> windows
+            for (key, _, frame), row in sorted(merged[name].items()):
+                frames[(key, frame)].append(row)
+            items = sorted(frames.items())
+            branches = sorted(items[0][1][0][1]) if items else []
             out[name] = ScoredSet(
-                keys=[k for (k, _, _), _ in items],
-                frames=np.array([f for (_, _, f), _ in items], dtype=np.int64),
-                labels=np.array([lab for _, (lab, _) in items], dtype=np.int64),
-                scores={b: np.array([s[b] for _, (_, s) in items], dtype=np.float64)
-                        for b in branches},
+                keys=[k for (k, _), _ in items],
+                frames=np.array([f for (_, f), _ in items], dtype=np.int64),
+                labels=np.array([rows[0][0] for _, rows in items], dtype=np.int64),
+                scores={b: np.array([np.mean([s[b] for _, s in rows]) for _, rows in items],
+                                    dtype=np.float64) for b in branches},
             )
         return out
 

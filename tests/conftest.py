@@ -120,6 +120,18 @@ def ffpp_videos() -> list[dict]:
     return vids
 
 
+#: the methods per split of ``ffpp_videos()`` (the paper configs name all four of FF++'s)
+FFPP_FIXTURE_METHODS = {"train": ("real", "Deepfakes", "FaceSwap"), "val": ("real", "Deepfakes")}
+
+
+def ffpp_fixture_sources(cache_dir: Path | str) -> list[str]:
+    """``--data.init_args.train/val`` flags: ``<cache_dir>/ffpp_c23`` (the ``ffpp_cache``)
+    with the methods it holds, for stage-2 paper configs run on the fixture."""
+    return [f"--data.init_args.{split}=[{{name: ffpp, cache: '{cache_dir}/ffpp_c23', "
+            f"dataset: ffpp, split: {split}, methods: [{', '.join(methods)}]}}]"
+            for split, methods in FFPP_FIXTURE_METHODS.items()]
+
+
 @pytest.fixture(scope="session")
 def ffpp_cache(make_face_cache, tmp_path_factory) -> Path:
     """Cache root holding ``ffpp_videos()`` at 64 px plus one ``no_face`` failure."""

@@ -7,19 +7,28 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from data_modules.datamodule import DeepfakeDataModule
+from data_modules.datasets import SourceSpec
+from data_modules.indexes.ffpp import DEFAULT_METHODS
+from deepfakemae.branches import BRANCHES
 from deepfakemae.cli import main
+from deepfakemae.commands.demo import PLAN as DEMO_PLAN
 from deepfakemae.plans import (
     STAGES,
     TABLES_DIR,
     PlanError,
     flag_list,
     load_plan,
+    locate,
     plan_jobs,
     run_plan,
 )
+from deepfakemae.synth.methods import DEMO_METHODS
 
 TABLES = [f"table{i}" for i in range(1, 7)]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pending_stages(plan, run_root, **selection):
@@ -182,8 +191,8 @@ def test_table5_strategies():
     plan = load_plan(TABLES_DIR / "table5.yaml")
     strategies = {v: s["pretrain"].args.get("model", {}).get("init_args", {}).get("mask_strategy")
                   for v, s in plan.variants.items()}
-    assert strategies == {"RP": "random", "eyes": "eyes", "cheek_nose": "cheek_nose",
-                          "lips": "lips", "RA": None}
+    assert strategies == {"RP": "random", "rp_matched": "random", "eyes": "eyes",
+                          "cheek_nose": "cheek_nose", "lips": "lips", "RA": None}
     assert plan.variants["RA"]["pretrain"].reuse == "table1/main"
 
 
@@ -320,3 +329,52 @@ def test_pseudo_fake_variants_switch_the_fake_source_and_reuse_stage1(tmp_path, 
     assert _flag(detector, "model.init_args.finetune_checkpoint") == \
         str(tmp_path / "table1/pseudo/finetune/checkpoints/last.ckpt")
     assert [s["name"] for s in _flag(detector, "data.init_args.test")] == ["DF", "F2F", "FS", "NT"]
+
+
+def _stage2_sources(job, split: str) -> list[dict]:
+    """A stage-2 job's ``split`` sources: its flag, else the last of its configs that sets them."""
+    for arg in job.args:
+        if arg.startswith(f"--data.init_args.{split}="):
+            return json.loads(arg.split("=", 1)[1])
+    configs = [locate(job.args[i + 1]) for i, a in enumerate(job.args) if a == "-c"]
+    found = None
+    for path in configs:
+        init = (yaml.safe_load(path.read_text()).get("data") or {}).get("init_args") or {}
+        found = init.get(split, found)
+    return found
+
+
+PLANS = [*(TABLES_DIR / f"{t}.yaml" for t in TABLES), DEMO_PLAN]
+
+
+@pytest.mark.parametrize("demo", [False, True])
+@pytest.mark.parametrize("path", PLANS, ids=lambda p: p.stem)
+def test_every_stage2_training_source_names_its_methods(path, demo, tmp_path):
+    """A cache that also holds FaceShifter (or any other method) adds no training domain."""
+    demo = demo or path == DEMO_PLAN
+    allowed = {"real", *(DEMO_METHODS if demo else DEFAULT_METHODS)}
+    jobs = [j for j in plan_jobs(load_plan(path, demo=demo), tmp_path) if j.stage in BRANCHES]
+    assert jobs
+    for job in jobs:
+        for split in ("train", "val"):
+            sources = _stage2_sources(job, split)
+            assert sources, (job.table, job.variant, job.stage, split)
+            for spec in sources:
+                assert spec.get("methods"), (job.table, job.variant, job.stage, split, spec)
+                assert "real" in spec["methods"] and set(spec["methods"]) <= allowed, spec
+
+
+@pytest.mark.parametrize("stage", sorted(BRANCHES))
+def test_paper_stage2_configs_do_not_train_on_faceshifter(stage, make_face_cache, tmp_path):
+    vids = [{"key": f"ffpp/c23/{m}/{split}_{i:03d}", "label": int(m != "real"), "dataset": "ffpp",
+             "method": m, "split": split, "frames": 2}
+            for split in ("train", "val")
+            for m in ("real", *DEFAULT_METHODS, "FaceShifter") for i in range(2)]
+    root = make_face_cache(tmp_path / "cache", vids, size=32)
+    init = yaml.safe_load((REPO / "experiments" / f"{stage}.yaml").read_text())["data"]["init_args"]
+    specs = {split: [SourceSpec(**{**s, "cache": str(root)}) for s in init[split]]
+             for split in ("train", "val")}
+    dm = DeepfakeDataModule(**specs, test=None, img_size=32, batch_size=4)
+    dm.setup("fit")
+    assert {v.method for v in dm.train_dataset.videos} == {"real", *DEFAULT_METHODS}
+    assert len(dm.train_dataset.videos) == 2 * 5

@@ -10,7 +10,14 @@ import pytest
 import skimage.data
 from face_assets import CLIPS, grid_frames, write_video
 
-from deepfakemae.faces.align import align_face, similarity_transform, template_points
+from deepfakemae.faces.align import (
+    PAD_RGB,
+    align_face,
+    align_matrix,
+    padding_fraction,
+    similarity_transform,
+    template_points,
+)
 from deepfakemae.faces.cache import FaceCache
 from deepfakemae.faces.detect import (
     DetectorError,
@@ -145,6 +152,69 @@ def test_aligned_crop_geometry(astronaut_face):
     assert lm_crop[:, 0].max() - lm_crop[:, 0].min() > 0.6 * 112
     # the 5 points land on the template (to within 8% of the side: a smile widens the mouth)
     assert np.abs(five_points(lm_crop) - template_points(112)).max() < 0.08 * 112
+
+
+def _tight_crop(image: np.ndarray, box: np.ndarray, widen: float = 1.3) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of a tight face crop: the dlib box widened by ``widen`` (even sides)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half = widen * (box[2] - box[0]) / 2
+    x0, y0 = int(cx - half), int(cy - 1.1 * half)
+    w, h = int(2 * half) // 2 * 2, int(2.2 * half) // 2 * 2
+    return x0, y0, x0 + w, y0 + h
+
+
+def test_pre_cropped_face_gets_no_reflected_pixels(astronaut_face):
+    """A frame that is already a tight face crop: the crop window runs past it and those pixels
+    are PAD_RGB, not mirrored face; the rest equals the same face cut from a sentinel canvas."""
+    image, found, lm = astronaut_face
+    x0, y0, x1, y1 = _tight_crop(image, found.box)
+    tight = np.ascontiguousarray(image[y0:y1, x0:x1])
+    lm_tight = lm - np.float32([x0, y0])
+    sentinel = np.full_like(image, (255, 0, 255))  # the out-of-frame area in a known colour
+    sentinel[y0:y1, x0:x1] = tight
+    size = 112
+    crop, lm_crop = align_face(tight, lm_tight, size)
+    ref, lm_ref = align_face(sentinel, lm, size)
+    np.testing.assert_allclose(lm_crop, lm_ref, atol=1e-3)
+    mat = align_matrix(lm_tight, size)
+    cover = cv2.warpAffine(np.ones(tight.shape[:2], np.float32), mat, (size, size),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    inside, outside = cover >= 1.0, cover <= 0.0  # (size, size); the rest: a one-pixel seam
+    assert outside.mean() > 0.1  # the face fills the frame: a fair share of the crop is outside
+    assert (ref[outside] == (255, 0, 255)).all()
+    assert (crop[outside] == PAD_RGB).all()  # no mirrored (or any) image content
+    assert np.abs(crop[inside].astype(int) - ref[inside].astype(int)).max() <= 2
+    assert outside.mean() <= padding_fraction(tight.shape[:2], mat, size) <= 1 - inside.mean()
+
+
+def test_faces_inside_the_frame_keep_their_crops(astronaut_face):
+    """A crop window inside the frame is unchanged by the border fill: bit-identical to the
+    mirrored-border warp earlier caches were made with, and padding 0."""
+    image, _, lm = astronaut_face
+    mat = align_matrix(lm, 224)
+    assert padding_fraction(image.shape[:2], mat, 224) == 0.0
+    crop, _ = align_face(image, lm, 224)
+    before = cv2.warpAffine(image, mat, (224, 224), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REFLECT_101)
+    assert np.array_equal(crop, before)
+
+
+@pytest.mark.slow
+def test_pipeline_records_the_padding_of_a_pre_cropped_video(tmp_path, astronaut_face):
+    """The real pipeline on a video of tight face crops (as WildDeepfake / DFDC face clips):
+    ``meta["padding"]`` per kept frame, and the padded pixels are PAD_RGB."""
+    image, found, _ = astronaut_face
+    x0, y0, x1, y1 = _tight_crop(image, found.box)
+    video = write_video(tmp_path / "tight.mp4", [np.ascontiguousarray(image[y0:y1, x0:x1])] * 4)
+    record = VideoRecord("wilddeepfake/tight", str(video), 0, "wilddeepfake", "real", "test")
+    entry = FacePipeline(FaceConfig(frames=2, size=112)).process(record)
+    assert len(entry.meta["padding"]) == len(entry) == 2
+    for crop, pad in zip(entry.crops, entry.meta["padding"], strict=True):
+        assert pad > 0.1
+        assert (crop == PAD_RGB).all(-1).mean() >= pad - 0.05  # less a one-pixel seam
+    grid = FacePipeline(FaceConfig(frames=2, size=112)).process(
+        VideoRecord("grid/bbaf2n", str(CLIP), 0, "grid", "real", "test"))
+    assert grid.meta["padding"] == [0.0, 0.0]  # a face well inside its frame
 
 
 def test_similarity_transform_recovers_known_transform():

@@ -124,3 +124,39 @@ def test_invalid_arguments_raise() -> None:
     with pytest.raises(ValueError, match=r"\(B, 68, 2\)"):
         part_sets(torch.zeros(2, 5, 2))
     assert set(STRATEGIES) == {"facial_part", "eyes", "cheek_nose", "lips", "random"}
+
+
+def test_literal_algorithm1_runs_on_mean_face() -> None:
+    """Algorithm 1 word for word: raster runs ending at the patches of the 1-based 17th and 16th
+    landmarks (0-based 16 and 15, jaw points at eye height): 82 / 14 / 100 patches at 224/16."""
+    lm = template_landmarks(224)
+    sets = part_sets(lm[None], 224, 16, "literal")[0]  # (3, 196)
+    assert sets.sum(-1).tolist() == [82, 14, 100]
+    assert (sets.sum(0) == 1).all()
+    end_eyes, end_cheek = _patch_of(lm[[16, 15]], 16, 14).tolist()
+    assert (end_eyes, end_cheek) == (81, 95)
+    idx = torch.arange(196)
+    assert torch.equal(sets[0], idx <= end_eyes) and torch.equal(sets[2], idx > end_cheek)
+    # a tilted face whose 16th landmark sits above its 17th still keeps one cheek patch
+    tilted = lm.clone()
+    tilted[15] = lm[16] - torch.tensor([0.0, 20.0])
+    assert part_sets(tilted[None], 224, 16, "literal")[0].sum(-1).tolist() == [82, 1, 113]
+
+
+def test_rp_matched_ratio_equals_the_facial_part_share(astronaut_face_session) -> None:
+    """Table 5's ``rp_matched`` masks as many patches as ``facial_part`` at 0.5 does on average
+    (a part drawn uniformly), on the astronaut's dlib landmarks aligned at 224 and the template."""
+    import yaml
+
+    from deepfakemae.faces.align import align_face
+    from deepfakemae.plans import TABLES_DIR
+
+    face = astronaut_face_session
+    _, aligned = align_face(face["image"], face["landmarks"], 224)
+    spec = yaml.safe_load((TABLES_DIR / "table5.yaml").read_text())["variants"]["rp_matched"]
+    args = spec["pretrain"]["args"]["model"]["init_args"]
+    assert args["mask_strategy"] == "random"
+    rp = FacialPartMasker("random", args["mask_ratio"])(torch.zeros(1, 68, 2)).mask.sum().item()
+    for lm in (torch.as_tensor(aligned)[None], template_landmarks(224)[None]):
+        per_part = [FacialPartMasker(part, 0.5)(lm).mask.sum().item() for part in PART_NAMES]
+        assert abs(rp - sum(per_part) / 3) <= 0.5, (rp, per_part)  # the nearest whole count

@@ -215,3 +215,40 @@ def test_score_book_ddp_gloo_equals_single_process(tmp_path) -> None:
     scores, labels, keys, _ = _ddp_data()
     assert res["n"] == len(keys)
     assert res["metrics"] == pytest.approx(frame_and_video_metrics(scores, labels, keys))
+
+
+def test_clip_windows_count_each_frame_once(make_face_cache, tmp_path) -> None:
+    """A 32-frame video scored in tiled 5-frame clips (last window overlaps) gives 32 frame rows;
+    a frame in two windows gets their mean; the video score is the mean of its 32 frames."""
+    from data_modules.datamodule import DeepfakeDataModule
+    from data_modules.datasets import SourceSpec
+
+    vids = [{"key": f"ffpp/c23/{m}/test_000", "label": int(m != "real"), "dataset": "ffpp",
+             "method": m, "split": "test", "frames": 32} for m in ("real", "Deepfakes")]
+    root = str(make_face_cache(tmp_path / "cache", vids, size=32))
+    spec = [SourceSpec("ffpp", root, "ffpp", "test")]
+    dm = DeepfakeDataModule(train=spec, val=spec, test=spec, img_size=32, batch_size=3,
+                            eval_mode="clip", clip_len=5)
+    dm.setup("test")
+    book, windows = ScoreBook(), {}
+    for batch in dm.test_dataloader()[0]:
+        clip = batch["image"].mean(dim=(1, 2, 3, 4)).sigmoid()  # (B,) one score per clip
+        frame = batch["image"].mean(dim=(2, 3, 4)).sigmoid()  # (B, T) one score per frame
+        book.add_batch(batch, {"clip": clip, "frame": frame})
+        for key, fi, c in zip(batch["video_key"], batch["frame_index"].tolist(), clip.tolist(),
+                              strict=True):
+            for f in fi:
+                windows.setdefault((key, f), []).append(c)
+    rows = book.gather()["ffpp"]
+    pairs = list(zip(rows.keys, rows.frames.tolist(), strict=True))
+    assert len(pairs) == len(set(pairs)) == 64
+    assert sum(len(w) == 2 for w in windows.values()) == 2 * 3  # frames 27-29 overlap
+    want = np.array([np.mean(windows[p]) for p in pairs])
+    np.testing.assert_allclose(rows.scores["clip"], want, rtol=1e-6)
+    metrics, _ = set_metrics(rows)
+    v_scores, _, v_keys = video_level(torch.as_tensor(rows.scores["clip"]),
+                                      torch.as_tensor(rows.labels), rows.keys)
+    for key, score in zip(v_keys, v_scores.tolist(), strict=True):
+        mine = want[np.array(rows.keys) == key]
+        assert len(mine) == 32 and score == pytest.approx(float(mine.mean()))
+    assert metrics["num_frames"] == 64.0

@@ -18,6 +18,7 @@ from deepfakemae.modules.checkpoints import load_module
 from deepfakemae.modules.finetune import FinetuneModule
 from deepfakemae.modules.mapping import MappingModule
 from deepfakemae.modules.pretrain import MAEPretrainModule
+from tests.conftest import ffpp_fixture_sources
 
 REPO = Path(__file__).resolve().parents[1]
 EXP = REPO / "experiments"
@@ -38,7 +39,7 @@ def _mapping_args(root: Path, meta: bool, run_dir: Path) -> list[str]:
             f"--model.init_args.meta_learning={str(meta).lower()}",
             f"--model.init_args.mae_checkpoint={root}/runs/pretrain/checkpoints/last.ckpt",
             "--data.init_args.fake_source=pseudo", f"--trainer.default_root_dir={run_dir}",
-            _test_set(root)]
+            _test_set(root), *ffpp_fixture_sources(root / "cache")]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def bf16_runs(tmp_path_factory, ffpp_cache, celebdf_cache):
                      "--model.init_args.init_weights=null"]) == 0
         assert main(["fit", "-c", str(EXP / "finetune.yaml"), *BF16, *STEPS,
                      "--data.init_args.batch_size=4", "--data.init_args.fake_source=both",
-                     _test_set(root)]) == 0
+                     _test_set(root), *ffpp_fixture_sources(root / "cache")]) == 0
         assert main(_mapping_args(root, True, root / "runs" / "mapping")) == 0
         yield root
     finally:

@@ -21,7 +21,13 @@ from deepfakemae.commands.preprocess import add_preprocess_arguments, run_prepro
 from deepfakemae.faces.cache import FaceCache
 from deepfakemae.faces.input_files import records_from_inputs
 from deepfakemae.faces.pipeline import FaceConfig
-from deepfakemae.faces.runner import run_preprocess, shard_records
+from deepfakemae.faces.runner import (
+    SettingsMismatch,
+    cache_settings,
+    check_settings,
+    run_preprocess,
+    shard_records,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = FaceConfig(frames=4, size=112)
@@ -276,3 +282,17 @@ def test_rerun_keeps_the_detector_a_cache_was_made_with(tmp_path, capsys):
         "dlib-hog+mtcnn max_side")
     assert _cli([*args, "--output", str(new), "--detector", "dlib"]) == 2  # other settings
     assert "--allow-mixed-settings" in capsys.readouterr().err
+
+
+def test_a_cache_made_with_mirrored_borders_is_not_resumed_silently(tmp_path):
+    """``cache.json`` of a cache from before the constant border fill (no ``border``): a run
+    refuses to add to it unless told to, naming the border."""
+    config = FaceConfig(frames=2, size=64)
+    cache = FaceCache(tmp_path / "old")
+    old = {k: v for k, v in cache_settings(config).items() if k != "border"}
+    cache.root.mkdir()
+    cache.write_settings({"settings": old, "mixed": []})
+    with pytest.raises(SettingsMismatch, match="border None .* 'constant'.*mirrored borders"):
+        check_settings(cache, config)
+    check_settings(cache, config, allow_mixed=True)
+    assert cache.read_settings()["mixed"] == [cache_settings(config)]

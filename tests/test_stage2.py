@@ -18,6 +18,7 @@ from deepfakemae.modules.checkpoints import CheckpointError, load_module
 from deepfakemae.modules.detector import DualNetworkDetector
 from deepfakemae.modules.finetune import FinetuneModule
 from deepfakemae.modules.mapping import MappingModule, meta_split
+from tests.conftest import ffpp_fixture_sources
 
 REPO = Path(__file__).resolve().parents[1]
 EXP = REPO / "experiments"
@@ -52,11 +53,11 @@ def trained(tmp_path_factory, ffpp_cache, celebdf_cache):
                      "--model.init_args.preset=mae_vit_micro", "--data.init_args.batch_size=4",
                      "--model.init_args.init_weights=null"]) == 0
         assert main(["fit", "-c", str(EXP / "finetune.yaml"), *SMALL, "--trainer.max_steps=2",
-                     "--data.init_args.batch_size=4", eval_sets(cache_dir)]) == 0
+                     "--data.init_args.batch_size=4", eval_sets(cache_dir), *ffpp_fixture_sources(cache_dir)]) == 0
         assert main(["fit", "-c", str(EXP / "mapping.yaml"), *SMALL, *RANDOM_INIT,
                      "--trainer.max_steps=2", "--data.init_args.batch_size=8",
                      "--model.init_args.image_log_every_n_steps=1",
-                     eval_sets(cache_dir)]) == 0
+                     eval_sets(cache_dir), *ffpp_fixture_sources(cache_dir)]) == 0
         yield root
     finally:
         os.chdir(cwd)
@@ -222,7 +223,8 @@ def test_mapping_without_meta_learning_trains(trained, monkeypatch):
                  "--trainer.max_steps=2", "--data.init_args.batch_size=8",
                  "--model.init_args.meta_learning=false",
                  f"--model.init_args.mae_checkpoint={mae}",
-                 eval_sets(trained / "cache")]) == 0
+                 eval_sets(trained / "cache"),
+                 *ffpp_fixture_sources(trained / "cache")]) == 0
     last = trained / "runs_plain" / "mapping" / "checkpoints" / "last.ckpt"
     module = load_module(MappingModule, last, mae_checkpoint=None)
     assert module.hparams.meta_learning is False
@@ -353,7 +355,8 @@ def test_evaluation_keeps_the_training_runs_records(trained, monkeypatch):
     before = {name: (stage / name).read_bytes() for name in ("config.yaml", "run_info.json")}
     assert main(["validate", "-c", str(EXP / "finetune.yaml"), *SMALL, "--trainer.logger=false",
                  f"--ckpt_path={stage / 'checkpoints' / 'last.ckpt'}",
-                 eval_sets(trained / "cache")]) == 0
+                 eval_sets(trained / "cache"),
+                 *ffpp_fixture_sources(trained / "cache")]) == 0
     assert {name: (stage / name).read_bytes() for name in before} == before
     assert "validate" in (stage / "run_info_validate.json").read_text()
     assert "FinetuneModule" in (stage / "config_validate.yaml").read_text()

@@ -7,6 +7,10 @@ the inter-ocular distance with the origin between the eyes: brows reach y = -0.4
 y = 1.97 and the jaw x = +-1.12. The crop is centred on (0, CENTRE_Y) and is wide enough that
 this extent fills ``1 - 2 * margin`` of its side, so the whole face (brows to chin, jaw to jaw)
 fits with background around it.
+
+Crop pixels whose source lies outside the frame (a face near the frame edge, or a frame that is
+already a tight face crop) are filled with ``PAD_RGB``, never with mirrored image content;
+:func:`padding_fraction` measures their share (docs/DESIGN.md, "Choices the paper leaves open").
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from deepfakemae.constants import IMAGENET_MEAN
 from deepfakemae.faces.ibug68 import five_points
 
 #: canonical 5 points (left eye, right eye, nose tip, mouth left, mouth right), IOD units
@@ -22,6 +27,8 @@ TEMPLATE_5 = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.52], [-0.405, 1.18], [0.
 FACE_EXTENT = 2.45  # brow-to-chin / jaw-to-jaw span in IOD units, with a little slack
 CENTRE_Y = 0.72  # vertical crop centre (a bit above the landmark centre, to keep the forehead)
 DEFAULT_MARGIN = 0.12
+#: fill of crop pixels outside the frame: the ImageNet mean colour (0 after normalisation)
+PAD_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
 
 
 def template_points(size: int = 224, margin: float = DEFAULT_MARGIN) -> np.ndarray:
@@ -62,17 +69,34 @@ def transform_points(points: np.ndarray, mat: np.ndarray) -> np.ndarray:
     return pts @ mat[:, :2].T + mat[:, 2]
 
 
+def align_matrix(landmarks: np.ndarray, size: int = 224, margin: float = DEFAULT_MARGIN
+                 ) -> np.ndarray:
+    """(2,3) similarity from image pixels to the canonical crop of (68,2) ``landmarks``."""
+    return similarity_transform(five_points(landmarks), template_points(size, margin))
+
+
 def align_face(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = 224,
                margin: float = DEFAULT_MARGIN) -> tuple[np.ndarray, np.ndarray]:
-    """Warp one face to the canonical crop.
+    """Warp one face to the canonical crop (pixels outside the frame: ``PAD_RGB``).
 
     ``image_rgb`` (H,W,3) uint8, ``landmarks`` (68,2) in image pixels ->
     ``(crop (size,size,3) uint8, landmarks (68,2) float32 in crop pixels)``.
     """
-    mat = similarity_transform(five_points(landmarks), template_points(size, margin))
+    mat = align_matrix(landmarks, size, margin)
     crop = cv2.warpAffine(image_rgb, mat, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT_101)
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=PAD_RGB)
     return crop, transform_points(landmarks, mat).astype(np.float32)
+
+
+def padding_fraction(frame_hw: tuple[int, int], mat: np.ndarray, size: int) -> float:
+    """Share of a ``size`` x ``size`` crop made by (2,3) ``mat`` whose pixel centres map
+    outside a frame of ``frame_hw`` = (H, W) pixels (0: the crop lies inside the frame)."""
+    h, w = frame_hw
+    ys, xs = np.mgrid[0:size, 0:size]
+    src = transform_points(np.stack([xs, ys], -1).reshape(-1, 2),
+                           cv2.invertAffineTransform(mat))  # (size*size, 2) frame px
+    outside = (src[:, 0] < 0) | (src[:, 0] > w - 1) | (src[:, 1] < 0) | (src[:, 1] > h - 1)
+    return float(outside.mean())
 
 
 #: a dlib HOG box around a face, in inter-ocular distances from the eye midpoint with the eyes

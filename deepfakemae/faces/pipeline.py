@@ -12,8 +12,10 @@ import numpy as np
 from deepfakemae.faces.align import (
     DEFAULT_MARGIN,
     align_face,
+    align_matrix,
     dlib_box_from_points,
     level_eyes,
+    padding_fraction,
     transform_points,
 )
 from deepfakemae.faces.cache import JPEG_QUALITY, FaceEntry
@@ -104,7 +106,7 @@ class FacePipeline:
                                                        decode_threads_for(cfg), cfg.decoder)
         except VideoError as exc:
             raise FaceError(exc.status, str(exc)) from exc
-        crops, marks, kept, scores, boxes, sources = [], [], [], [], [], []
+        crops, marks, kept, scores, boxes, sources, padding = [], [], [], [], [], [], []
         previous = None
         for frame, index in zip(frames, indices, strict=True):
             found = self.detector(frame, previous)
@@ -112,6 +114,8 @@ class FacePipeline:
             if lm is None:
                 continue  # frames without a usable face are dropped from the entry
             crop, lm_crop = align_face(frame, lm, cfg.size, cfg.margin)
+            mat = align_matrix(lm, cfg.size, cfg.margin)
+            padding.append(round(padding_fraction(frame.shape[:2], mat, cfg.size), 4))
             crops.append(crop)
             marks.append(lm_crop)
             kept.append(int(index))
@@ -124,7 +128,7 @@ class FacePipeline:
                                        "sampled frames")
         meta = dict(record.as_meta(), num_frames_total=int(total), fps=float(fps),
                     landmarks=self.landmarks.name, size=cfg.size, frames_sampled=len(indices),
-                    detectors=sources)
+                    detectors=sources, padding=padding)
         wanted = len(sample_indices(int(total), cfg.frames))
         if len(indices) < wanted:  # the container promised more frames than decode
             meta["warning"] = (f"only {len(indices)} of {wanted} sampled frames decoded "

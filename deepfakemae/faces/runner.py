@@ -128,7 +128,7 @@ def cache_settings(config: FaceConfig) -> dict:
     return {"frames": config.frames, "size": config.size, "landmarks": config.landmarks,
             "margin": round(float(config.margin), 6),
             "detector": detector_setting(config),
-            "jpeg_quality": config.jpeg_quality}
+            "jpeg_quality": config.jpeg_quality, "border": "constant"}
 
 
 class SettingsMismatch(CacheError):
@@ -148,6 +148,9 @@ def check_settings(cache: FaceCache, config: FaceConfig, allow_mixed: bool = Fal
         return
     diff = ", ".join(f"{k} {first.get(k)!r} (cache) vs {wanted.get(k)!r} (this run)"
                      for k in sorted(set(first) | set(wanted)) if first.get(k) != wanted.get(k))
+    if first.get("border") != wanted.get("border"):
+        diff += (" (a cache made before out-of-frame crop pixels got a constant fill has "
+                 "mirrored borders there; no option recreates them)")
     if not allow_mixed:
         raise SettingsMismatch(
             f"face cache {cache.root} was made with other settings: {diff}; use another "
