@@ -322,9 +322,8 @@ def run_premise_command(args: argparse.Namespace) -> int:
         print(f"deepfakemae premise: error: {exc}", file=sys.stderr)
         return 2
     print(text)
-    print(f"{_timing(m)}\nfiles: {', '.join(str(output / f) for f in FILES)}")
-    if wandb_dir is not None:
-        print(f"W&B run: {wandb_dir}")
+    print(f"{_timing(m)}\nfiles: {', '.join(str(output / f) for f in FILES)}"
+          + _wandb_line(wandb_dir))
     return 0
 
 
@@ -335,8 +334,9 @@ def _mask_config(hparams: dict) -> dict:
 def _timing(m: Measurement) -> str:
     frames = sum(len(v.errors) for v in m.videos)
     count = len({(v.split, v.key) for v in m.videos})
-    return (f"measured {count} videos ({frames} frame × part reconstructions) in "
-            f"{m.seconds:.1f} s")
+    parts = len({v.part for v in m.videos})
+    return (f"measured {count} videos ({frames // max(parts, 1)} frames × {parts} parts = "
+            f"{frames} masked reconstructions) in {m.seconds:.1f} s")
 
 
 # ------------------------------------------------------------------------------------ the demo
@@ -345,9 +345,14 @@ def demo_premise(run_dir: Path, cache: Path, n_boot: int = 2000) -> str:
     ``<run dir>/premise``; returns the text to print."""
     checkpoint = run_dir / "pretrain" / "checkpoints" / "last.ckpt"
     m = run_measurement(checkpoint, cache, splits=("test",), progress=False)
-    _, text, _ = write_outputs(m.videos, run_dir / "premise", header(m, n_boot), n_boot,
-                               name=f"{run_dir.parent.name}/premise", config=_mask_config(m.hparams))
-    return f"{text}\n{_timing(m)}; files: {run_dir / 'premise'}"
+    _, text, wandb_dir = write_outputs(m.videos, run_dir / "premise", header(m, n_boot), n_boot,
+                                       name=f"{run_dir.parent.name}/premise",
+                                       config=_mask_config(m.hparams))
+    return f"{text}\n{_timing(m)}; files: {run_dir / 'premise'}" + _wandb_line(wandb_dir)
+
+
+def _wandb_line(folder: Path | None) -> str:
+    return "" if folder is None else f"\nW&B run: {folder}"
 
 
 def cv_premise(root: Path, splits_dirs: Sequence[Path], cache: Path, n_boot: int = 2000) -> str:
@@ -367,7 +372,11 @@ def cv_premise(root: Path, splits_dirs: Sequence[Path], cache: Path, n_boot: int
     pooled = Measurement(pool_video_files(files), root / "fold_*/pretrain/checkpoints/last.ckpt",
                          last.hparams, None, seconds)
     what = (f"of {len(files)} identity-disjoint folds pooled (each fold's own stage 1 on its "
-            "test speakers; every video tested once)")
-    _, text, _ = write_outputs(pooled.videos, root, header(pooled, n_boot, what), n_boot,
-                               name=f"{root.name}/premise", config=_mask_config(last.hparams))
-    return f"{text}\n{_timing(pooled)} (all folds); files: {root / 'premise.md'}"
+            "test speakers; every video tested once; the pooled AUC assumes the folds' error "
+            "scales agree, the pairs compare within a fold; each fold's own table: "
+            "fold_<i>/premise/premise.md)")
+    _, text, wandb_dir = write_outputs(pooled.videos, root, header(pooled, n_boot, what), n_boot,
+                                       name=f"{root.name}/premise",
+                                       config=_mask_config(last.hparams))
+    return (f"{text}\n{_timing(pooled)} (all folds); files: {root / 'premise.md'}"
+            + _wandb_line(wandb_dir))
