@@ -291,6 +291,27 @@ def test_command_errors_name_the_file_and_the_fix(demo_like, tmp_path, capsys):
     assert str(empty) in err and "deepfakemae preprocess" in err
     assert main([*base, "--checkpoint", str(demo_like["checkpoint"]), "--splits", "val"]) == 2
     assert "split" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--checkpoint", str(demo_like["checkpoint"]), "--frames", "0"])
+    assert "--frames: must be at least 1" in capsys.readouterr().err
+
+
+def test_fakes_without_their_real_are_named(demo_like, make_face_cache, tmp_path, monkeypatch,
+                                            capsys):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    vids = [{"key": k, "label": int("real" not in k), "dataset": "ffpp",
+             "method": k.split("/")[2], "split": "test", "frames": 2}
+            for k in ("ffpp/c23/real/000", "ffpp/c23/LipsSwap/000_001",
+                      "ffpp/c23/LipsSwap/002_003")]
+    cache = make_face_cache(tmp_path / "cache", vids, size=SIZE)
+    assert main(["premise", "--checkpoint", str(demo_like["checkpoint"]), "--cache", str(cache),
+                 "--output", str(tmp_path / "o"), "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "| test | LipsSwap | lips | 1/2 |" in out  # both fakes count in the AUC
+    assert "1 fake video(s) have no measured real target" in out
+    assert "ffpp/c23/LipsSwap/002_003 → ffpp/c23/real/002" in out
+    (row,) = [r for r in _rows(tmp_path / "o" / "premise.csv") if r["part"] == "lips"]
+    assert row["num_pairs"] == "1"
 
 
 def test_demo_table_and_pooled_folds(demo_like, tmp_path, monkeypatch):

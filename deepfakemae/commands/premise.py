@@ -68,6 +68,13 @@ class Measurement:
     seconds: float
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_premise_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``deepfakemae premise``."""
     parser.add_argument("--checkpoint", type=Path, required=True,
@@ -83,14 +90,15 @@ def add_premise_arguments(parser: argparse.ArgumentParser) -> None:
                         help="FF++-format split files (train/val/test.json) that replace the "
                              "cache's splits (cross-validation folds)")
     parser.add_argument("--methods", help="comma-separated fake methods (default: all cached)")
-    parser.add_argument("--frames", type=int, default=None,
+    parser.add_argument("--frames", type=_positive, default=None,
                         help="frames per video, evenly spaced (default: every cached frame)")
     parser.add_argument("--output", type=Path,
                         help="folder for the files (default: premise/ beside the checkpoint's "
                              "checkpoints/ folder)")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--bootstrap", type=_positive, default=2000, help="bootstrap resamples")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
+    parser.add_argument("--batch-size", type=_positive, default=64,
+                        help="frames per forward pass")
 
 
 def default_output(checkpoint: Path) -> Path:
