@@ -249,6 +249,7 @@ def wandb_offline(tmp_path, monkeypatch):
     wandb.teardown()  # W&B keeps the settings of its first run per process
 
 
+@pytest.mark.slow
 def test_command_writes_its_files_per_split(demo_like, tmp_path, wandb_offline, capsys):
     out = tmp_path / "out"
     code = main(["premise", "--checkpoint", str(demo_like["checkpoint"]), "--cache",
@@ -314,6 +315,7 @@ def test_fakes_without_their_real_are_named(demo_like, make_face_cache, tmp_path
     assert row["num_pairs"] == "1"
 
 
+@pytest.mark.slow
 def test_demo_table_and_pooled_folds(demo_like, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     text = demo_premise(demo_like["run"], demo_like["cache"], n_boot=50)
