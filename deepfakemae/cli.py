@@ -1,6 +1,7 @@
 """The ``deepfakemae`` command.
 
-Data tools are plain subcommands (``preprocess``, ``cache verify``, ``demo-data``, ``report``);
+Data tools are plain subcommands (``preprocess``, ``cache verify``, ``demo-data``, ``report``,
+``premise``);
 training and evaluation are LightningCLI's ``fit`` / ``validate`` / ``test`` driven by YAML
 configs in ``experiments/``. ``deepfakemae score --video ...`` scores videos end to end
 (``predict --video``, its old spelling, still works with a note; LightningCLI's own predict
@@ -30,6 +31,9 @@ TOOLS = {
             "run a paper-table plan (experiments/tables/tableN.yaml): its stages, resumably"),
     "report": ("deepfakemae.commands.report", "add_report_arguments", "run_report_command",
                "tables of results_test.json beside the paper's numbers (Markdown + CSV)"),
+    "premise": ("deepfakemae.commands.premise", "add_premise_arguments", "run_premise_command",
+                "the paper's premise measured: masked-part reconstruction error of a stage-1 "
+                "model, real vs fake (AUC, paired)"),
     "score": ("deepfakemae.commands.score", "add_score_arguments", "run_score_command",
               "score videos: `score --video clip.mp4 [--run-dir runs/demo/main]` "
               "(JSON/CSV, --explain figures)"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -174,9 +173,9 @@ def log_wandb_summary(results: list[SetResult], run_dir: Path, name: str, config
     and each AUC with its interval as summary values. Returns the run folder."""
     import wandb  # heavy: imported when a summary is written
 
-    from deepfakemae.loggers import wandb_logged_in
+    from deepfakemae.loggers import wandb_mode
 
-    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    mode = wandb_mode()
     if mode == "disabled":
         return None
     run_dir.mkdir(parents=True, exist_ok=True)

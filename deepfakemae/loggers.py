@@ -23,6 +23,12 @@ def wandb_disabled() -> bool:
     return os.environ.get("WANDB_MODE", "").lower() == "disabled"
 
 
+def wandb_mode() -> str:
+    """The mode of a W&B run started outside Lightning: ``WANDB_MODE`` when set, else online
+    when logged in (`wandb_logged_in`), else offline."""
+    return os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+
+
 def run_identity(name: str | None) -> dict:
     """W&B ``name``, ``group``, ``job_type`` and ``tags`` of a run: ``WANDB_NAME``,
     ``WANDB_RUN_GROUP``, ``WANDB_JOB_TYPE`` and ``WANDB_TAGS`` (comma-separated) when set (the

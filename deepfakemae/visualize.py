@@ -75,6 +75,53 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> np.nd
     return image
 
 
+def box_grid(panels: dict[tuple[str, str], dict[str, np.ndarray]], rows: list[str],
+             cols: list[str], ylabel: str, title: str = "") -> np.ndarray:
+    """A grid of box plots with their points: ``panels[(row, col)]`` maps a box label to its
+    values (e.g. ``{"real": errors, "fake": errors}``). Returns the figure as RGB uint8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.6 * len(cols) + 0.6,
+                                                            2.3 * len(rows) + 0.6),
+                             dpi=100, squeeze=False)
+    rng = np.random.default_rng(0)  # point jitter only
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            ax = axes[i][j]
+            boxes = panels.get((row, col), {})
+            labels = list(boxes)
+            values = [np.asarray(boxes[k], np.float64) for k in labels]
+            if values:
+                ax.boxplot(values, showfliers=False, widths=0.5)
+                for n, v in enumerate(values, 1):
+                    ax.plot(n + rng.uniform(-0.12, 0.12, v.size), v, ".", markersize=4,
+                            alpha=0.7, color="C3" if "fake" in labels[n - 1] else "C0")
+                ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+            ax.tick_params(labelsize=7)
+            if i == 0:
+                ax.set_title(col, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{row}\n{ylabel}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+def png_bytes(image_rgb: np.ndarray) -> bytes:
+    """An RGB uint8 image encoded as PNG (for atomic writes: `faces.files.atomic_write`)."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("deepfakemae/visualize.py: PNG encoding failed")
+    return buf.tobytes()
+
+
 def save_png(image_rgb: np.ndarray, path: str | Path) -> Path:
     """Write an RGB uint8 image as PNG (creating folders)."""
     path = Path(path)

@@ -34,6 +34,9 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert "wandb sync" in out
     assert re.search(r"\| LipsSwap \| 2/2 \| [0-9.]+ \[[0-9.]+, [0-9.]+\]", out)  # AUC [CI]
     assert f"deepfakemae score --video clip.mp4 --run-dir {run}" in out
+    assert re.search(r"\| test \| LipsSwap \| lips \| 2/2 \|", out)  # the premise table
+    assert all((run / "premise" / f).is_file() for f in ("premise.md", "premise.csv",
+                                                         "premise_videos.csv", "premise.png"))
 
     # a rerun reuses the dataset, the face cache and every finished stage
     stamp = (run / "pretrain" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
@@ -67,3 +70,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert all(0 <= float(r["ci_low"]) <= float(r["ci_high"]) <= 1 for r in rows)
     assert "| SelfBlend | 10/10 |" in (cv / "cv_results.md").read_text()
     assert "3-fold identity-disjoint cross-validation" in out
+    with open(cv / "premise.csv", encoding="utf-8") as f:  # pooled over folds: every speaker
+        premise = list(csv.DictReader(f))
+    assert {(r["method"], r["num_real_videos"], r["num_fake_videos"]) for r in premise} == {
+        (m, "10", "10") for m in ("EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend")}
+    assert "3 identity-disjoint folds pooled" in out

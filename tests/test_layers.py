@@ -23,7 +23,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("data_modules",)),
     ("models", ("deepfakemae.models", "deepfakemae.masking", "deepfakemae.metalearning",
                 "deepfakemae.metrics", "deepfakemae.visualize", "deepfakemae.loggers",
-                "deepfakemae.explain", "deepfakemae.branches", "deepfakemae.results")),
+                "deepfakemae.explain", "deepfakemae.branches", "deepfakemae.results",
+                "deepfakemae.premise")),
     ("modules", ("deepfakemae.modules", "deepfakemae.callbacks")),
     ("commands", ("deepfakemae",)),  # commands, CLI, plan runner, report: everything else
 )

@@ -1,7 +1,8 @@
 """``deepfakemae demo`` (``make demo``): the whole method on the embedded demo set.
 
 Builds the demo dataset from the bundled GRID clips, caches its faces, pretrains stage 1, trains
-both stage-2 branches, tests the fused detector per manipulation method and prints the results.
+both stage-2 branches, tests the fused detector per manipulation method and prints the results,
+then the premise table of its stage 1 on the test speakers (`deepfakemae premise`).
 Every step reuses what an earlier run finished, so a rerun (or a run after an interruption)
 only does what is missing. ``--folds k`` cross-validates instead (see :mod:`deepfakemae.crossval`).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from data_modules.indexes.ffpp import load_splits
 from data_modules.pseudo import FAKE_SOURCES, PSEUDO_METHODS
 from deepfakemae.branches import BRANCHES
+from deepfakemae.commands.premise import cv_premise, demo_premise
 from deepfakemae.crossval import (
     SCORES_FILE,
     fold_markdown,
@@ -159,6 +161,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
             plan = demo_plan(args)
             run_plan(plan, args.run_root, fresh=args.fresh)
             print_results(args.run_root / plan.name / "main", n_boot=args.bootstrap)
+            print(f"\n{demo_premise(args.run_root / plan.name / 'main', cache, args.bootstrap)}",
+                  flush=True)
     finally:
         if previous is None:
             os.environ.pop("DEMO_CACHE", None)
@@ -170,7 +174,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 def run_cross_validation(args: argparse.Namespace) -> Path:
     """``--folds k``: every stage retrained per identity-disjoint fold, test scores pooled;
-    writes ``cv_results.{md,csv}`` (and a W&B summary run) under ``<run-root>/demo-cv``."""
+    writes ``cv_results.{md,csv}`` (and a W&B summary run) under ``<run-root>/demo-cv``, then
+    the premise of each fold's stage 1 on its test speakers, pooled: ``premise.{md,csv,png}``
+    beside them (`cv_premise`)."""
     pairs = load_splits(args.data_dir / "raw" / "splits")
     all_pairs = [p for split in ("train", "val", "test") for p in pairs[split]]
     folds = make_folds(all_pairs, args.folds)
@@ -203,6 +209,8 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
           f"{root / 'cv_results.csv'}", flush=True)
     if wandb_dir is not None:
         print(f"W&B summary run: {wandb_dir}", flush=True)
+    print(f"\n{cv_premise(root, splits_dirs, args.data_dir / 'cache', args.bootstrap)}",
+          flush=True)
     return root
 
 
