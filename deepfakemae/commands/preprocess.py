@@ -103,7 +103,8 @@ def recorded_detector(output: Path) -> str:
         recorded = FaceCache(output).read_settings() or {}
     except CacheError as exc:
         raise UsageError(str(exc)) from exc
-    setting = str(recorded.get("settings", {}).get("detector", ""))
+    settings = recorded.get("settings")
+    setting = str(settings.get("detector", "")) if isinstance(settings, dict) else ""
     for name in ("dlib+mtcnn", "dlib", "mtcnn"):
         if setting.startswith(detector_setting(FaceConfig(detector=name)).split()[0] + " "):
             return name
