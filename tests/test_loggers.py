@@ -103,3 +103,26 @@ def test_logged_config_carries_the_checkpoints_preset(tmp_path):
     assert effective_config(config, module.hparams)["model"]["init_args"]["preset"] == \
         "mae_vit_micro"
     assert Path(config["model"]["init_args"]["mae_checkpoint"]).name == "stage1.ckpt"
+
+
+def test_wandb_online_without_network_logs_offline_within_seconds(tmp_path, monkeypatch,
+                                                                   capsys):
+    import time
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef" * 2 + "01234567")  # 40 chars
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # loopback, nothing listens
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    start = time.monotonic()
+    logger = AutoWandbLogger(save_dir=str(tmp_path / "stage"), name="pretrain")
+    logger.log_metrics({"train/loss": 1.0}, step=0)  # starts the run
+    assert time.monotonic() - start < 30  # wandb alone waits ~90 s, then raises CommError
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the W&B server http://127.0.0.1:9 is unreachable" in err[0]
+    assert "logging offline" in err[0] and "wandb sync" in err[0]
+    import wandb
+
+    wandb.finish()
+    assert list((tmp_path / "stage").rglob("offline-run-*"))
