@@ -119,6 +119,7 @@ class AutoWandbLogger(WandbLogger):
                             f"{str(exc).splitlines()[0] if str(exc) else ''})",
                             self._wandb_init.get("dir") or "runs")
             self._offline, self._log_model, self._experiment = True, False, None
+            self._wandb_init["mode"] = "offline"  # wandb keeps its first settings otherwise
             return super().experiment
 
 
