@@ -440,3 +440,19 @@ def test_cache_verify_checks_cache_json_against_the_entries(tmp_path, capsys):
         assert "cache.json is not repaired" in capsys.readouterr().out
     cache.settings_path.write_text(good)
     assert main(["cache", "verify", str(out)]) == 0
+
+
+def test_preprocess_in_place_never_takes_its_cache_as_input(tmp_path, monkeypatch, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", inputs / "clip.mpg")
+    monkeypatch.chdir(inputs)
+    assert preprocess("--input", ".", "--output", "cache", *FAST) == 0
+    assert preprocess("--input", ".", "--output", "cache", *FAST) == 0  # was: entries/ "empty"
+    assert [r["key"] for r in FaceCache("cache").manifest()] == ["clip"]
+    capsys.readouterr()
+    # another cache inside the input folder is listed as skipped, not preprocessed
+    assert preprocess("--input", ".", "--output", tmp_path / "other", *FAST) == 0
+    assert "cache (a face cache (`deepfakemae preprocess --output`), not an input)" in \
+        capsys.readouterr().err
+    assert [r["key"] for r in FaceCache(tmp_path / "other").manifest()] == ["clip"]

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deepfakemae.faces.cache import CacheError, validate_key
+from deepfakemae.faces.cache import MANIFEST_NAME, SETTINGS_NAME, CacheError, validate_key
 from deepfakemae.faces.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_frame_images
 from deepfakemae.records import VideoRecord
 
@@ -68,9 +68,15 @@ def _is_excluded(path: Path, exclude: Sequence[Path]) -> bool:
     return any(path == ex or path.is_relative_to(ex) for ex in exclude)
 
 
-def _is_score_output(folder: Path) -> bool:
-    """True for a folder ``deepfakemae score`` wrote (it holds predictions.json and .csv)."""
-    return all((folder / name).is_file() for name in SCORE_OUTPUT_FILES)
+def _own_output(folder: Path) -> str | None:
+    """What of the project's own outputs ``folder`` is (a ``score`` output: predictions.json
+    and .csv; a face cache: entries/ and manifest.jsonl or cache.json), else ``None``."""
+    if all((folder / name).is_file() for name in SCORE_OUTPUT_FILES):
+        return "a `deepfakemae score` output folder (predictions.json)"
+    if (folder / "entries").is_dir() and any(
+            (folder / name).is_file() for name in (MANIFEST_NAME, SETTINGS_NAME)):
+        return "a face cache (`deepfakemae preprocess --output`)"
+    return None
 
 
 def _list_records(listing: Path, exclude: Sequence[Path] = ()) -> InputScan:
@@ -118,19 +124,19 @@ def _is_leaf(folder: Path) -> bool:
 def _folder_records(folder: Path, exclude: Sequence[Path] = ()) -> InputScan:
     """Records of the videos and leaf frame folders under ``folder``; video-named symbolic
     links that lead nowhere (dangling, loops) are kept so that they get a status too. Folders
-    in ``exclude`` (absolute) and folders ``deepfakemae score`` wrote are left out; other
+    in ``exclude`` (absolute), folders ``score`` wrote and face caches are left out; other
     files (images beside videos, anything else not hidden) are listed as skipped."""
     scan = InputScan()
     root = folder.absolute()
-    outputs: list[Path] = []  # score output folders found (their subtree is skipped)
+    outputs: list[Path] = []  # output folders found (their subtree is skipped)
     for path in sorted(folder.rglob("*")):
         where = root / path.relative_to(folder)
         if _is_excluded(where, [*exclude, *outputs]):
             continue
-        if path.is_dir() and _is_score_output(path):
+        own = _own_output(path) if path.is_dir() else None
+        if own is not None:
             outputs.append(where)
-            scan.skipped.append((path, "a `deepfakemae score` output folder "
-                                       "(predictions.json), not an input"))
+            scan.skipped.append((path, f"{own}, not an input"))
             continue
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
         if is_video and (path.is_file() or _is_broken_link(path)):
@@ -145,7 +151,7 @@ def _folder_records(folder: Path, exclude: Sequence[Path] = ()) -> InputScan:
                    "not a video" if path.is_file() or path.is_symlink() else
                    "not a regular file")
             scan.skipped.append((path, why))
-    if not scan.records and not _is_score_output(folder) and list_frame_images(folder):
+    if not scan.records and _own_output(folder) is None and list_frame_images(folder):
         scan.records.append(_record(folder, folder.name, str(folder)))  # one frame folder
         scan.skipped = [(p, why) for p, why in scan.skipped if p.parent != folder]
     return scan
