@@ -47,7 +47,7 @@ class TestResultFiles(Callback):
         out = Path(trainer.default_root_dir) / "results_test.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         write_scores_csv(evaluation.scored, out.with_name("scores_test.csv"))
-        out.write_text(json.dumps(evaluation.results, indent=2, sort_keys=True))
+        out.write_text(json.dumps(evaluation.results, indent=2, sort_keys=True), encoding="utf-8")
         plotted = {f"{s}/{b}": c for s, cs in evaluation.curves.items() for b, c in cs.items()
                    if not math.isnan(c[2])}
         if plotted:

@@ -57,7 +57,7 @@ def write_fold_splits(fold: dict[str, list[Pair]], directory: Path) -> Path:
     """Write a fold as FF++-format split files ``train/val/test.json`` in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     for split, pairs in fold.items():
-        (directory / f"{split}.json").write_text(json.dumps([list(p) for p in pairs]))
+        (directory / f"{split}.json").write_text(json.dumps([list(p) for p in pairs]), encoding="utf-8")
     return directory
 
 
@@ -157,7 +157,7 @@ def fold_markdown(score_files: list[Path]) -> str:
 
 def write_results_csv(results: list[SetResult], path: Path) -> Path:
     """Long-format CSV: test set, branch, level, auc, ci_low, ci_high, videos per class."""
-    with path.open("w", newline="") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["test_set", "branch", "level", "auc", "ci_low", "ci_high",
                          "num_real_videos", "num_fake_videos"])

@@ -58,7 +58,7 @@ class SaveConfigAndRunInfo(SaveConfigCallback):
         if trainer.is_global_zero:  # only rank 0 gets here: no collectives (trainer.log_dir is one)
             path = local_log_dir(trainer) / record_names(stage)[1]
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(info, indent=2, default=str))
+            path.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
         for logger in trainer.loggers:
             config = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
             logger.log_hyperparams({"config": effective_config(config, pl_module.hparams),

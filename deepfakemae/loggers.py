@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import WandbLogger
 
@@ -15,7 +19,33 @@ def wandb_logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(encoding="utf-8",
+                                                                 errors="ignore")
+
+
+#: seconds to wait for a TCP connection to the W&B server before logging offline
+WANDB_PROBE_SECONDS = 3.0
+
+
+def wandb_server() -> str:
+    """The W&B server URL runs go to: ``WANDB_BASE_URL`` or ``https://api.wandb.ai``."""
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
+def wandb_unreachable(timeout: float = WANDB_PROBE_SECONDS) -> str | None:
+    """Why the W&B server (or the HTTP(S) proxy in front of it) takes no TCP connection
+    within ``timeout`` seconds, or ``None`` when it does."""
+    url = urlsplit(wandb_server())
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname or host, via.port or 80
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
 
 
 def wandb_disabled() -> bool:
@@ -46,7 +76,9 @@ class AutoWandbLogger(WandbLogger):
     and not at all under ``WANDB_MODE=disabled`` (no run folder).
 
     Offline runs land in ``<save_dir>/wandb/offline-run-*`` and can be uploaded later with
-    ``wandb sync <that folder>``. W&B's own cache and config folders are kept under ``save_dir``
+    ``wandb sync <that folder>``. An online run whose server takes no connection within
+    :data:`WANDB_PROBE_SECONDS` (no network), or whose start fails, logs offline instead,
+    with one line on stderr, rather than stopping training before its first checkpoint. W&B's own cache and config folders are kept under ``save_dir``
     so nothing is written to the home directory. Runs are named, grouped and tagged by
     :func:`run_identity`.
     """
@@ -57,6 +89,12 @@ class AutoWandbLogger(WandbLogger):
         save_dir = save_dir or "runs"
         if offline is None:
             offline = not wandb_logged_in()
+        if not offline and not wandb_disabled():
+            why = wandb_unreachable()
+            if why is not None:
+                offline = True
+                _fall_back_note(f"the W&B server {wandb_server()} is unreachable ({why})",
+                                save_dir)
         if wandb_disabled():  # not offline: Lightning would set WANDB_MODE=dryrun for that
             kwargs["mode"], offline = "disabled", False
         else:
@@ -71,6 +109,30 @@ class AutoWandbLogger(WandbLogger):
                          offline=offline, log_model=log_model and not offline, **kwargs)
         if self._wandb_init.get("anonymous") is None:  # wandb warns about the setting itself
             self._wandb_init.pop("anonymous", None)
+
+    @property
+    def experiment(self):
+        """The W&B run; an online start that fails (server error, timeout) retries offline."""
+        try:
+            return super().experiment
+        except Exception as exc:  # wandb's CommError, UsageError, ... on an online start
+            if self._offline or wandb_disabled():
+                raise
+            import wandb
+
+            wandb.finish()
+            _fall_back_note(f"W&B could not start an online run ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})",
+                            self._wandb_init.get("dir") or "runs")
+            self._offline, self._log_model, self._experiment = True, False, None
+            self._wandb_init["mode"] = "offline"  # wandb keeps its first settings otherwise
+            return super().experiment
+
+
+def _fall_back_note(why: str, save_dir: str) -> None:
+    """The one line saying a run logs offline instead, and how to upload it later."""
+    print(f"note: {why}; logging offline to {Path(save_dir) / 'wandb'} (upload later with "
+          "`wandb sync <offline-run folder>`)", file=sys.stderr)
 
 
 #: columns of the results table, per branch (``<branch>/<metric>`` in results_test.json)

@@ -79,7 +79,7 @@ def load_paper_results(path: str | Path = PAPER_RESULTS) -> dict:
     path = Path(path)
     if not path.exists():
         raise PlanError(f"{path}: the paper's numbers are missing (run from a source checkout)")
-    return yaml.safe_load(path.read_text())
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def _paper_block(paper: dict, table: str, name: str | None) -> dict | None:
@@ -99,7 +99,7 @@ class _Results:
     def get(self, path: Path, test_set: str, metric: str) -> float | None:
         """``metric`` of ``test_set`` in results file ``path`` (read once), None if absent."""
         if path not in self._files:
-            self._files[path] = json.loads(path.read_text()) if path.exists() else None
+            self._files[path] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
         data = self._files[path]
         value = (data or {}).get(test_set, {}).get(metric)
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -219,7 +219,7 @@ def default_layout(plan: Plan, run_root: Path) -> dict:
     for variant in plan.variants:
         path = resolver.run_dir(*resolver.owner(plan.name, variant, "detector")) / "detector"
         try:
-            results = json.loads((path / "results_test.json").read_text())
+            results = json.loads((path / "results_test.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             results = {}
         sets = sorted(results)
@@ -307,8 +307,8 @@ def write_report(report: TableReport, output: str | Path) -> tuple[Path, Path]:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     md, csv_path = output / f"{report.name}.md", output / f"{report.name}.csv"
-    md.write_text(render_markdown(report))
-    with csv_path.open("w", newline="") as fh:
+    md.write_text(render_markdown(report), encoding="utf-8")
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(csv_rows(report))
@@ -372,7 +372,7 @@ def plan_for(runs: TableRuns, demo: bool = False) -> Plan:
     """The plan of a table's runs: the ``plan.json`` `run_plan` wrote, else the plan file."""
     record = runs.table_dir / PLAN_RECORD
     if record.exists():
-        return plan_from_record(json.loads(record.read_text()))
+        return plan_from_record(json.loads(record.read_text(encoding="utf-8")))
     path = TABLES_DIR / f"{runs.table}.yaml"
     if not path.exists():
         raise PlanError(f"no {record} and no plan {path}; run the table with "

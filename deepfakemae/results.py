@@ -20,7 +20,7 @@ def write_scores_csv(scored: dict[str, ScoredSet], path: str | Path) -> Path:
     path = Path(path)
     branches = sorted({b for rows in scored.values() for b in rows.scores})
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow([*SCORE_COLUMNS, *branches])
         for name, rows in scored.items():
@@ -34,7 +34,7 @@ def write_scores_csv(scored: dict[str, ScoredSet], path: str | Path) -> Path:
 def read_scores_csv(path: str | Path) -> dict[str, ScoredSet]:
     """The test sets of a ``scores_test.csv`` written by :func:`write_scores_csv`."""
     path = Path(path)
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if list(fields[:len(SCORE_COLUMNS)]) != list(SCORE_COLUMNS):

@@ -11,7 +11,7 @@ null probability, never as 0.5.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,10 +57,32 @@ class VideoPrediction:
     num_faces: int = 0
     frames: list[FrameScore] = field(default_factory=list)
     explain: dict[str, str] = field(default_factory=dict)
+    note: str = ""  # what to know about an ok score (e.g. a still image)
 
     def as_dict(self) -> dict:
         """The JSON form (frames flattened by :meth:`FrameScore.as_dict`)."""
         return {**asdict(self), "frames": [f.as_dict() for f in self.frames]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VideoPrediction:
+        """The prediction :meth:`as_dict` wrote; ``ValueError`` when ``data`` is not one."""
+        if not isinstance(data, dict) or not isinstance(data.get("key"), str):
+            raise ValueError(f"not a prediction: {str(data)[:80]}")
+        try:
+            frames = [FrameScore(int(f["frame_index"]), list(f["box"]),
+                                 {k: float(v) for k, v in f.items()
+                                  if k not in ("frame_index", "box")})
+                      for f in data.get("frames", [])]
+            fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+            return cls(**dict(fields, frames=frames))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"prediction {data['key']!r} is malformed ({exc})") from exc
+
+    def relabelled(self, threshold: float) -> VideoPrediction:
+        """This prediction with its label recomputed for ``threshold`` (unchanged if unscored)."""
+        if self.fake_probability is not None:
+            self.label = "fake" if self.fake_probability >= threshold else "real"
+        return self
 
 
 def prepare_faces(entry: FaceEntry, size: int, quality: int = JPEG_QUALITY
@@ -137,28 +159,44 @@ class VideoScorer:
 Explainer = Callable[[np.ndarray, np.ndarray, str], dict[str, str]]
 
 
-def score_videos(records: Iterable[VideoRecord], scorer: VideoScorer, pipeline: FacePipeline,
-                 threshold: float = 0.5, explain: Explainer | None = None
-                 ) -> list[VideoPrediction]:
-    """Score every record (failures become predictions with their status); ``explain`` is
-    called on each scored video's middle face."""
-    predictions = []
+#: the note of an input with a single frame (a still image, or a one-frame video)
+STILL_NOTE = ("a single frame (a still image?): scored as a video of that one face, without "
+              "the motion the Finetuning Network was trained on")
+
+
+def iter_scores(records: Iterable[VideoRecord], scorer: VideoScorer, pipeline: FacePipeline,
+                threshold: float = 0.5, explain: Explainer | None = None
+                ) -> Iterator[VideoPrediction]:
+    """Score the records one at a time, yielding each prediction as soon as it is made
+    (failures become predictions with their status; an input of one frame gets
+    :data:`STILL_NOTE`); ``explain`` is called on each scored video's middle face."""
     for record in records:
         try:
             entry = pipeline.process(record)
         except FaceError as exc:
-            predictions.append(scorer.failure(record, exc.status, str(exc)))
+            yield scorer.failure(record, exc.status, str(exc))
             continue
         except Exception as exc:  # an unexpected decoder failure: report it, keep going
-            predictions.append(scorer.failure(record, "error", f"{type(exc).__name__}: {exc}"))
+            yield scorer.failure(record, "error", f"{type(exc).__name__}: {exc}")
             continue
         crops, landmarks = prepare_faces(entry, scorer.img_size)
         prediction = scorer.score_entry(entry, crops, record, threshold)
+        notes = [STILL_NOTE] if entry.meta.get("num_frames_total") == 1 else []
+        if entry.meta.get("video_stream"):
+            notes.append(f"faces found in video stream {entry.meta['video_stream']} "
+                         "(the first stream has none)")
+        prediction.note = "; ".join(notes)
         if explain is not None:
             middle = len(crops) // 2  # the middle sampled face
             prediction.explain = explain(crops[middle], landmarks[middle], record.key)
-        predictions.append(prediction)
-    return predictions
+        yield prediction
+
+
+def score_videos(records: Iterable[VideoRecord], scorer: VideoScorer, pipeline: FacePipeline,
+                 threshold: float = 0.5, explain: Explainer | None = None
+                 ) -> list[VideoPrediction]:
+    """Every prediction of :func:`iter_scores`, as a list."""
+    return list(iter_scores(records, scorer, pipeline, threshold, explain))
 
 
 #: the stage-1 MAE of ``--explain`` reconstructions: (MAE, mask ratio, part variant)

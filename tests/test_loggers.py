@@ -103,3 +103,98 @@ def test_logged_config_carries_the_checkpoints_preset(tmp_path):
     assert effective_config(config, module.hparams)["model"]["init_args"]["preset"] == \
         "mae_vit_micro"
     assert Path(config["model"]["init_args"]["mae_checkpoint"]).name == "stage1.ckpt"
+
+
+def test_wandb_online_without_network_logs_offline_within_seconds(tmp_path, monkeypatch,
+                                                                   capsys):
+    import time
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef" * 2 + "01234567")  # 40 chars
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # loopback, nothing listens
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    start = time.monotonic()
+    logger = AutoWandbLogger(save_dir=str(tmp_path / "stage"), name="pretrain")
+    logger.log_metrics({"train/loss": 1.0}, step=0)  # starts the run
+    assert time.monotonic() - start < 30  # wandb alone waits ~90 s, then raises CommError
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the W&B server http://127.0.0.1:9 is unreachable" in err[0]
+    assert "logging offline" in err[0] and "wandb sync" in err[0]
+    import wandb
+
+    wandb.finish()
+    assert list((tmp_path / "stage").rglob("offline-run-*"))
+
+
+
+def test_wandb_online_start_that_fails_logs_offline(tmp_path, monkeypatch, capsys):
+    """A server that answers but refuses the run (HTTP 401 on a loopback port)."""
+    import http.server
+    import threading
+    import time
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def _refuse(self):
+            body = b'{"errors": [{"message": "invalid api key"}]}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("WANDB_MODE", "online")
+        monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        start = time.monotonic()
+        logger = AutoWandbLogger(save_dir=str(tmp_path / "stage"), name="pretrain")
+        logger.log_metrics({"train/loss": 1.0}, step=0)  # was: a CommError out of fit
+        assert time.monotonic() - start < 30
+        err = [line for line in capsys.readouterr().err.splitlines() if "W&B" in line]
+        assert len(err) == 1 and "W&B could not start an online run (CommError" in err[0]
+        import wandb
+
+        wandb.finish()
+        assert list((tmp_path / "stage").rglob("offline-run-*"))
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.slow
+def test_fit_with_wandb_online_and_no_network_trains_and_checkpoints(
+        tmp_path, monkeypatch, capsys, ffpp_cache, celebdf_cache):
+    import time
+
+    from test_stage2 import EXP, SMALL
+
+    from deepfakemae.cli import main
+
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / "ffpp_c23").symlink_to(ffpp_cache)
+    (cache_dir / "celebdf").symlink_to(celebdf_cache)
+    for key, value in {"CACHE_DIR": str(cache_dir), "RUN_DIR": str(tmp_path / "runs"),
+                       "WANDB_MODE": "online", "WANDB_API_KEY": "a" * 40,
+                       "WANDB_BASE_URL": "http://127.0.0.1:9"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    assert main(["fit", "-c", str(EXP / "pretrain.yaml"),
+                 *(a for a in SMALL if "logger" not in a),  # the configured W&B logger
+                 "--trainer.max_steps=2", "--model.init_args.preset=mae_vit_micro",
+                 "--data.init_args.batch_size=4"]) == 0
+    assert time.monotonic() - start < 60  # was ~100 s, then a CommError and no checkpoint
+    stage = tmp_path / "runs" / "pretrain"
+    assert (stage / "checkpoints" / "last.ckpt").is_file()
+    assert list((stage / "wandb").glob("offline-run-*"))
+    notes = [line for line in capsys.readouterr().err.splitlines() if "W&B" in line]
+    assert len(notes) == 1 and "unreachable" in notes[0]

@@ -6,6 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -16,7 +21,7 @@ from test_stage2 import trained  # noqa: F401  (module fixture: micro stage 1 + 
 
 from deepfakemae.cli import main
 from deepfakemae.modules.detector import DualNetworkDetector
-from deepfakemae.scoring import VideoScorer
+from deepfakemae.scoring import STILL_NOTE, VideoScorer
 
 GRID = Path(__file__).resolve().parents[1] / "deepfakemae" / "assets" / "grid"  # bundled clips
 FRAMES = "6"
@@ -169,3 +174,160 @@ def test_predict_is_score_and_its_help_is_short(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "-c", "experiments/detector.yaml"])
     assert exit_info.value.code == 2 and "--video" in capsys.readouterr().err
+
+
+def _usage_error(capsys, argv: list[str]) -> str:
+    """Run ``argv``; assert a usage error (exit 2) of one line on stderr and return it."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("deepfakemae score: error: "), err
+    return err
+
+
+def test_output_is_checked_before_anything_is_scored(tmp_path, capsys):
+    clip = str(GRID / "lbax4n.mpg")
+    taken = tmp_path / "taken.txt"
+    taken.write_text("a file\n")
+    runs = ["--run-dir", str(tmp_path / "no_runs")]  # nothing to score with: output comes first
+    err = _usage_error(capsys, ["score", "--video", clip, "--output", str(taken), *runs])
+    assert f"--output {taken} is a file" in err
+    err = _usage_error(capsys, ["score", "--video", clip, "--output", str(taken / "sub"), *runs])
+    assert f"{taken} is a file, not a folder" in err
+    assert taken.read_text() == "a file\n"
+    if os.geteuid() != 0:  # root writes into read-only folders
+        locked = tmp_path / "read_only"
+        locked.mkdir(mode=0o555)
+        err = _usage_error(capsys, ["score", "--video", clip, "--output", str(locked), *runs])
+        assert "is not writable" in err
+
+
+def test_bad_arguments_are_one_line_usage_errors(tmp_path, capsys):
+    clip = str(GRID / "lbax4n.mpg")
+    base = ["score", "--video", clip, "--output", str(tmp_path / "o"),
+            "--run-dir", str(tmp_path / "no_runs")]
+    assert "--device gpu: not a torch device" in _usage_error(capsys, [*base, "--device", "gpu"])
+    for spec in ("F=x.ckpt", "finetune=x.ckpt", "fused=x.ckpt", "X", "=x.ckpt", "X="):
+        err = _usage_error(capsys, [*base, "--device", "cpu", "--branch", spec])
+        assert f"--branch {spec!r}" in err
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    err = _usage_error(capsys, ["score", "--video", str(fifo), "--output", str(tmp_path / "o"),
+                                "--device", "cpu"])
+    assert "is a named pipe (FIFO)" in err
+    assert not (tmp_path / "o").exists()
+
+
+def _copies(folder: Path, n: int) -> Path:
+    """``n`` GRID clips (the bundled three, under several names) in ``folder``."""
+    folder.mkdir()
+    clips = sorted(GRID.glob("*.mpg"))
+    for i in range(n):
+        (folder / f"clip{i}.mpg").symlink_to(clips[i % len(clips)])
+    return folder
+
+
+def _score_argv(trained: Path, video: Path, out: Path, *more: str) -> list[str]:  # noqa: F811
+    return ["score", "--video", str(video), "--run-dir", str(trained / "runs"), "--output",
+            str(out), "--frames", "2", "--device", "cpu", "--no-progress", *more]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_scored_videos_and_a_rerun_skips_them(trained, tmp_path, capsys):  # noqa: F811
+    videos, out = _copies(tmp_path / "videos", 8), tmp_path / "out"
+    argv = _score_argv(trained, videos, out)
+    proc = subprocess.Popen([sys.executable, "-m", "deepfakemae.cli", *argv],
+                            env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, json_path = time.monotonic() + 300, out / "predictions.json"
+
+    def scored() -> int:  # videos in predictions.json now (replaced atomically: always JSON)
+        return len(json.loads(json_path.read_text(encoding="utf-8"))) if json_path.exists() else 0
+
+    while scored() == 0 and proc.poll() is None:
+        assert time.monotonic() < deadline, "no video in predictions.json after 300 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C while the other videos are being scored
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "rerun the same command" in err
+    kept = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    with (out / "predictions.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert 1 <= len(kept) < 8 and [r["key"] for r in rows] == [p["key"] for p in kept]
+    assert all(p["status"] == "ok" for p in kept)
+
+    assert main(argv) == 0  # the rerun scores only the rest
+    assert f"{len(kept)} of 8 videos already scored" in capsys.readouterr().err
+    done = {p["key"]: p for p in json.loads((out / "predictions.json").read_text())}
+    assert sorted(done) == [f"clip{i}" for i in range(8)]
+    assert all(done[p["key"]] == p for p in kept)  # kept as they were, not scored again
+
+    assert main(argv + ["--threshold", "0.0"]) == 0  # a new threshold relabels, no rescoring
+    relabelled = json.loads((out / "predictions.json").read_text())
+    assert {p["label"] for p in relabelled} == {"fake"}
+    assert "8 of 8 videos already scored" in capsys.readouterr().err
+
+    err = _usage_error(capsys, argv[:-3] + ["--frames", "3", "--device", "cpu"])
+    assert "other settings: frames 2 (earlier) vs 3 (now)" in err and "--rescore" in err
+    assert main(argv[:-3] + ["--frames", "3", "--device", "cpu", "--rescore"]) == 0
+    assert "already scored" not in capsys.readouterr().err
+    rescored = json.loads((out / "predictions.json").read_text())
+    assert len(rescored) == 8 and all(len(p["frames"]) == 3 for p in rescored)
+
+
+@pytest.mark.slow
+def test_scoring_a_folder_twice_in_place_never_scores_its_own_outputs(
+        trained, tmp_path, monkeypatch, capsys):  # noqa: F811
+    videos = _copies(tmp_path / "videos", 1)
+    cv2.imwrite(str(videos / "photo.png"), np.zeros((32, 32, 3), np.uint8))
+    monkeypatch.chdir(videos)
+    argv = ["score", "--video", ".", "--run-dir", str(trained / "runs"), "--frames", "2",
+            "--device", "cpu", "--explain", "--no-progress"]
+    assert main(argv) == 0
+    assert main(argv + ["--rescore"]) == 0  # explain/ now holds PNG folders
+    err = capsys.readouterr().err
+    assert "photo.png: an image beside videos" in err  # listed, not silently skipped
+    (prediction,) = json.loads(Path("predictions/predictions.json").read_text())
+    assert prediction["key"] == "clip0" and prediction["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_still_image_is_scored_with_a_note(trained, tmp_path, capsys):  # noqa: F811
+    from skimage.data import astronaut
+
+    image = tmp_path / "astronaut.png"
+    cv2.imwrite(str(image), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    assert main(_score_argv(trained, image, tmp_path / "out")) == 0
+    assert "astronaut: ok: a single frame (a still image?)" in capsys.readouterr().err
+    (prediction,) = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert prediction["status"] == "ok" and prediction["num_faces"] == 1
+    assert prediction["note"] == STILL_NOTE
+    with (tmp_path / "out" / "predictions.csv").open(encoding="utf-8") as handle:
+        assert next(csv.DictReader(handle))["note"] == STILL_NOTE
+
+
+@pytest.mark.slow
+def test_files_are_utf8_under_the_c_locale(trained, tmp_path):  # noqa: F811
+    videos = tmp_path / "vidéos"
+    videos.mkdir()
+    (videos / "clip_é.mpg").symlink_to(GRID / "lbax4n.mpg")
+    (videos / "ünreadable.mp4").write_text("not a video\n")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k != "LANG"}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="", PYTHONPATH=str(REPO),
+               OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "deepfakemae.cli",
+                           *_score_argv(trained, videos, out)],
+                          env=env, capture_output=True, timeout=300)
+    assert done.returncode == 1, done.stderr.decode(errors="replace")  # one unreadable input
+    text = (out / "predictions.json").read_bytes().decode("utf-8")
+    assert "\\ud" not in text  # no lone surrogates
+    by_key = {p["key"]: p for p in json.loads(text)}
+    assert by_key["clip_é"]["status"] == "ok" and by_key["ünreadable"]["status"] == "unreadable"
+    assert by_key["clip_é"]["path"] == str(videos / "clip_é.mpg")
+    with (out / "predictions.csv").open(encoding="utf-8") as handle:
+        rows = {r["key"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"clip_é", "ünreadable"} and rows["clip_é"]["status"] == "ok"

@@ -189,12 +189,26 @@ def test_transient_failures_are_retried_by_default(tmp_path, capsys):
     assert cache.record("clip")["status"] == "ok"
 
 
-def test_other_settings_are_refused_unless_allowed(tmp_path, capsys):
+def _one_clip_cache(tmp_path: Path) -> tuple[Path, Path]:
+    """An input folder holding one GRID clip (``a.mpg``) and its face cache, made with FAST."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(GRID / "bbaf2n.mpg", inputs / "a.mpg")
     out = tmp_path / "cache"
     assert preprocess("--input", inputs, "--output", out, *FAST) == 0
+    return inputs, out
+
+
+def _set_settings(cache: FaceCache, text: str | None) -> None:
+    """Replace ``cache.json`` by ``text`` (``None``: remove it)."""
+    if text is None:
+        cache.settings_path.unlink()
+    else:
+        cache.settings_path.write_text(text)
+
+
+def test_other_settings_are_refused_unless_allowed(tmp_path, capsys):
+    inputs, out = _one_clip_cache(tmp_path)
     assert json.loads((out / "cache.json").read_text())["settings"]["size"] == 64
     shutil.copy(GRID / "lbax4n.mpg", inputs / "b.mpg")
     capsys.readouterr()
@@ -377,3 +391,68 @@ def test_predict_names_a_folder_given_as_a_checkpoint(tmp_path, capsys):
                  str(tmp_path / "out"), "--finetune-ckpt", str(run)])
     err = capsys.readouterr().err
     assert code == 2 and f"{run} is a folder, not a checkpoint file" in err  # "does not exist"
+
+
+def test_cache_json_missing_or_unknown_over_entries_is_refused(tmp_path, capsys):
+    inputs, out = _one_clip_cache(tmp_path)
+    cache = FaceCache(out)
+    shutil.copy(GRID / "lbax4n.mpg", inputs / "b.mpg")
+    other = ["--frames", "3", "--size", "96", "--no-progress"]
+    for text, says in ((None, "is missing"), ("[1, 2]\n", "does not hold a settings record"),
+                       ('{"made_by": "someone"}\n', "does not hold a settings record")):
+        _set_settings(cache, text)
+        capsys.readouterr()
+        assert preprocess("--input", inputs, "--output", out, *other) == 2
+        err = capsys.readouterr().err
+        assert f"{cache.settings_path} {says}" in err and "--allow-mixed-settings" in err
+        assert not cache.has_entry("b")  # nothing written, a's settings not relabelled
+        assert (cache.settings_path.read_text() if text else None) == text
+    cache.settings_path.unlink()
+    assert preprocess("--input", inputs, "--output", out, *other, "--allow-mixed-settings") == 0
+    record = json.loads(cache.settings_path.read_text())
+    assert record["unrecorded"] is True and record["settings"]["size"] == 96
+    from deepfakemae.cli import main
+
+    capsys.readouterr()
+    assert main(["cache", "verify", str(out)]) == 0  # a accepted as made before the record
+    assert "1 entries match no recorded setting: a (size 64" in capsys.readouterr().out
+
+
+def test_cache_verify_checks_cache_json_against_the_entries(tmp_path, capsys):
+    from deepfakemae.cli import main
+
+    inputs, out = _one_clip_cache(tmp_path)
+    cache = FaceCache(out)
+    good = cache.settings_path.read_text()
+    capsys.readouterr()
+    assert main(["cache", "verify", str(out)]) == 0
+    assert "cache.json ok" in capsys.readouterr().out
+    wrong = json.loads(good)
+    wrong["settings"]["size"] = 112  # entries made at 64 px labelled 112
+    for text, says in (("garbage {", "is unreadable"), (None, "is missing"),
+                       ('"just a string"\n', "holds no settings record"),
+                       (json.dumps(wrong), "1 entries match no recorded setting: a (size 64")):
+        _set_settings(cache, text)
+        assert main(["cache", "verify", str(out)]) == 1
+        printed = capsys.readouterr().out
+        assert "cache.json wrong" in printed and says in printed, printed
+        assert main(["cache", "verify", str(out), "--repair"]) == 1  # not repaired
+        assert "cache.json is not repaired" in capsys.readouterr().out
+    cache.settings_path.write_text(good)
+    assert main(["cache", "verify", str(out)]) == 0
+
+
+def test_preprocess_in_place_never_takes_its_cache_as_input(tmp_path, monkeypatch, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(GRID / "bbaf2n.mpg", inputs / "clip.mpg")
+    monkeypatch.chdir(inputs)
+    assert preprocess("--input", ".", "--output", "cache", *FAST) == 0
+    assert preprocess("--input", ".", "--output", "cache", *FAST) == 0  # was: entries/ "empty"
+    assert [r["key"] for r in FaceCache("cache").manifest()] == ["clip"]
+    capsys.readouterr()
+    # another cache inside the input folder is listed as skipped, not preprocessed
+    assert preprocess("--input", ".", "--output", tmp_path / "other", *FAST) == 0
+    assert "cache (a face cache (`deepfakemae preprocess --output`), not an input)" in \
+        capsys.readouterr().err
+    assert [r["key"] for r in FaceCache(tmp_path / "other").manifest()] == ["clip"]

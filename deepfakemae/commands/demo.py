@@ -198,7 +198,7 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     folds_header = ("Each fold on its own: frame AUC % of its test speakers (2 real + 2 fake "
                     "videos per set, no interval: too few to give one)")
     (root / "cv_results.md").write_text(f"{header}\n\n{table}\n\n{folds_header}\n\n"
-                                        f"{folds_table}\n")
+                                        f"{folds_table}\n", encoding="utf-8")
     write_results_csv(results, root / "cv_results.csv")
     wandb_dir = log_wandb_summary(results, root, f"{cv_name}/summary",
                                   {"folds": args.folds, "plan": str(PLAN),

@@ -10,7 +10,7 @@ from data_modules.indexes import DatasetError, list_indexes, records_for_dataset
 from deepfakemae.faces.align import DEFAULT_MARGIN
 from deepfakemae.faces.cache import CacheError, FaceCache
 from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
-from deepfakemae.faces.input_files import records_from_inputs
+from deepfakemae.faces.input_files import scan_inputs
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
 from deepfakemae.faces.pipeline import FaceConfig
 from deepfakemae.faces.runner import detector_setting, run_preprocess
@@ -91,9 +91,14 @@ def records_for_args(args: argparse.Namespace) -> list[VideoRecord]:
     if args.input is None:
         raise UsageError("give --input (a video, a folder or a .txt list) or --dataset/--root")
     try:
-        return records_from_inputs(args.input)
+        scan = scan_inputs(args.input, exclude=[args.output])  # never the cache itself
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
+    if scan.skipped:
+        print(f"note: skipped {len(scan.skipped)} path(s) that are not videos or frame folders: "
+              + ", ".join(f"{p} ({why})" for p, why in scan.skipped[:5])
+              + (" ..." if len(scan.skipped) > 5 else ""), file=sys.stderr)
+    return scan.records
 
 
 def recorded_detector(output: Path) -> str:
@@ -103,7 +108,8 @@ def recorded_detector(output: Path) -> str:
         recorded = FaceCache(output).read_settings() or {}
     except CacheError as exc:
         raise UsageError(str(exc)) from exc
-    setting = str(recorded.get("settings", {}).get("detector", ""))
+    settings = recorded.get("settings")
+    setting = str(settings.get("detector", "")) if isinstance(settings, dict) else ""
     for name in ("dlib+mtcnn", "dlib", "mtcnn"):
         if setting.startswith(detector_setting(FaceConfig(detector=name)).split()[0] + " "):
             return name

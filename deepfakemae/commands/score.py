@@ -4,26 +4,39 @@ with the stage-2 checkpoints of a run folder (``--run-dir``, default ``$RUN_DIR`
 Scoring is :mod:`deepfakemae.scoring`; the files are written by :mod:`deepfakemae.predictions`:
 ``<output>/predictions.json`` and ``<output>/predictions.csv``; ``--explain`` also writes
 ``<output>/explain/<key>/{reconstruction,cam}.png`` (see :mod:`deepfakemae.explain`).
+
+``--output`` is checked before anything is scored, the files are rewritten atomically as videos
+finish (Ctrl-C or a crash keeps the finished ones), and a rerun into the same ``--output`` skips
+the videos already there (``--rescore`` scores them again); ``<output>/score.json`` records the
+settings they were scored with, and a rerun with other ones is refused. The output folder (and
+any folder ``score`` wrote) is never taken as an input. One scorer at a time per ``--output``
+(``<output>/.score.lock``).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from deepfakemae.branches import BRANCHES
+from deepfakemae.branches import BRANCHES, FUSED
 from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
-from deepfakemae.faces.input_files import records_from_inputs
+from deepfakemae.faces.files import atomic_write
+from deepfakemae.faces.input_files import scan_inputs
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
 from deepfakemae.faces.pipeline import FaceConfig, FacePipeline
 from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
 from deepfakemae.modules.detector import DualNetworkDetector
-from deepfakemae.predictions import print_table, write_predictions
-from deepfakemae.scoring import Stage1, VideoScorer, explainer, score_videos
+from deepfakemae.predictions import JSON_NAME, PredictionsFile, print_table, read_predictions
+from deepfakemae.records import VideoRecord
+from deepfakemae.scoring import Stage1, VideoPrediction, VideoScorer, explainer, iter_scores
 
 
 class UsageError(ValueError):
@@ -32,6 +45,10 @@ class UsageError(ValueError):
 
 #: where ``make demo`` / ``deepfakemae demo`` leave the demo's models
 DEMO_RUN_DIR = Path("runs") / "demo" / "main"
+#: the settings record and the lock file of an ``--output`` folder
+SETTINGS_NAME, LOCK_NAME = "score.json", ".score.lock"
+#: statuses of earlier predictions a rerun scores again (their cause may have gone away)
+RETRIED_STATUSES = ("error",)
 
 
 def run_dir(args: argparse.Namespace | None = None) -> Path:
@@ -76,6 +93,9 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="fused probability at or above which a video is labelled fake")
     parser.add_argument("--explain", action="store_true",
                         help="save facial-part reconstructions and class-activation maps as PNGs")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score again the videos --output already holds predictions of "
+                             "(by default a rerun skips them)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -84,7 +104,11 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` → cuda when available, else cpu; other names as given (checked)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name}: not a torch device; use cpu, cuda, cuda:N or "
+                         "auto") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine; use cpu")
     return device
@@ -113,20 +137,37 @@ STAGE2_FIX = ("train stage 2 first (`make train-stage2`, or "
               + "/".join(f"--{n}-ckpt" for n in BRANCHES))
 
 
+def extra_branches(specs: list[str]) -> dict[str, Path]:
+    """``--branch NAME=CKPT`` options -> ``{NAME: CKPT}``; :class:`UsageError` for a spec
+    without ``=``, an empty part, or a name (or label) already taken."""
+    taken = {FUSED, *BRANCHES, *(kind.label for kind in BRANCHES.values())}
+    branches: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not path.strip():
+            raise UsageError(f"--branch {spec!r}: give NAME=CKPT (e.g. --branch "
+                             "X=runs/other/checkpoints/last.ckpt)")
+        if name in taken or name in branches:
+            raise UsageError(f"--branch {spec!r}: the name {name!r} is taken (by "
+                             f"{', '.join(sorted(taken | set(branches)))}); pick another")
+        branches[name] = Path(path)
+    return branches
+
+
 def load_detector(args: argparse.Namespace) -> DualNetworkDetector:
     """The fused detector from the branches' checkpoints; :class:`UsageError` naming a file."""
     branches = {name: str(_checkpoint(args, getattr(args, f"{name}_ckpt"), name, kind.title,
                                       STAGE2_FIX))
                 for name, kind in BRANCHES.items()}
-    for spec in args.branch:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or name in branches:
-            raise UsageError(f"--branch {spec}: give NAME=CKPT with a new branch name")
-        branches[name] = str(_checkpoint(args, Path(path), name, f"branch {name}", STAGE2_FIX))
+    for name, path in extra_branches(args.branch).items():
+        branches[name] = str(_checkpoint(args, path, name, f"branch {name}", STAGE2_FIX))
     try:
-        return DualNetworkDetector(branches=branches)
+        detector = DualNetworkDetector(branches=branches)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from exc
+    detector.checkpoints = branches  # what score.json records
+    return detector
 
 
 def load_explain_mae(args: argparse.Namespace, device: torch.device) -> Stage1 | None:
@@ -152,22 +193,124 @@ def load_explain_mae(args: argparse.Namespace, device: torch.device) -> Stage1 |
                                                                         "algorithm1"))
 
 
+def check_output(output: Path) -> Path:
+    """``output`` if ``score`` can write its files there (it is created later, when the
+    models have loaded); :class:`UsageError` for a file, or a folder that cannot be written."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file; pass a folder (predictions.json and "
+                         "predictions.csv are written inside it)")
+    existing = output
+    while not existing.exists():  # the folder that will hold the new ones
+        if existing.is_symlink():
+            raise UsageError(f"--output {output}: {existing} is a dangling symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--output {output}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {output}: {existing} is not writable; pass a folder you "
+                         "can write to")
+    return output
+
+
+def score_settings(args: argparse.Namespace, detector: DualNetworkDetector,
+                   size: int) -> dict:
+    """What the scores of a run depend on: each branch's checkpoint (path, size, time), the
+    frames sampled, the crop size, the landmark backend and the face detector (not the
+    threshold: kept predictions are relabelled)."""
+    checkpoints = {}
+    for name, path in detector.checkpoints.items():
+        st = os.stat(path)
+        checkpoints[name] = {"path": os.path.abspath(path), "bytes": st.st_size,
+                             "mtime_ns": st.st_mtime_ns}
+    return {"checkpoints": checkpoints, "frames": args.frames, "crop_size": size,
+            "landmarks": args.landmarks, "detector": args.detector}
+
+
+def earlier_predictions(output: Path, settings: dict, rescore: bool
+                        ) -> dict[str, VideoPrediction]:
+    """The predictions ``output`` already holds (none with ``rescore``); :class:`UsageError`
+    when they cannot be read or were made with other settings."""
+    json_path, settings_path = output / JSON_NAME, output / SETTINGS_NAME
+    if rescore or not json_path.exists():
+        return {}
+    fix = "pass --rescore to score everything again (they are replaced), or another --output"
+    try:
+        earlier = read_predictions(json_path)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; {fix}") from exc
+    try:
+        recorded = json.loads(settings_path.read_text(encoding="utf-8"))["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{settings_path} is missing or unreadable ({type(exc).__name__}), so "
+                         f"the predictions in {json_path} cannot be checked; {fix}") from exc
+    if recorded != settings:
+        diff = ", ".join(f"{k} {recorded.get(k)!r} (earlier) vs {settings.get(k)!r} (now)"
+                         for k in sorted(set(recorded) | set(settings))
+                         if recorded.get(k) != settings.get(k))
+        raise UsageError(f"the predictions in {json_path} were made with other settings: "
+                         f"{diff}; {fix}")
+    return {p.key: p for p in earlier}
+
+
+def reusable(prediction: VideoPrediction | None, record: VideoRecord, explain: bool) -> bool:
+    """True when an earlier ``prediction`` stands for ``record`` (same path, not a transient
+    failure, with its figures when ``--explain`` asks for them)."""
+    return (prediction is not None and prediction.path == record.path
+            and prediction.status not in RETRIED_STATUSES
+            and not (explain and prediction.status == "ok" and not prediction.explain))
+
+
+@contextmanager
+def locked(output: Path) -> Iterator[None]:
+    """Hold ``<output>/.score.lock`` (released when the process ends, also on kill -9);
+    :class:`UsageError` while another scorer holds it."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        handle = open(output / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held
+    except OSError as exc:
+        raise UsageError(f"--output {output}: cannot write there ({exc.strerror})") from exc
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise UsageError(f"--output {output} is in use by another `deepfakemae score`; "
+                             "wait for it to finish or pass another --output") from exc
+        yield
+    finally:
+        handle.close()
+
+
+def report_skipped(skipped: list[tuple[Path, str]], shown: int = 10) -> None:
+    """List the input paths that are not scored (on stderr)."""
+    if not skipped:
+        return
+    print(f"note: skipped {len(skipped)} path(s) that are not videos or frame folders:",
+          file=sys.stderr)
+    for path, why in skipped[:shown]:
+        print(f"  {path}: {why}", file=sys.stderr)
+    if len(skipped) > shown:
+        print(f"  ... and {len(skipped) - shown} more", file=sys.stderr)
+
+
 def run_score_command(args: argparse.Namespace) -> int:
-    """Run ``score --video``: 0 when every video was scored, 1 if some were not, 2 on usage."""
+    """Run ``score --video``: 0 when every video was scored, 1 if some were not, 2 on usage,
+    130 when interrupted (the finished videos are kept; a rerun goes on from there)."""
     try:
         if args.frames < 1 or args.batch_size < 1:
             raise UsageError("--frames and --batch-size must be >= 1")
         if not 0.0 <= args.threshold <= 1.0:
             raise UsageError("--threshold must be in [0, 1]")
+        device = resolve_device(args.device)
+        extra_branches(args.branch)
+        check_output(args.output)
         try:
-            records = records_from_inputs(args.video)
+            scan = scan_inputs(args.video, exclude=[args.output])
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
         try:
             check_detector(args.detector)
         except DetectorError as exc:
             raise UsageError(str(exc)) from exc
-        device = resolve_device(args.device)
         scorer = VideoScorer(load_detector(args), device, args.batch_size)
         size = args.crop_size or scorer.img_size
         if size < 16:
@@ -175,23 +318,60 @@ def run_score_command(args: argparse.Namespace) -> int:
         pipeline = FacePipeline(FaceConfig(frames=args.frames, size=size,
                                            landmarks=args.landmarks, device=str(device),
                                            detector=args.detector))
+        settings = score_settings(args, scorer.detector, size)
+        with locked(args.output):
+            earlier = earlier_predictions(args.output, settings, args.rescore)
+            return _score(args, scan.records, scan.skipped, scorer, pipeline, settings, earlier,
+                          device)
     except (UsageError, LandmarkError) as exc:
         print(f"deepfakemae score: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _score(args: argparse.Namespace, records: list[VideoRecord], skipped: list[tuple[Path, str]],
+           scorer: VideoScorer, pipeline: FacePipeline, settings: dict,
+           earlier: dict[str, VideoPrediction], device: torch.device) -> int:
+    """Score the records ``earlier`` does not hold, writing the files as they finish."""
+    report_skipped(skipped)
+    todo = [r for r in records if not reusable(earlier.get(r.key), r, args.explain)]
+    results = PredictionsFile(args.output, [r.key for r in records],
+                              {k: p.relabelled(args.threshold) for k, p in earlier.items()})
+    results.flush()  # first: predictions of other settings (--rescore) never sit under these
+    data = json.dumps({"settings": settings}, indent=2) + "\n"
+    atomic_write(args.output / SETTINGS_NAME, lambda h: h.write(data.encode("utf-8")))
+    if len(todo) < len(records):
+        print(f"note: {len(records) - len(todo)} of {len(records)} videos already scored in "
+              f"{args.output} (kept; --rescore scores them again)", file=sys.stderr)
     explain = None
-    if args.explain:
+    if args.explain and todo:
         explain = explainer(scorer, args.output / "explain", load_explain_mae(args, device))
     from tqdm.auto import tqdm
 
-    progress = tqdm(records, desc="scoring", unit="video",
-                    disable=args.no_progress or len(records) < 2)
-    predictions = score_videos(progress, scorer, pipeline, args.threshold, explain)
-    json_path, csv_path = write_predictions(predictions, args.output)
-    print_table(predictions)
-    failed = [p for p in predictions if p.status != "ok"]
-    for p in failed:
-        print(f"  {p.key}: {p.status}: {p.error}", file=sys.stderr)
+    progress = tqdm(todo, desc="scoring", unit="video",
+                    disable=args.no_progress or len(todo) < 2)
+    done, interrupted = 0, False
+    try:
+        for prediction in iter_scores(progress, scorer, pipeline, args.threshold, explain):
+            results.add(prediction)
+            done += 1
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:  # also on a crash: what was scored is kept
+        progress.close()
+        json_path, csv_path = results.flush()
+    if interrupted:
+        print(f"\ninterrupted: {done} of {len(todo)} videos scored and kept in {json_path}; "
+              "rerun the same command to score the rest", file=sys.stderr)
+        return 130
+    mine = [results.predictions[r.key] for r in records]
+    print_table(mine)
+    failed = [p for p in mine if p.status != "ok"]
+    for p in mine:
+        if p.status != "ok" or p.note:
+            print(f"  {p.key}: {p.status}: {p.error or p.note}", file=sys.stderr)
+    others = len(results.predictions) - len(mine)
     print(f"wrote {json_path} and {csv_path}"
+          + (f" (also holding {others} earlier predictions of other inputs)" if others else "")
           + (f"; figures under {args.output / 'explain'}" if args.explain else ""))
     return 1 if failed else 0
 

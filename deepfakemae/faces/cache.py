@@ -363,7 +363,7 @@ class FaceCache:
                                  f"`deepfakemae preprocess --output {self.root}` first")
             self.rebuild_manifest()
         records = []
-        for n, line in enumerate(self.manifest_path.read_text().splitlines(), 1):
+        for n, line in enumerate(self.manifest_path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 try:
                     records.append(json.loads(line))
@@ -374,7 +374,8 @@ class FaceCache:
 
     # -- settings ----------------------------------------------------------------------------
     def read_settings(self) -> dict | None:
-        """The settings recorded in ``cache.json`` (``None`` for a cache without one)."""
+        """The record of ``cache.json``: ``None`` when there is none, ``{}`` when it is JSON
+        but not an object; :class:`CacheError` naming the file when it is not JSON."""
         if not self.settings_path.exists():
             return None
         try:
@@ -383,7 +384,7 @@ class FaceCache:
             raise CacheError(f"{self.settings_path} is unreadable ({exc}); delete it and rerun "
                              "`deepfakemae preprocess` with the settings the cache was made "
                              "with") from exc
-        return data if isinstance(data, dict) else None
+        return data if isinstance(data, dict) else {}  # not a settings record
 
     def write_settings(self, settings: dict) -> Path:
         """Record ``settings`` in ``cache.json`` (atomically)."""

@@ -74,3 +74,27 @@ def is_stale_tmp(path: Path, now: float | None = None) -> bool:
     except FileNotFoundError:
         return False
     return age > STALE_TMP_SECONDS
+
+
+def utf8_text(value):
+    """``value`` (a str, or lists/dicts of them) with lone surrogates replaced by the text their
+    bytes spell in UTF-8 (U+FFFD where they are not UTF-8).
+
+    Under a non-UTF-8 locale (``LC_ALL=C``) Python decodes a file name's non-ASCII bytes as lone
+    surrogates (``"vid\\udcc3\\udca9o"``); written as they are, JSON holds ``\\udcc3`` escapes
+    and a UTF-8 CSV cannot be written at all. Use this on text bound for a file, never on a
+    path that is still to be opened.
+    """
+    if isinstance(value, str):
+        if not any("\ud800" <= c <= "\udfff" for c in value):
+            return value
+        try:
+            data = value.encode("utf-8", "surrogateescape")  # a file name's own bytes
+        except UnicodeEncodeError:  # a surrogate no decoder made: not a file name's byte
+            data = value.encode("utf-8", "surrogatepass")
+        return data.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {utf8_text(k): utf8_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [utf8_text(v) for v in value]
+    return value

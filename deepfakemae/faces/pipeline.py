@@ -22,7 +22,12 @@ from deepfakemae.faces.cache import JPEG_QUALITY, FaceEntry
 from deepfakemae.faces.detect import Detection, FaceDetector
 from deepfakemae.faces.ibug68 import five_points
 from deepfakemae.faces.landmarks import build_landmarks
-from deepfakemae.faces.video import VideoError, read_sampled, sample_indices
+from deepfakemae.faces.video import (
+    VideoError,
+    count_video_streams,
+    read_sampled,
+    sample_indices,
+)
 from deepfakemae.records import VideoRecord
 
 
@@ -99,11 +104,55 @@ class FacePipeline:
         return marks.astype(np.float32) if error <= MAX_POINT_ERROR else None
 
     def process(self, record: VideoRecord) -> FaceEntry:
-        """Aligned faces of ``record``; raises :class:`FaceError` when there are none."""
+        """Aligned faces of ``record``; raises :class:`FaceError` when there are none.
+
+        A file with several video streams whose first one shows no face is searched stream
+        by stream; the first stream with a face is used (``meta["video_stream"]``)."""
+        cfg = self.config
+        found, stream = self._stream_faces(record, 0), 0
+        streams = 1 if found[0][0] else count_video_streams(record.path)
+        for other in range(1, streams):
+            try:
+                candidate = self._stream_faces(record, other)
+            except FaceError:
+                continue  # a stream that does not decode: look at the next
+            if candidate[0][0]:
+                found, stream = candidate, other
+                break
+        (crops, marks, kept, scores, boxes, sources, padding), frames, indices, total, fps = found
+        if not crops:
+            where = f"{len(frames)} sampled frames" + (
+                f" of its first video stream, nor in any of its other {streams - 1}"
+                if streams > 1 else "")
+            raise FaceError("no_face", f"{record.path}: no face found in {where}")
+        meta = dict(record.as_meta(), num_frames_total=int(total), fps=float(fps),
+                    landmarks=self.landmarks.name, size=cfg.size, frames_sampled=len(indices),
+                    detectors=sources, padding=padding)
+        if stream:
+            meta["video_stream"] = stream
+        wanted = len(sample_indices(int(total), cfg.frames))
+        if len(indices) < wanted:  # the container promised more frames than decode
+            meta["warning"] = (f"only {len(indices)} of {wanted} sampled frames decoded "
+                               f"({total} frames announced): truncated or damaged file?")
+        return FaceEntry(
+            key=record.key,
+            crops=np.stack(crops),  # (T, S, S, 3)
+            landmarks=np.stack(marks).astype(np.float32),  # (T, 68, 2)
+            frame_indices=np.asarray(kept, np.int64),  # (T,)
+            scores=np.asarray(scores, np.float32),  # (T,)
+            boxes=np.stack(boxes).astype(np.float32),  # (T, 4)
+            meta=meta,
+        )
+
+    def _stream_faces(self, record: VideoRecord, stream: int) -> tuple:
+        """``(faces, frames, indices, total, fps)`` of one video stream of ``record``:
+        ``faces`` is ``(crops, landmarks, frame numbers, scores, boxes, detectors, padding)``
+        lists over the sampled frames with a usable face."""
         cfg = self.config
         try:
             frames, indices, total, fps = read_sampled(record.path, cfg.frames,
-                                                       decode_threads_for(cfg), cfg.decoder)
+                                                       decode_threads_for(cfg), cfg.decoder,
+                                                       stream=stream)
         except VideoError as exc:
             raise FaceError(exc.status, str(exc)) from exc
         crops, marks, kept, scores, boxes, sources, padding = [], [], [], [], [], [], []
@@ -123,22 +172,4 @@ class FacePipeline:
             boxes.append(found.box)
             sources.append(found.source)
             previous = found.box
-        if not crops:
-            raise FaceError("no_face", f"{record.path}: no face found in {len(frames)} "
-                                       "sampled frames")
-        meta = dict(record.as_meta(), num_frames_total=int(total), fps=float(fps),
-                    landmarks=self.landmarks.name, size=cfg.size, frames_sampled=len(indices),
-                    detectors=sources, padding=padding)
-        wanted = len(sample_indices(int(total), cfg.frames))
-        if len(indices) < wanted:  # the container promised more frames than decode
-            meta["warning"] = (f"only {len(indices)} of {wanted} sampled frames decoded "
-                               f"({total} frames announced): truncated or damaged file?")
-        return FaceEntry(
-            key=record.key,
-            crops=np.stack(crops),  # (T, S, S, 3)
-            landmarks=np.stack(marks).astype(np.float32),  # (T, 68, 2)
-            frame_indices=np.asarray(kept, np.int64),  # (T,)
-            scores=np.asarray(scores, np.float32),  # (T,)
-            boxes=np.stack(boxes).astype(np.float32),  # (T, 4)
-            meta=meta,
-        )
+        return (crops, marks, kept, scores, boxes, sources, padding), frames, indices, total, fps

@@ -92,10 +92,11 @@ class PyAVSource(FrameSource):
     ``threads`` > 1 turns on FFmpeg frame+slice threading with that many threads.
     """
 
-    def __init__(self, path: Path, threads: int = 1):
+    def __init__(self, path: Path, threads: int = 1, stream: int = 0):
         import av
 
         self.path = path
+        self.stream_index = stream  # which of the file's video streams (0: the first)
         self.threads = max(1, int(threads))
         self._av = av
         self._container = None
@@ -106,14 +107,19 @@ class PyAVSource(FrameSource):
             self._open()
         except (av.FFmpegError, UnicodeDecodeError, StopIteration) as exc:
             self.close()
-            raise VideoError("unreadable", f"{path}: not a decodable video ({exc})") from exc
+            # FFmpeg's reason without its repr of the file name (escapes under LC_ALL=C)
+            reason = getattr(exc, "strerror", None) or exc
+            raise VideoError("unreadable", f"{path}: not a decodable video ({reason})") from exc
 
     def _probe(self) -> int:
         """Frame rate, the packet index where the format allows, and the frame count."""
         with self._av.open(str(self.path)) as container:
             if not container.streams.video:
                 raise VideoError("unreadable", f"{self.path}: the file has no video stream")
-            stream = container.streams.video[0]
+            if self.stream_index >= len(container.streams.video):
+                raise VideoError("unreadable", f"{self.path}: no video stream "
+                                 f"{self.stream_index} (it has {len(container.streams.video)})")
+            stream = container.streams.video[self.stream_index]
             self._rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
             self._tb = Fraction(stream.time_base or Fraction(1, 90000))
             self.fps = float(self._rate)
@@ -141,7 +147,7 @@ class PyAVSource(FrameSource):
         if self._container is not None:
             self._container.close()
         self._container = self._av.open(str(self.path))
-        self._stream = self._container.streams.video[0]
+        self._stream = self._container.streams.video[self.stream_index]
         self._codec = self._stream.codec_context
         self._codec.thread_count = self.threads
         if self.threads > 1:

@@ -137,11 +137,28 @@ class SettingsMismatch(CacheError):
 
 def check_settings(cache: FaceCache, config: FaceConfig, allow_mixed: bool = False) -> None:
     """Record this run's settings in ``cache.json``; refuse settings that differ from the
-    recorded ones unless ``allow_mixed`` (then the new settings are added to the record)."""
+    recorded ones unless ``allow_mixed`` (then the new settings are added to the record).
+
+    A cache with face entries (``.npz``; failure records carry no faces) but without a
+    recognisable ``cache.json`` (missing, not a JSON
+    object, no ``settings``) is refused too: its entries' settings are unknown, and recording
+    this run's would label them wrongly. With ``allow_mixed`` the record notes that entries
+    made before it have unknown settings (``"unrecorded": true``)."""
     wanted = cache_settings(config)
     recorded = cache.read_settings()
-    if recorded is None or "settings" not in recorded:
-        cache.write_settings({"settings": wanted, "mixed": []})
+    if recorded is None or not isinstance(recorded.get("settings"), dict):
+        entries = [k for k in cache.keys() if cache.has_entry(k)]  # faces, not failures
+        if entries and not allow_mixed:
+            state = ("is missing" if not cache.settings_path.exists()
+                     else "does not hold a settings record")
+            raise SettingsMismatch(
+                f"{cache.settings_path} {state}, but the face cache {cache.root} holds "
+                f"{len(entries)} entries made with settings it cannot tell; restore that "
+                "cache.json (e.g. from a copy of the cache), preprocess into another --output, "
+                "or pass --allow-mixed-settings to add this run's entries anyway (the record "
+                "then says the earlier ones have unrecorded settings)")
+        cache.write_settings({"settings": wanted, "mixed": [],
+                              **({"unrecorded": True} if entries else {})})
         return
     first = recorded["settings"]
     if first == wanted or wanted in recorded.get("mixed", []):

@@ -124,13 +124,15 @@ def _to_rgb(frame: np.ndarray) -> np.ndarray:
 BACKENDS = ("pyav", "decord")
 
 
-def open_video(path: str | Path, threads: int = 1, backend: str = "decord") -> FrameSource:
+def open_video(path: str | Path, threads: int = 1, backend: str = "decord", stream: int = 0
+               ) -> FrameSource:
     """Open a video file or frame folder; raises :class:`VideoError` when nothing can be read.
 
     ``backend="decord"`` uses decord's ``get_batch`` where decord is reliable (PyAV for MPEG
     PS/TS and on decord errors); ``backend="pyav"`` always uses :class:`PyAVSource`, which skips
     unwanted non-reference frames and is the faster one on H.264 with B-frames. ``threads`` is
-    the decoder thread count.
+    the decoder thread count; ``stream`` picks a file's video stream (other than the first:
+    PyAV).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
@@ -145,10 +147,10 @@ def open_video(path: str | Path, threads: int = 1, backend: str = "decord") -> F
     if path.stat().st_size == 0:
         raise VideoError("empty", f"{path}: zero-byte file")
     container = sniff_container(path)
-    if backend == "pyav" or container is None or container in DECORD_UNRELIABLE:
+    if backend == "pyav" or stream or container is None or container in DECORD_UNRELIABLE:
         # decord can crash the process on data that is not a video, and on MPEG program
         # streams it drops the first GOP (frame numbers shift, the tail repeats): use PyAV
-        return _checked(PyAVSource(path, threads=threads))
+        return _checked(PyAVSource(path, threads=threads, stream=stream))
     try:
         return _checked(DecordSource(path, num_threads=threads))
     except VideoError:
@@ -179,15 +181,29 @@ def _checked(source: FrameSource) -> FrameSource:
     return source
 
 
-def read_sampled(path: str | Path, n: int = 32, threads: int = 1, backend: str = "decord"
-                 ) -> tuple[list[np.ndarray], np.ndarray, int, float]:
-    """Decode ``n`` uniformly sampled frames (``threads``, ``backend``: see :func:`open_video`).
+def count_video_streams(path: str | Path) -> int:
+    """How many video streams a file holds (a frame folder, or a file PyAV cannot open: 1)."""
+    import av
+
+    if Path(path).is_dir():
+        return 1
+    try:
+        with av.open(str(path)) as container:
+            return max(1, len(container.streams.video))
+    except (av.FFmpegError, UnicodeDecodeError, OSError):
+        return 1
+
+
+def read_sampled(path: str | Path, n: int = 32, threads: int = 1, backend: str = "decord",
+                 stream: int = 0) -> tuple[list[np.ndarray], np.ndarray, int, float]:
+    """Decode ``n`` uniformly sampled frames (``threads``, ``backend``, ``stream``: see
+    :func:`open_video`).
 
     Returns ``(frames list of (H,W,3) uint8 RGB, frame_indices (T,), num_frames_total, fps)``.
     Frames a decoder could not deliver are dropped (and their indices with them); when none
     decode at all a :class:`VideoError` with status ``unreadable`` is raised.
     """
-    source = open_video(path, threads=threads, backend=backend)
+    source = open_video(path, threads=threads, backend=backend, stream=stream)
     try:
         indices = sample_indices(source.num_frames, n)
         try:
@@ -196,7 +212,7 @@ def read_sampled(path: str | Path, n: int = 32, threads: int = 1, backend: str =
         except Exception:  # decord failing on a damaged stream: decode with PyAV instead
             frames, kept = [], None
         if kept is None and isinstance(source, DecordSource):
-            fallback = PyAVSource(Path(path), threads=threads)
+            fallback = PyAVSource(Path(path), threads=threads, stream=stream)
             try:
                 frames, kept = _read_with_indices(fallback, indices)
             finally:

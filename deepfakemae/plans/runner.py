@@ -44,13 +44,13 @@ def _set_aside(job: Job) -> None:
 def write_plan_record(plan: Plan, run_root: str | Path) -> Path:
     """``<run root>/<table>/plan.json``: the resolved plan the runs used (read by the report)."""
     out = Path(run_root) / plan.name / PLAN_RECORD
-    if out.exists() and json.loads(out.read_text()).get("demo") != plan.demo:
+    if out.exists() and json.loads(out.read_text(encoding="utf-8")).get("demo") != plan.demo:
         kinds = ("paper", "demo") if plan.demo else ("demo", "paper")
         raise PlanError(f"{out.parent} holds {kinds[0]} runs of {plan.name}; put the {kinds[1]} "
                         "runs under another --run-root so the two can never be mixed up")
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"path": str(plan.path.resolve()), "demo": plan.demo, "plan": plan.resolved}
-    out.write_text(json.dumps(record, indent=2))
+    out.write_text(json.dumps(record, indent=2), encoding="utf-8")
     return out
 
 
@@ -96,7 +96,7 @@ def run_plan(plan: Plan, run_root: str | Path, fresh: bool = False,
             _set_aside(job)
         marker = job.run_dir / job.stage / RUNNING_MARKER
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"args": job.args, "started": time.time()}))
+        marker.write_text(json.dumps({"args": job.args, "started": time.time()}), encoding="utf-8")
         start = time.time()
         _run_stage(job)
         if not job.output.exists():

@@ -265,7 +265,7 @@ def _check_config(path: Path, seed: int, frames: int | None, clips: dict[str, Pa
               "compression": COMPRESSION, "encoder": video_encoder(), "methods": methods,
               "sources": sources}
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = json.loads(path.read_text(encoding="utf-8"))
         for key in ("seed", "frames", "sources"):
             if old.get(key) != config[key]:
                 raise DemoDataError(
