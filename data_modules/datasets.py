@@ -34,6 +34,7 @@ from data_modules.pseudo import DONOR_METHODS, make_blend_swap, make_pseudo_fake
 from deepfakemae.faces.cache import FaceCache
 from deepfakemae.faces.tensors import resize_faces, to_tensor, window_positions
 from deepfakemae.records import FAKE, REAL, REAL_METHOD
+from deepfakemae.synth.methods import base_method
 
 SPLITS = ("train", "val", "test", "all")
 UNKNOWN_DOMAIN = -1
@@ -163,16 +164,25 @@ def select_videos(spec: SourceSpec, splits_dir: str | Path | None = None) -> lis
 
 
 def build_domain_map(train_methods: list[str], domains: list[str] | None = None) -> dict[str, int]:
-    """Method -> domain id: real = 0, fake methods 1..n (``domains`` order, else sorted)."""
-    fakes = [m for m in (domains if domains is not None else sorted(set(train_methods)))
-             if m != REAL_METHOD]
+    """Method -> domain id: real = 0, fake methods 1..n (``domains`` order, else sorted).
+
+    A demo method at an artifact strength (``FaceSwapWarp@s3``) shares its base method's domain
+    unless ``domains`` lists the strength name itself: strengths of one manipulation are not
+    different manipulations to the meta-learner.
+    """
+    def domain(method: str) -> str:
+        return method if domains is not None and method in domains else base_method(method)
+
+    fakes = [m for m in (domains if domains is not None
+                         else sorted({domain(m) for m in train_methods})) if m != REAL_METHOD]
     if len(set(fakes)) != len(fakes):
         raise DataError(f"domains lists a method twice: {fakes}")
-    unknown = sorted(set(train_methods) - set(fakes) - {REAL_METHOD})
+    unknown = sorted({domain(m) for m in train_methods} - set(fakes) - {REAL_METHOD})
     if unknown:
         raise DataError(f"training methods {unknown} are missing from `domains` {fakes}; "
                         "add them or leave `domains` unset")
-    return {REAL_METHOD: 0, **{m: i + 1 for i, m in enumerate(fakes)}}
+    ids = {REAL_METHOD: 0, **{m: i + 1 for i, m in enumerate(fakes)}}
+    return {**ids, **{m: ids[domain(m)] for m in train_methods}}
 
 
 class FaceClipDataset(Dataset):

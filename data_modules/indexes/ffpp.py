@@ -36,7 +36,7 @@ from data_modules.indexes.common import (
     wrong_root,
 )
 from deepfakemae.records import FAKE, REAL, REAL_METHOD, VideoRecord
-from deepfakemae.synth.methods import DEMO_METHODS
+from deepfakemae.synth.methods import DEMO_METHODS, DEMO_SOURCES_FILE, split_strength
 
 DATASET = "ffpp"
 DEFAULT_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
@@ -147,16 +147,39 @@ def target_real_key(key: str) -> str | None:
     return "/".join([*parts[:-2], REAL_METHOD, ids[0]])
 
 
+def _is_known(method: str) -> bool:
+    """An FF++ or demo method, or a demo method at an artifact strength (``LipsSwap@s2``)."""
+    try:
+        return split_strength(method)[0] in KNOWN_METHODS
+    except ValueError:
+        return False
+
+
 def parse_methods(methods: Sequence[str] | str | None) -> tuple[str, ...]:
-    """Validate ``methods`` (a list or a comma-separated string; ``None`` = the four defaults)."""
+    """Validate ``methods`` (a list or a comma-separated string; ``None`` = the four defaults).
+    Demo methods may carry an artifact strength: ``FaceSwapWarp@s3``."""
     if methods is None:
         return DEFAULT_METHODS
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in KNOWN_METHODS]
+    unknown = [m for m in methods if not _is_known(m)]
     if unknown:
-        raise ValueError(f"unknown FF++ method(s) {unknown}; known: {KNOWN_METHODS}")
+        raise ValueError(f"unknown FF++ method(s) {unknown}; known: {KNOWN_METHODS}, and a demo "
+                         f"method at artifact strength k: <method>@s<k>, k in 1..3")
     return tuple(dict.fromkeys(methods))
+
+
+def group_by_strength(records: Sequence[VideoRecord]) -> dict[str, dict[int, list[VideoRecord]]]:
+    """Fake records grouped by base method, then artifact strength:
+    ``{"FaceSwapWarp": {0: [...], 3: [...]}, ...}`` (a method without a strength mark is
+    strength 0; reals are left out, they belong to every group). Methods and strengths sorted."""
+    groups: dict[str, dict[int, list[VideoRecord]]] = {}
+    for record in records:
+        if record.label == REAL:
+            continue
+        base, strength = split_strength(record.method)
+        groups.setdefault(base, {}).setdefault(strength, []).append(record)
+    return {m: dict(sorted(groups[m].items())) for m in sorted(groups)}
 
 
 def _videos_dir(root: Path, kind: str, compression: str, allow_missing: bool) -> Path | None:
@@ -254,10 +277,28 @@ def _dfd_records(root: Path, compression: str, split: str,
     return out
 
 
+def demo_built_methods(root: str | os.PathLike) -> tuple[str, ...]:
+    """The method names (artifact strengths included) ``<root>/demo_sources.json`` says were
+    built; the four demo methods when the file is missing or names none."""
+    path = Path(root) / DEMO_SOURCES_FILE
+    if not path.is_file():
+        return DEMO_METHODS
+    try:
+        methods = json.loads(path.read_text(encoding="utf-8")).get("methods") or DEMO_METHODS
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise DatasetError("demo_sources.json is not a JSON object", path=path,
+                           fix="rebuild the set with `deepfakemae demo-data --output <root>`") from err
+    return tuple(methods)
+
+
 def index_demo(root: str | os.PathLike, split: str = "all", compression: str = "c23",
                methods: Sequence[str] | str | None = None,
                allow_missing: bool = False) -> list[VideoRecord]:
-    """The embedded demo set: FF++ layout with its own methods and ``<root>/splits/*.json``."""
+    """The embedded demo set: FF++ layout with its own methods and ``<root>/splits/*.json``.
+
+    ``methods`` default: every method the set's ``demo_sources.json`` lists as built, artifact
+    strengths included (``FaceSwapWarp@s3``; see :func:`demo_built_methods`).
+    """
     return index_ffpp(root, split=split, compression=compression,
-                      methods=methods or DEMO_METHODS, splits_dir=Path(root) / "splits",
+                      methods=methods or demo_built_methods(root), splits_dir=Path(root) / "splits",
                       allow_missing=allow_missing)

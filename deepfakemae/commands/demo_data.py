@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from deepfakemae.synth.demo_data import ALL_METHODS, DemoDataError, build_demo_dataset
+from deepfakemae.synth.methods import DEMO_STRENGTHS
 
 
 def add_demo_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -19,6 +20,10 @@ def add_demo_data_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS,
                         metavar="METHOD", help=f"fake methods to build (default: all of "
                                                f"{', '.join(ALL_METHODS)})")
+    parser.add_argument("--strengths", nargs="+", type=int, default=[0], choices=DEMO_STRENGTHS,
+                        metavar="K", help="artifact strengths to make every method at (0 = no "
+                                          "added artifact, 3 = strongest; k > 0 writes the method "
+                                          "<METHOD>@s<k>; default: 0 only)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -27,10 +32,12 @@ def run_demo_data_command(args: argparse.Namespace) -> int:
     """Run ``deepfakemae demo-data`` with parsed ``args``; returns the exit code."""
     try:
         root = build_demo_dataset(args.output, seed=args.seed, methods=args.methods,
-                                  frames=args.frames, progress=not args.no_progress)
+                                  frames=args.frames, progress=not args.no_progress,
+                                  strengths=args.strengths)
     except DemoDataError as exc:
         print(f"demo-data: error: {exc}", file=sys.stderr)
         return 1
-    print(f"demo dataset ready: {root} (FF++ layout, {len(args.methods)} methods, "
-          f"splits in {root / 'splits'})")
+    strengths = ", ".join(map(str, sorted(set(args.strengths))))
+    print(f"demo dataset ready: {root} (FF++ layout, {len(args.methods)} methods at strength "
+          f"{strengths}, splits in {root / 'splits'})")
     return 0

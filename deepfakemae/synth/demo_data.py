@@ -5,7 +5,8 @@ Layout written under ``output`` (what the FF++ index reads, unchanged)::
     original_sequences/youtube/c23/videos/NNN.mp4          real clips, ids 000..009
     manipulated_sequences/<Method>/c23/videos/T_S.mp4      fakes: target T, source S
     splits/{train,val,test}.json                           [["000","001"], ...] id pairs
-    demo_sources.json                                      id -> GRID clip, seed, attribution
+    demo_sources.json                                      id -> GRID clip, seed, attribution,
+                                                           strength levels, one entry per fake
     .demo_cache/landmarks/<clip>.npz                       dlib landmarks per real clip
 
 The clips sorted by name get the ids 000..; consecutive ids form the split pairs (3/1/1 pairs =
@@ -18,12 +19,19 @@ source onto frame i of the target):
 - ``SelfBlend`` the target's face blended onto a moved, recoloured copy of itself (the source
   id only names the file and seeds the parameters).
 
+Artifact strengths (``strengths``, :mod:`deepfakemae.synth.strengths`): strength 0 is the method
+above; strength ``k > 0`` is the method ``<Method>@s<k>`` in a folder of its own, made from the
+same frames with the same drawn parameters and the level's artifacts added (lower generator
+resolution, harder blend edge, less colour transfer). ``demo_sources.json`` lists every fake
+with its method, strength and parameters under ``fakes``.
+
 Videos are H.264 at CRF 23 ("c23"), written atomically (temp file + rename): a rerun reuses
 finished files. The same seed gives the same decoded frames.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import json
 import zlib
@@ -36,14 +44,20 @@ import numpy as np
 from deepfakemae.faces.files import atomic_path, atomic_write
 from deepfakemae.faces.landmarks import DlibLandmarks
 from deepfakemae.faces.video import VideoError, open_video
-from deepfakemae.synth.methods import DEMO_REGIONS
+from deepfakemae.synth.methods import (
+    DEMO_REGIONS,
+    DEMO_SOURCES_FILE,
+    DEMO_STRENGTHS,
+    strength_method,
+)
+from deepfakemae.synth.strengths import LEVELS, level, self_blend_at, swap_at
 from deepfakemae.synth.swap import SelfBlendParams, SwapParams, self_blend, swap_region
 
 ATTRIBUTION = ("GRID audio-visual sentence corpus, M. Cooke, J. Barker, S. Cunningham, X. Shao "
                "(2006), CC BY 4.0.")
 COMPRESSION = "c23"
 CRF = 23
-SOURCES_FILE = "demo_sources.json"
+SOURCES_FILE = DEMO_SOURCES_FILE
 CACHE_DIR = ".demo_cache"
 SPLITS = ("train", "val", "test")
 
@@ -55,17 +69,26 @@ class DemoMethod:
     name: str
     region: str | None  # swap region (face, mouth, eyes); None = self-blend
 
-    def make(self, target: np.ndarray, target_points: np.ndarray, source: np.ndarray,
-             source_points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Fake clip (T,H,W,3) uint8 from target/source clips (T,H,W,3) and landmarks (T,68,2)."""
-        count = min(len(target), len(source))
+    def params(self, rng: np.random.Generator,
+               strength: int = 0) -> SwapParams | SelfBlendParams:
+        """One video's parameters: drawn from ``rng`` (the same draw at every strength), with
+        the artifacts of ``strength`` applied."""
         if self.region is None:
-            blend = SelfBlendParams.sample(rng)
-            frames = [self_blend(target[i], target_points[i], blend) for i in range(count)]
+            return self_blend_at(SelfBlendParams.sample(rng), level(strength))
+        return swap_at(SwapParams.sample(self.region, rng), level(strength))
+
+    def make(self, target: np.ndarray, target_points: np.ndarray, source: np.ndarray,
+             source_points: np.ndarray, rng: np.random.Generator,
+             strength: int = 0) -> np.ndarray:
+        """Fake clip (T,H,W,3) uint8 from target/source clips (T,H,W,3) and landmarks (T,68,2),
+        at artifact ``strength`` (0: no added artifact)."""
+        count = min(len(target), len(source))
+        params = self.params(rng, strength)
+        if isinstance(params, SelfBlendParams):
+            frames = [self_blend(target[i], target_points[i], params) for i in range(count)]
         else:
-            swap = SwapParams.sample(self.region, rng)
-            frames = [swap_region(target[i], target_points[i], source[i], source_points[i], swap)
-                      for i in range(count)]
+            frames = [swap_region(target[i], target_points[i], source[i], source_points[i],
+                                  params) for i in range(count)]
         return np.stack(frames)
 
 
@@ -256,14 +279,52 @@ def _check_methods(methods: Iterable[str]) -> list[str]:
     return chosen
 
 
+def _check_strengths(strengths: Iterable[int]) -> list[int]:
+    chosen = sorted(set(strengths))
+    unknown = [k for k in chosen if k not in LEVELS]
+    if unknown or not chosen:
+        raise DemoDataError(f"unknown or no artifact strengths {unknown or chosen}; choose from "
+                            f"{DEMO_STRENGTHS}")
+    return chosen
+
+
+def fake_rng(seed: int, method: str, target: str, source: str) -> np.random.Generator:
+    """The generator of one fake's parameters: seeded by the base ``method``, not its strength,
+    so every strength of a pair draws the same parameters."""
+    return np.random.default_rng([seed, zlib.crc32(method.encode()), int(target), int(source)])
+
+
+def fake_jobs(splits: dict[str, list[list[str]]], methods: Sequence[str],
+              strengths: Sequence[int]) -> list[tuple[str, str, str, int, str]]:
+    """``(target, source, method, strength, split)`` of every fake, pair by pair."""
+    return [(t, s, m, k, name) for name in SPLITS for a, b in splits[name]
+            for t, s in ((a, b), (b, a)) for m in methods for k in strengths]
+
+
+def _fake_entries(seed: int, jobs: list[tuple[str, str, str, int, str]]) -> dict[str, dict]:
+    """``demo_sources.json``'s ``fakes``: ``<method name>/<T>_<S>`` -> method, strength, pair,
+    split and the video's parameters."""
+    out = {}
+    for target, source, method, strength, split in jobs:
+        params = METHODS[method].params(fake_rng(seed, method, target, source), strength)
+        out[f"{strength_method(method, strength)}/{target}_{source}"] = {
+            "method": method, "strength": strength, "target": target, "source": source,
+            "split": split, "params": dataclasses.asdict(params)}
+    return out
+
+
 def _check_config(path: Path, seed: int, frames: int | None, clips: dict[str, Path],
-                  methods: list[str]) -> dict:
-    """Read or start ``demo_sources.json``; refuse a folder built with another seed/length."""
+                  methods: list[str], strengths: list[int], fakes: dict[str, dict]) -> dict:
+    """Read or start ``demo_sources.json``; refuse a folder built with another seed/length or
+    other strength levels. Methods, strengths and fakes of an earlier build are kept."""
     sources = {vid: p.name for vid, p in clips.items()}
+    names = [strength_method(m, k) for m in methods for k in strengths]
+    levels = {str(k): dataclasses.asdict(v) for k, v in LEVELS.items()}
     config = {"dataset": "deepfakemae GRID demo (FaceForensics++ layout)",
               "attribution": ATTRIBUTION, "seed": seed, "frames": frames,
-              "compression": COMPRESSION, "encoder": video_encoder(), "methods": methods,
-              "sources": sources}
+              "compression": COMPRESSION, "encoder": video_encoder(), "methods": names,
+              "strengths": strengths, "artifact_levels": levels, "sources": sources,
+              "fakes": fakes}
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         for key in ("seed", "frames", "sources"):
@@ -272,18 +333,28 @@ def _check_config(path: Path, seed: int, frames: int | None, clips: dict[str, Pa
                     f"{path} was built with {key}={old.get(key)!r}, not {config[key]!r}; rerun "
                     f"with the same --seed/--frames, or choose a new --output (or delete "
                     f"{path.parent})")
-        config["methods"] = list(dict.fromkeys(list(old.get("methods", [])) + methods))
+        if old.get("artifact_levels", levels) != levels:
+            raise DemoDataError(
+                f"{path} was built with other artifact strength levels "
+                f"({old['artifact_levels']!r}) than this version's ({levels!r}); choose a new "
+                f"--output (or delete {path.parent})")
+        config["methods"] = list(dict.fromkeys(list(old.get("methods", [])) + names))
+        config["strengths"] = sorted(set(old.get("strengths", [0])) | set(strengths))
+        config["fakes"] = {**old.get("fakes", {}), **fakes}
     return config
 
 
 def build_demo_dataset(output: str | Path, seed: int = 0, methods: Sequence[str] = ALL_METHODS,
                        frames: int | None = None, progress: bool = True,
-                       clips_dir: str | Path | None = None) -> Path:
+                       clips_dir: str | Path | None = None,
+                       strengths: Sequence[int] = (0,)) -> Path:
     """Build (or finish) the GRID demo dataset under ``output`` and return its root.
 
     ``frames`` keeps only the first frames of every clip (fast tests); ``clips_dir`` replaces the
-    bundled GRID clips. Finished videos are reused, so a rerun after an interruption only writes
-    what is missing. The same ``seed`` gives the same decoded frames.
+    bundled GRID clips; ``strengths`` are the artifact strengths every method is made at
+    (default: 0 only, today's set; strength k > 0 writes the method ``<Method>@s<k>``). Finished
+    videos are reused, so a rerun after an interruption only writes what is missing. The same
+    ``seed`` gives the same decoded frames.
     """
     from tqdm.auto import tqdm
 
@@ -291,36 +362,36 @@ def build_demo_dataset(output: str | Path, seed: int = 0, methods: Sequence[str]
         raise DemoDataError(f"--frames must be >= 1, got {frames}")
     root = Path(output)
     chosen = _check_methods(methods)
+    levels = _check_strengths(strengths)
     paths = grid_clip_paths(clips_dir)
     clips = {f"{i:03d}": p for i, p in enumerate(paths)}
     ids = list(clips)
-    config = _check_config(root / SOURCES_FILE, seed, frames, clips, chosen)
+    splits = demo_splits(ids)
+    fakes = fake_jobs(splits, chosen, levels)
+    config = _check_config(root / SOURCES_FILE, seed, frames, clips, chosen, levels,
+                           _fake_entries(seed, fakes))
     root.mkdir(parents=True, exist_ok=True)
     _write_json(root / SOURCES_FILE, config)
-    splits = demo_splits(ids)
     for name in SPLITS:
         _write_json(root / "splits" / f"{name}.json", splits[name])
 
     store = _ClipStore(clips, root / CACHE_DIR / "landmarks", frames)
-    jobs = [(vid, None, None) for vid in ids]
-    for name in SPLITS:
-        for a, b in splits[name]:
-            jobs += [(t, s, m) for t, s in ((a, b), (b, a)) for m in chosen]
+    jobs = [(vid, None, None, 0) for vid in ids] + [job[:4] for job in fakes]
     bar = tqdm(jobs, desc="demo-data", unit="video", disable=not progress)
-    for target, source, method in bar:
+    for target, source, method, strength in bar:
         if method is None:
             path = real_video_path(root, target)
             if not path.is_file():
                 store.keep_only([target])
                 write_video(path, store.frames(target))
             continue
-        path = fake_video_path(root, method, target, source)
+        path = fake_video_path(root, strength_method(method, strength), target, source)
         if path.is_file():
             continue
         store.keep_only([target, source])
-        rng = np.random.default_rng([seed, zlib.crc32(method.encode()), int(target), int(source)])
         fake = METHODS[method].make(store.frames(target), store.points(target),
-                                    store.frames(source), store.points(source), rng)
+                                    store.frames(source), store.points(source),
+                                    fake_rng(seed, method, target, source), strength)
         write_video(path, fake)
     bar.close()
     return root

@@ -48,8 +48,9 @@ class SwapParams:
 
     region: str = "face"
     grow: float = -0.03  # mask dilation (> 0) or erosion (< 0) before feathering
-    feather: float = 0.04  # Gaussian sigma of the mask edge
-    color_transfer: bool = True  # match LAB mean/std of the warped source to the target
+    feather: float = 0.04  # Gaussian sigma of the mask edge (0: a hard edge)
+    color_match: float = 1.0  # 1: LAB mean/std of the warped source matched to the target; 0: not
+    render_scale: float = 1.0  # < 1: the warped face rendered at this fraction of its size
 
     @classmethod
     def sample(cls, region: str, rng: np.random.Generator) -> SwapParams:
@@ -79,7 +80,7 @@ class SelfBlendParams:
     brightness: float = 10.0  # added to every RGB channel
     contrast: float = 1.05
     grow: float = 0.0  # hull dilation (> 0) or erosion (< 0)
-    feather: float = 0.04
+    feather: float = 0.04  # Gaussian sigma of the mask edge (0: a hard edge)
     opacity: float = 0.9  # peak alpha of the blended face (SBI's blend ratio)
     deform: float = 0.0  # max displacement of each hull landmark (random, fixed by deform_seed)
     deform_seed: int = 0
@@ -210,14 +211,56 @@ def feathered_alpha(mask: np.ndarray, sigma: float) -> np.ndarray:
     """Soft alpha (H,W) float32 in [0,1]: ``mask`` shrunk by ~2 sigma, then Gaussian-blurred.
 
     Shrinking first keeps the alpha at ~0 on the mask's border, so nothing outside the mask
-    (where a warp may have no pixels) leaks in.
+    (where a warp may have no pixels) leaks in. ``sigma <= 0``: a hard edge, the mask itself;
+    ``0 < sigma < 0.5`` is blurred at 0.5 px.
     """
+    if sigma <= 0:
+        return mask.astype(np.float32)
     sigma = max(float(sigma), 0.5)
     radius = int(round(2 * sigma))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     core = cv2.erode(mask.astype(np.uint8), kernel).astype(np.float32)
     alpha = cv2.GaussianBlur(core, (0, 0), sigmaX=sigma, sigmaY=sigma)
     return alpha * mask.astype(np.float32)
+
+
+def mix_images(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
+    """``weight * first + (1 - weight) * second`` for (H,W,3) uint8 (weight 1: ``first`` as is)."""
+    if weight >= 1.0:
+        return first
+    out = weight * first.astype(np.float32) + (1.0 - weight) * second.astype(np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def face_box(points: np.ndarray, shape: tuple[int, int], margin: float = 0.1) -> np.ndarray:
+    """Box ``(x0, y0, x1, y1)`` int of the landmarks, grown by ``margin`` face widths and clipped
+    to ``shape`` (H,W)."""
+    pad = margin * face_width(points)
+    x0, y0 = np.floor(points.min(0) - pad).astype(int)
+    x1, y1 = np.ceil(points.max(0) + pad).astype(int) + 1
+    return np.array([max(x0, 0), max(y0, 0), min(x1, shape[1]), min(y1, shape[0])])
+
+
+def render_at_scale(image: np.ndarray, box: np.ndarray, scale: float) -> np.ndarray:
+    """``image`` (H,W,3) uint8 with its ``box`` rendered at ``scale`` of its size and resampled
+    back (area shrink, bilinear enlargement): the detail a generator of lower resolution lacks.
+    Pixels outside the box are unchanged; ``scale >= 1`` returns ``image``."""
+    if scale >= 1.0:
+        return image
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        return image
+    out = image.copy()
+    out[y0:y1, x0:x1] = shrink_and_enlarge(image[y0:y1, x0:x1], 1.0 / scale)
+    return out
+
+
+def shrink_and_enlarge(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` (H,W,3) shrunk by ``factor`` (> 1, area) and enlarged back (bilinear)."""
+    height, width = image.shape[:2]
+    small = (max(int(round(width / factor)), 1), max(int(round(height / factor)), 1))
+    return cv2.resize(cv2.resize(image, small, interpolation=cv2.INTER_AREA),
+                      (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def alpha_blend(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -232,8 +275,10 @@ def swap_region(target: np.ndarray, target_points: np.ndarray, source: np.ndarra
     """Replace ``params.region`` of ``target`` by the same region of ``source``.
 
     The source face is warped onto the target's landmark geometry, colour-matched to the target
-    (LAB statistics over the skin of the face: the face hull without eyeballs and mouth opening)
-    and feather-blended inside the grown region mask; pixels outside it are unchanged. The
+    (LAB statistics over the skin of the face: the face hull without eyeballs and mouth opening;
+    ``color_match`` < 1 mixes in the unmatched colours), rendered at ``render_scale`` of the
+    face's size (the warped face over the target, in the landmarks' box; 1 = as is), and
+    feather-blended inside the grown region mask; pixels outside it are unchanged. The
     target's mouth opening (teeth, tongue) is kept: a closed source mouth has no pixels for it.
     ``target``/``source`` (H,W,3) uint8 RGB (sizes may differ), points (68,2). Returns (H,W,3).
     """
@@ -242,11 +287,14 @@ def swap_region(target: np.ndarray, target_points: np.ndarray, source: np.ndarra
     warped, covered = warp_triangles(source, source_points, target_points,
                                      triangulate(target_points), shape)
     mask = region_mask(target_points, params.region, shape, params.grow * width) & covered
-    if params.color_transfer:
+    if params.color_match > 0.0:
         skin = region_mask(target_points, "face", shape, -0.05 * width) & covered
         skin &= 1 - region_mask(target_points, "eyeballs", shape, 0.02 * width)
         skin &= 1 - region_mask(target_points, "inner_mouth", shape, 0.02 * width)
-        warped = match_color_lab(warped, target, skin)
+        warped = mix_images(match_color_lab(warped, target, skin), warped, params.color_match)
+    if params.render_scale < 1.0:  # a generator's output: the whole face box, target around it
+        rendered = np.where(covered[..., None].astype(bool), warped, target)
+        warped = render_at_scale(rendered, face_box(target_points, shape), params.render_scale)
     opening = region_mask(target_points, "inner_mouth", shape).astype(np.float32)
     opening = cv2.GaussianBlur(opening, (0, 0), sigmaX=1.0)
     alpha = feathered_alpha(mask, params.feather * width) * (1.0 - opening)
@@ -271,12 +319,8 @@ def _jitter_colors(image: np.ndarray, params: SelfBlendParams) -> np.ndarray:
 
 def _frequency_jitter(image: np.ndarray, params: SelfBlendParams) -> np.ndarray:
     """Down-and-up resampling (removes high frequencies) or unsharp masking (boosts them)."""
-    height, width = image.shape[:2]
     if params.downscale > 1.0:
-        small = (max(int(round(width / params.downscale)), 1),
-                 max(int(round(height / params.downscale)), 1))
-        image = cv2.resize(cv2.resize(image, small, interpolation=cv2.INTER_AREA),
-                           (width, height), interpolation=cv2.INTER_LINEAR)
+        image = shrink_and_enlarge(image, params.downscale)
     if params.sharpen > 0.0:
         blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=1.0)
         image = cv2.addWeighted(image, 1.0 + params.sharpen, blurred, -params.sharpen, 0.0)
