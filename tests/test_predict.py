@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,10 +235,17 @@ def _score_argv(trained: Path, video: Path, out: Path, *more: str) -> list[str]:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _report_keys(page: Path) -> list[str]:
+    """The keys of the videos a ``--report`` page shows (see tests/test_score_report.py)."""
+    return re.findall(r'<article class="video" id="video-\d+" data-key="([^"]*)"',
+                      page.read_text(encoding="utf-8"))
+
+
 @pytest.mark.slow
 def test_ctrl_c_keeps_scored_videos_and_a_rerun_skips_them(trained, tmp_path, capsys):  # noqa: F811
-    videos, out = _copies(tmp_path / "videos", 8), tmp_path / "out"
+    videos, out, page = _copies(tmp_path / "videos", 8), tmp_path / "out", tmp_path / "r.html"
     argv = _score_argv(trained, videos, out)
+    argv[1:1] = ["--report", str(page)]  # a page of what was finished, also after Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "deepfakemae.cli", *argv],
                             env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -258,12 +266,14 @@ def test_ctrl_c_keeps_scored_videos_and_a_rerun_skips_them(trained, tmp_path, ca
         rows = list(csv.DictReader(handle))
     assert 1 <= len(kept) < 8 and [r["key"] for r in rows] == [p["key"] for p in kept]
     assert all(p["status"] == "ok" for p in kept)
+    assert _report_keys(page) == [p["key"] for p in kept] and str(page) in err
 
     assert main(argv) == 0  # the rerun scores only the rest
     assert f"{len(kept)} of 8 videos already scored" in capsys.readouterr().err
     done = {p["key"]: p for p in json.loads((out / "predictions.json").read_text())}
     assert sorted(done) == [f"clip{i}" for i in range(8)]
     assert all(done[p["key"]] == p for p in kept)  # kept as they were, not scored again
+    assert sorted(_report_keys(page)) == sorted(done)  # the page covers the whole folder
 
     assert main(argv + ["--threshold", "0.0"]) == 0  # a new threshold relabels, no rescoring
     relabelled = json.loads((out / "predictions.json").read_text())
