@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from deepfakemae.branches import BRANCHES, FUSED, branch_label, ordered_labels
-from deepfakemae.faces.files import atomic_write, utf8_text
+from deepfakemae.faces.files import atomic_write, fs_text, utf8_text
 from deepfakemae.predictions import JSON_NAME, read_predictions
 from deepfakemae.scoring import FrameScore, VideoPrediction
 from deepfakemae.visualize import face_strip, png_bytes
@@ -55,7 +55,9 @@ COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#1
 
 
 def figure_paths(output: Path, key: str) -> dict[str, Path]:
-    """The picture files of video ``key`` in ``output``, by :data:`FIGURES` name."""
+    """The picture files of video ``key`` in ``output``, by :data:`FIGURES` name (``key`` as
+    scored, or as ``predictions.json`` spells it: :func:`fs_text`)."""
+    key = fs_text(key)
     return {"faces": output / FACES_DIR / f"{key}.png",
             "reconstruction": output / EXPLAIN_DIR / key / "reconstruction.png",
             "cam": output / EXPLAIN_DIR / key / "cam.png"}
@@ -83,7 +85,7 @@ def read_png(path: Path) -> bytes | None:
     """The bytes of the PNG file ``path``; None when it is missing or not a PNG."""
     try:
         data = path.read_bytes()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a name the file system cannot spell
         return None
     return data if data.startswith(PNG_MAGIC) else None
 

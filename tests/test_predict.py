@@ -329,8 +329,9 @@ def test_files_are_utf8_under_the_c_locale(trained, tmp_path):  # noqa: F811
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k != "LANG"}
     env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="", PYTHONPATH=str(REPO),
                OMP_NUM_THREADS="1")
+    page = tmp_path / "report.html"
     done = subprocess.run([sys.executable, "-m", "deepfakemae.cli",
-                           *_score_argv(trained, videos, out)],
+                           *_score_argv(trained, videos, out, "--report", str(page))],
                           env=env, capture_output=True, timeout=300)
     assert done.returncode == 1, done.stderr.decode(errors="replace")  # one unreadable input
     text = (out / "predictions.json").read_bytes().decode("utf-8")
@@ -341,3 +342,5 @@ def test_files_are_utf8_under_the_c_locale(trained, tmp_path):  # noqa: F811
     with (out / "predictions.csv").open(encoding="utf-8") as handle:
         rows = {r["key"]: r for r in csv.DictReader(handle)}
     assert set(rows) == {"clip_é", "ünreadable"} and rows["clip_é"]["status"] == "ok"
+    report = page.read_bytes().decode("utf-8")
+    assert _report_keys(page) == ["clip_é"] and "\\ud" not in report and "ünreadable" in report
