@@ -330,9 +330,9 @@ def test_files_are_utf8_under_the_c_locale(trained, tmp_path):  # noqa: F811
     env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="", PYTHONPATH=str(REPO),
                OMP_NUM_THREADS="1")
     page = tmp_path / "report.html"
-    done = subprocess.run([sys.executable, "-m", "deepfakemae.cli",
-                           *_score_argv(trained, videos, out, "--report", str(page))],
-                          env=env, capture_output=True, timeout=300)
+    argv = [sys.executable, "-m", "deepfakemae.cli",
+            *_score_argv(trained, videos, out, "--report", str(page))]
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=300)
     assert done.returncode == 1, done.stderr.decode(errors="replace")  # one unreadable input
     text = (out / "predictions.json").read_bytes().decode("utf-8")
     assert "\\ud" not in text  # no lone surrogates
@@ -344,3 +344,8 @@ def test_files_are_utf8_under_the_c_locale(trained, tmp_path):  # noqa: F811
     assert set(rows) == {"clip_é", "ünreadable"} and rows["clip_é"]["status"] == "ok"
     report = page.read_bytes().decode("utf-8")
     assert _report_keys(page) == ["clip_é"] and "\\ud" not in report and "ünreadable" in report
+
+    again = subprocess.run(argv, env=env, capture_output=True, timeout=300)  # a rerun keeps them
+    assert again.returncode == 1 and b"2 of 2 videos already scored" in again.stderr, again.stderr
+    assert b"Traceback" not in again.stderr and b"clip_" in again.stdout  # the table printed
+    assert (out / "predictions.json").read_bytes().decode("utf-8") == text  # no second spelling

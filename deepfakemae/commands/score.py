@@ -31,7 +31,7 @@ import torch
 
 from deepfakemae.branches import BRANCHES, FUSED
 from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
-from deepfakemae.faces.files import atomic_write
+from deepfakemae.faces.files import atomic_write, fs_text
 from deepfakemae.faces.input_files import scan_inputs
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
 from deepfakemae.faces.pipeline import FaceConfig, FacePipeline
@@ -276,6 +276,9 @@ def earlier_predictions(output: Path, settings: dict, rescore: bool
                          if recorded.get(k) != settings.get(k))
         raise UsageError(f"the predictions in {json_path} were made with other settings: "
                          f"{diff}; {fix}")
+    for p in earlier:  # spelt as the scan spells them (under LC_ALL=C a file name's
+        # non-ASCII bytes are lone surrogates there; predictions.json holds the text they spell)
+        p.key, p.path = fs_text(p.key), fs_text(p.path)
     return {p.key: p for p in earlier}
 
 
