@@ -5,6 +5,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+CHROMIUM := $(VENV)/.chromium-checked
 DFM     := $(PY) -m deepfakemae.cli
 RUNS    ?= runs
 CACHE_DIR ?= data/cache
@@ -36,7 +37,18 @@ TABLES := table1 table2 table3 table4 table5 table6
 .PHONY: setup test lint demo demo-cv demo-cv-pseudo demo-cache ffpp-cache caches pretrain train-stage2 eval bench $(TABLES)
 
 ## setup: create .venv and install the project with its dev extras (quick when nothing changed)
-setup: $(STAMP)
+setup: $(STAMP) $(CHROMIUM)
+
+# the headless browser of tests/test_score_report.py: installed once with apt-get when missing
+# and this is root on a Debian-like system (elsewhere that test is skipped, saying why)
+$(CHROMIUM): | $(STAMP)
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium with apt-get (for the report's browser test)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    >/dev/null 2>&1 || echo "note: apt-get could not install chromium; tests/test_score_report.py will skip its browser checks"; \
+	else echo "note: no chromium (install it, e.g. apt-get install chromium, for the report's browser test)"; fi
+	@touch $@
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

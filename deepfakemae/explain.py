@@ -39,6 +39,7 @@ from deepfakemae.visualize import (
     mask_to_pixels,
     reconstruction_grid,
     save_png,
+    text_strip,
     to_uint8,
 )
 
@@ -152,19 +153,6 @@ def _scale_for(size: int) -> int:
     return max(1, math.ceil(MIN_PANEL / size))
 
 
-def _text_strip(width: int, texts: list[str], height: int = 22, scale: float = 0.45
-                ) -> np.ndarray:
-    """A dark strip with ``texts`` centred in equal-width cells."""
-    strip = np.full((height, width, 3), 32, np.uint8)
-    cell = width / max(1, len(texts))
-    for i, text in enumerate(texts):
-        (tw, th), _ = cv2.getTextSize(text, _FONT, scale, 1)
-        x = int(i * cell + max(2, (cell - tw) / 2))
-        cv2.putText(strip, text, (x, (height + th) // 2), _FONT, scale, (240, 240, 240), 1,
-                    cv2.LINE_AA)
-    return strip
-
-
 def _label_column(rows: list[list[str]], row_height: int, width: int = 100) -> np.ndarray:
     """A dark column with the text lines of each row, vertically centred in that row."""
     col = np.full((row_height * len(rows), width, 3), 32, np.uint8)
@@ -207,7 +195,7 @@ def reconstruction_figure(image: Tensor, masks: Tensor, recons: Tensor, patch_si
     rows = [[*PART_TITLES[p].replace(" & ", " &\n").split("\n"), f"err {e:.1f}"]
             for p, e in zip(PART_NAMES, errors, strict=True)]
     body = np.concatenate([_label_column(rows, row_h), panels], axis=1)
-    header = _text_strip(panels.shape[1], ["original", "masked part", "MAE reconstruction",
+    header = text_strip(panels.shape[1], ["original", "masked part", "MAE reconstruction",
                                            f"|difference| (max {peak:.0f})"])
     header = np.concatenate([np.full((header.shape[0], body.shape[1] - panels.shape[1], 3), 32,
                                      np.uint8), header], axis=1)
@@ -245,8 +233,8 @@ def cam_figure(face_rgb: np.ndarray, cams: Sequence[BranchCam]) -> np.ndarray:
             titles.append(title)
             captions.append(caption)
     row = np.concatenate(panels, axis=1)
-    return np.concatenate([_text_strip(row.shape[1], titles), row,
-                           _text_strip(row.shape[1], captions, scale=0.4)], axis=0)
+    return np.concatenate([text_strip(row.shape[1], titles), row,
+                           text_strip(row.shape[1], captions, scale=0.4)], axis=0)
 
 
 # -- one face → PNGs ---------------------------------------------------------------------------

@@ -159,17 +159,22 @@ class VideoScorer:
 Explainer = Callable[[np.ndarray, np.ndarray, str], dict[str, str]]
 
 
+#: ``keep_faces(crops, prediction)``: sees every scored video's (N,S,S,3) uint8 faces
+FacesHook = Callable[[np.ndarray, VideoPrediction], None]
+
+
 #: the note of an input with a single frame (a still image, or a one-frame video)
 STILL_NOTE = ("a single frame (a still image?): scored as a video of that one face, without "
               "the motion the Finetuning Network was trained on")
 
 
 def iter_scores(records: Iterable[VideoRecord], scorer: VideoScorer, pipeline: FacePipeline,
-                threshold: float = 0.5, explain: Explainer | None = None
-                ) -> Iterator[VideoPrediction]:
+                threshold: float = 0.5, explain: Explainer | None = None,
+                keep_faces: FacesHook | None = None) -> Iterator[VideoPrediction]:
     """Score the records one at a time, yielding each prediction as soon as it is made
     (failures become predictions with their status; an input of one frame gets
-    :data:`STILL_NOTE`); ``explain`` is called on each scored video's middle face."""
+    :data:`STILL_NOTE`); ``explain`` is called on each scored video's middle face and
+    ``keep_faces`` on all of its scored faces."""
     for record in records:
         try:
             entry = pipeline.process(record)
@@ -189,6 +194,8 @@ def iter_scores(records: Iterable[VideoRecord], scorer: VideoScorer, pipeline: F
         if explain is not None:
             middle = len(crops) // 2  # the middle sampled face
             prediction.explain = explain(crops[middle], landmarks[middle], record.key)
+        if keep_faces is not None:
+            keep_faces(crops, prediction)
         yield prediction
 
 

@@ -52,6 +52,33 @@ def heatmap_overlay(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45
     return (image_rgb * (1 - alpha) + colour * alpha).astype(np.uint8)
 
 
+def text_strip(width: int, texts: list[str], height: int = 22, scale: float = 0.45
+               ) -> np.ndarray:
+    """A dark (height, width, 3) uint8 strip with ``texts`` centred in equal-width cells."""
+    strip = np.full((height, width, 3), 32, np.uint8)
+    cell = width / max(1, len(texts))
+    for i, text in enumerate(texts):
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x = int(i * cell + max(2, (cell - tw) / 2))
+        cv2.putText(strip, text, (x, (height + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (240, 240, 240), 1, cv2.LINE_AA)
+    return strip
+
+
+def face_strip(crops: np.ndarray, captions: list[str], side: int = 96) -> np.ndarray:
+    """The faces of a video side by side, each resized to ``side`` px with its caption below.
+
+    crops (N,S,S,3) uint8 RGB, one caption per face → (side + 20, N*side, 3) uint8 RGB.
+    """
+    if len(crops) != len(captions) or len(crops) == 0:
+        raise ValueError(f"face_strip: {len(crops)} faces and {len(captions)} captions")
+    faces = [cv2.resize(c, (side, side), interpolation=cv2.INTER_AREA if c.shape[0] > side
+                        else cv2.INTER_CUBIC) for c in crops]
+    row = np.concatenate(faces, axis=1)
+    return np.concatenate([row, text_strip(row.shape[1], captions, height=20, scale=0.38)],
+                          axis=0)
+
+
 def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
     """Plot ROC curves ``{name: (fpr, tpr, auc)}`` and return the figure as an RGB uint8 array."""
     import matplotlib

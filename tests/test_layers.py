@@ -93,7 +93,7 @@ def test_layer_table_names_existing_modules():
     ("deepfakemae.faces.cache", "faces"), ("deepfakemae.records", "faces"),
     ("data_modules.indexes.ffpp", "data"), ("deepfakemae.masking", "models"),
     ("deepfakemae.modules.mapping", "modules"), ("deepfakemae.commands.predict", "commands"),
-    ("deepfakemae.cli", "commands"),
+    ("deepfakemae.cli", "commands"), ("deepfakemae.score_report", "commands"),
 ])
 def test_layer_of(module, layer):
     assert LAYERS[layer_of(module)][0] == layer

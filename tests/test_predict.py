@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,10 +235,17 @@ def _score_argv(trained: Path, video: Path, out: Path, *more: str) -> list[str]:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _report_keys(page: Path) -> list[str]:
+    """The keys of the videos a ``--report`` page shows (see tests/test_score_report.py)."""
+    return re.findall(r'<article class="video" id="video-\d+" data-key="([^"]*)"',
+                      page.read_text(encoding="utf-8"))
+
+
 @pytest.mark.slow
 def test_ctrl_c_keeps_scored_videos_and_a_rerun_skips_them(trained, tmp_path, capsys):  # noqa: F811
-    videos, out = _copies(tmp_path / "videos", 8), tmp_path / "out"
+    videos, out, page = _copies(tmp_path / "videos", 8), tmp_path / "out", tmp_path / "r.html"
     argv = _score_argv(trained, videos, out)
+    argv[1:1] = ["--report", str(page)]  # a page of what was finished, also after Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "deepfakemae.cli", *argv],
                             env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -258,12 +266,14 @@ def test_ctrl_c_keeps_scored_videos_and_a_rerun_skips_them(trained, tmp_path, ca
         rows = list(csv.DictReader(handle))
     assert 1 <= len(kept) < 8 and [r["key"] for r in rows] == [p["key"] for p in kept]
     assert all(p["status"] == "ok" for p in kept)
+    assert _report_keys(page) == [p["key"] for p in kept] and str(page) in err
 
     assert main(argv) == 0  # the rerun scores only the rest
     assert f"{len(kept)} of 8 videos already scored" in capsys.readouterr().err
     done = {p["key"]: p for p in json.loads((out / "predictions.json").read_text())}
     assert sorted(done) == [f"clip{i}" for i in range(8)]
     assert all(done[p["key"]] == p for p in kept)  # kept as they were, not scored again
+    assert sorted(_report_keys(page)) == sorted(done)  # the page covers the whole folder
 
     assert main(argv + ["--threshold", "0.0"]) == 0  # a new threshold relabels, no rescoring
     relabelled = json.loads((out / "predictions.json").read_text())
@@ -319,9 +329,10 @@ def test_files_are_utf8_under_the_c_locale(trained, tmp_path):  # noqa: F811
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k != "LANG"}
     env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="", PYTHONPATH=str(REPO),
                OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "deepfakemae.cli",
-                           *_score_argv(trained, videos, out)],
-                          env=env, capture_output=True, timeout=300)
+    page = tmp_path / "report.html"
+    argv = [sys.executable, "-m", "deepfakemae.cli",
+            *_score_argv(trained, videos, out, "--report", str(page))]
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=300)
     assert done.returncode == 1, done.stderr.decode(errors="replace")  # one unreadable input
     text = (out / "predictions.json").read_bytes().decode("utf-8")
     assert "\\ud" not in text  # no lone surrogates
@@ -331,3 +342,10 @@ def test_files_are_utf8_under_the_c_locale(trained, tmp_path):  # noqa: F811
     with (out / "predictions.csv").open(encoding="utf-8") as handle:
         rows = {r["key"]: r for r in csv.DictReader(handle)}
     assert set(rows) == {"clip_é", "ünreadable"} and rows["clip_é"]["status"] == "ok"
+    report = page.read_bytes().decode("utf-8")
+    assert _report_keys(page) == ["clip_é"] and "\\ud" not in report and "ünreadable" in report
+
+    again = subprocess.run(argv, env=env, capture_output=True, timeout=300)  # a rerun keeps them
+    assert again.returncode == 1 and b"2 of 2 videos already scored" in again.stderr, again.stderr
+    assert b"Traceback" not in again.stderr and b"clip_" in again.stdout  # the table printed
+    assert (out / "predictions.json").read_bytes().decode("utf-8") == text  # no second spelling

@@ -3,11 +3,14 @@ with the stage-2 checkpoints of a run folder (``--run-dir``, default ``$RUN_DIR`
 
 Scoring is :mod:`deepfakemae.scoring`; the files are written by :mod:`deepfakemae.predictions`:
 ``<output>/predictions.json`` and ``<output>/predictions.csv``; ``--explain`` also writes
-``<output>/explain/<key>/{reconstruction,cam}.png`` (see :mod:`deepfakemae.explain`).
+``<output>/explain/<key>/{reconstruction,cam}.png`` (see :mod:`deepfakemae.explain`);
+``--report PAGE`` also writes ``<output>/faces/<key>.png`` (the faces scored) and, at the end or
+on Ctrl-C, the page ``PAGE`` rebuilt from the whole folder (:mod:`deepfakemae.score_report`).
 
 ``--output`` is checked before anything is scored, the files are rewritten atomically as videos
 finish (Ctrl-C or a crash keeps the finished ones), and a rerun into the same ``--output`` skips
-the videos already there (``--rescore`` scores them again); ``<output>/score.json`` records the
+the videos already there (``--rescore`` scores them again; with ``--explain`` or ``--report``
+also those whose figures or face strip are missing); ``<output>/score.json`` records the
 settings they were scored with, and a rerun with other ones is refused. The output folder (and
 any folder ``score`` wrote) is never taken as an input. One scorer at a time per ``--output``
 (``<output>/.score.lock``).
@@ -28,7 +31,7 @@ import torch
 
 from deepfakemae.branches import BRANCHES, FUSED
 from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
-from deepfakemae.faces.files import atomic_write
+from deepfakemae.faces.files import atomic_write, fs_text
 from deepfakemae.faces.input_files import scan_inputs
 from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
 from deepfakemae.faces.pipeline import FaceConfig, FacePipeline
@@ -36,6 +39,8 @@ from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
 from deepfakemae.modules.detector import DualNetworkDetector
 from deepfakemae.predictions import JSON_NAME, PredictionsFile, print_table, read_predictions
 from deepfakemae.records import VideoRecord
+from deepfakemae.runinfo import run_info
+from deepfakemae.score_report import EXPLAIN_DIR, figure_paths, save_face_strip, write_report
 from deepfakemae.scoring import Stage1, VideoPrediction, VideoScorer, explainer, iter_scores
 
 
@@ -93,6 +98,10 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="fused probability at or above which a video is labelled fake")
     parser.add_argument("--explain", action="store_true",
                         help="save facial-part reconstructions and class-activation maps as PNGs")
+    parser.add_argument("--report", type=Path, metavar="PAGE.html",
+                        help="also write one self-contained HTML page of every video in "
+                             "--output: verdicts, models, per-frame scores, the faces scored "
+                             "and (with --explain) the figures")
     parser.add_argument("--rescore", action="store_true",
                         help="score again the videos --output already holds predictions of "
                              "(by default a rerun skips them)")
@@ -193,23 +202,41 @@ def load_explain_mae(args: argparse.Namespace, device: torch.device) -> Stage1 |
                                                                         "algorithm1"))
 
 
+def _check_writable(option: str, path: Path, kind: str) -> None:
+    """:class:`UsageError` unless the nearest existing folder of ``path`` (a ``kind`` to be
+    created there, or replaced) is a folder this process can write to."""
+    existing = path if kind == "folder" else path.parent
+    while not existing.exists():  # the folder that will hold the new ones
+        if existing.is_symlink():
+            raise UsageError(f"{option} {path}: {existing} is a dangling symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: {existing} is not writable; pass a {kind} you "
+                         "can write to")
+
+
 def check_output(output: Path) -> Path:
     """``output`` if ``score`` can write its files there (it is created later, when the
     models have loaded); :class:`UsageError` for a file, or a folder that cannot be written."""
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is a file; pass a folder (predictions.json and "
                          "predictions.csv are written inside it)")
-    existing = output
-    while not existing.exists():  # the folder that will hold the new ones
-        if existing.is_symlink():
-            raise UsageError(f"--output {output}: {existing} is a dangling symbolic link")
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"--output {output}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--output {output}: {existing} is not writable; pass a folder you "
-                         "can write to")
+    _check_writable("--output", output, "folder")
     return output
+
+
+def check_report(page: Path | None) -> Path | None:
+    """``--report`` if the page can be written there; :class:`UsageError` for a folder or a
+    place that cannot be written."""
+    if page is None:
+        return None
+    if page.is_dir():
+        raise UsageError(f"--report {page} is a folder; pass the HTML file to write (e.g. "
+                         f"{page / 'report.html'})")
+    _check_writable("--report", page, "file")
+    return page
 
 
 def score_settings(args: argparse.Namespace, detector: DualNetworkDetector,
@@ -249,15 +276,24 @@ def earlier_predictions(output: Path, settings: dict, rescore: bool
                          if recorded.get(k) != settings.get(k))
         raise UsageError(f"the predictions in {json_path} were made with other settings: "
                          f"{diff}; {fix}")
+    for p in earlier:  # spelt as the scan spells them (under LC_ALL=C a file name's
+        # non-ASCII bytes are lone surrogates there; predictions.json holds the text they spell)
+        p.key, p.path = fs_text(p.key), fs_text(p.path)
     return {p.key: p for p in earlier}
 
 
-def reusable(prediction: VideoPrediction | None, record: VideoRecord, explain: bool) -> bool:
+def reusable(prediction: VideoPrediction | None, record: VideoRecord, explain: bool,
+             strip_in: Path | None = None) -> bool:
     """True when an earlier ``prediction`` stands for ``record`` (same path, not a transient
-    failure, with its figures when ``--explain`` asks for them)."""
-    return (prediction is not None and prediction.path == record.path
-            and prediction.status not in RETRIED_STATUSES
-            and not (explain and prediction.status == "ok" and not prediction.explain))
+    failure, with its figures when ``--explain`` asks for them and, given ``strip_in`` (the
+    output folder of ``--report``), with its face strip there)."""
+    if prediction is None or prediction.path != record.path or \
+            prediction.status in RETRIED_STATUSES:
+        return False
+    if prediction.status != "ok":
+        return True
+    return not (explain and not prediction.explain) and not (
+        strip_in is not None and not figure_paths(strip_in, prediction.key)["faces"].is_file())
 
 
 @contextmanager
@@ -303,8 +339,9 @@ def run_score_command(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         extra_branches(args.branch)
         check_output(args.output)
+        check_report(args.report)
         try:
-            scan = scan_inputs(args.video, exclude=[args.output])
+            scan = scan_inputs(args.video, exclude=[args.output, *filter(None, [args.report])])
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
         try:
@@ -333,7 +370,8 @@ def _score(args: argparse.Namespace, records: list[VideoRecord], skipped: list[t
            earlier: dict[str, VideoPrediction], device: torch.device) -> int:
     """Score the records ``earlier`` does not hold, writing the files as they finish."""
     report_skipped(skipped)
-    todo = [r for r in records if not reusable(earlier.get(r.key), r, args.explain)]
+    strip_in = args.output if args.report is not None else None
+    todo = [r for r in records if not reusable(earlier.get(r.key), r, args.explain, strip_in)]
     results = PredictionsFile(args.output, [r.key for r in records],
                               {k: p.relabelled(args.threshold) for k, p in earlier.items()})
     results.flush()  # first: predictions of other settings (--rescore) never sit under these
@@ -344,14 +382,19 @@ def _score(args: argparse.Namespace, records: list[VideoRecord], skipped: list[t
               f"{args.output} (kept; --rescore scores them again)", file=sys.stderr)
     explain = None
     if args.explain and todo:
-        explain = explainer(scorer, args.output / "explain", load_explain_mae(args, device))
+        explain = explainer(scorer, args.output / EXPLAIN_DIR, load_explain_mae(args, device))
+
+    def keep_faces(crops, prediction: VideoPrediction) -> None:
+        save_face_strip(args.output, crops, prediction)
+
     from tqdm.auto import tqdm
 
     progress = tqdm(todo, desc="scoring", unit="video",
                     disable=args.no_progress or len(todo) < 2)
     done, interrupted = 0, False
     try:
-        for prediction in iter_scores(progress, scorer, pipeline, args.threshold, explain):
+        for prediction in iter_scores(progress, scorer, pipeline, args.threshold, explain,
+                                      keep_faces if args.report is not None else None):
             results.add(prediction)
             done += 1
     except KeyboardInterrupt:
@@ -359,9 +402,14 @@ def _score(args: argparse.Namespace, records: list[VideoRecord], skipped: list[t
     finally:  # also on a crash: what was scored is kept
         progress.close()
         json_path, csv_path = results.flush()
+    report = None
+    if args.report is not None:  # also after Ctrl-C: a page of what was finished
+        report = write_report(args.report, args.output, args.threshold, run_info(),
+                              [(str(path), why) for path, why in skipped])
     if interrupted:
-        print(f"\ninterrupted: {done} of {len(todo)} videos scored and kept in {json_path}; "
-              "rerun the same command to score the rest", file=sys.stderr)
+        print(f"\ninterrupted: {done} of {len(todo)} videos scored and kept in {json_path}"
+              + (f" (and in {report})" if report else "")
+              + "; rerun the same command to score the rest", file=sys.stderr)
         return 130
     mine = [results.predictions[r.key] for r in records]
     print_table(mine)
@@ -372,7 +420,8 @@ def _score(args: argparse.Namespace, records: list[VideoRecord], skipped: list[t
     others = len(results.predictions) - len(mine)
     print(f"wrote {json_path} and {csv_path}"
           + (f" (also holding {others} earlier predictions of other inputs)" if others else "")
-          + (f"; figures under {args.output / 'explain'}" if args.explain else ""))
+          + (f"; figures under {args.output / EXPLAIN_DIR}" if args.explain else "")
+          + (f"; report {report}" if report else ""))
     return 1 if failed else 0
 
 

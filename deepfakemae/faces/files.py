@@ -98,3 +98,10 @@ def utf8_text(value):
     if isinstance(value, (list, tuple)):
         return [utf8_text(v) for v in value]
     return value
+
+
+def fs_text(text: str) -> str:
+    """The inverse of :func:`utf8_text` for a file name: ``text`` as the file system spells it
+    under the current locale (``"vidéo"`` → ``"vid\\udcc3\\udca9o"`` under ``LC_ALL=C``,
+    unchanged under UTF-8), so that a name read back from a UTF-8 file opens the same file."""
+    return os.fsdecode(text.encode("utf-8", "surrogateescape"))
