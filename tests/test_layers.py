@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("deepfakemae.models", "deepfakemae.masking", "deepfakemae.metalearning",
                 "deepfakemae.metrics", "deepfakemae.visualize", "deepfakemae.loggers",
                 "deepfakemae.explain", "deepfakemae.branches", "deepfakemae.results")),
-    ("modules", ("deepfakemae.modules", "deepfakemae.callbacks")),
+    ("modules", ("deepfakemae.modules", "deepfakemae.callbacks", "deepfakemae.runstate")),
     ("commands", ("deepfakemae",)),  # commands, CLI, plan runner, report: everything else
 )
 

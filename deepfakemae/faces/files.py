@@ -74,3 +74,10 @@ def is_stale_tmp(path: Path, now: float | None = None) -> bool:
     except FileNotFoundError:
         return False
     return age > STALE_TMP_SECONDS
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: readers see the old file or the whole new
+    one, never a truncated or half-written one (:func:`atomic_write`)."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda handle: handle.write(data))
