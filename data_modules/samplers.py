@@ -9,9 +9,10 @@ number of indices, and Lightning calls ``set_epoch`` at each epoch start.
 Each index is a :class:`SampleIndex`: an ``int`` carrying the sample's own random seed, drawn
 from ``(seed, epoch)`` per position of the epoch, which the dataset uses for its augmentation
 and pseudo-fake draws (so a sample's pixels do not depend on which loader worker made it).
-``resume_at(epoch, n)`` makes the next pass over ``epoch`` start at its ``n``-th index: a fit
-resumed in mid-epoch continues exactly where the interrupted one stopped
-(``deepfakemae.callbacks.ExactResume``).
+``resume_at(epoch, n)`` makes the next pass over ``epoch`` start at its ``n``-th index, and
+:class:`ResumableLoader` (the training loader) saves its position in Lightning's checkpoints:
+a fit resumed in mid-epoch continues exactly where the interrupted one stopped
+(``deepfakemae.callbacks.ExactResume`` keeps the position up to date).
 
 Indices refer to ``FaceClipDataset`` samples built with ``windows="all"``: the sampler first
 picks videos, then one window (a frame, or a T-frame clip) of each picked video.
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from data_modules.datasets import DataError, FaceClipDataset
 from data_modules.indexes.ffpp import target_real_key
@@ -43,6 +44,27 @@ class SampleIndex(int):
 
     def __reduce__(self):  # keep the seed through pickling (loader workers)
         return SampleIndex, (int(self), self.seed)
+
+
+class ResumableLoader(DataLoader):
+    """The training ``DataLoader`` with Lightning's stateful-loader interface: its state (the
+    epoch and the batches of it already trained on, ``batches_done``) goes into every fit
+    checkpoint, and loading it makes the sampler skip those batches (``resume_at``) before the
+    loader is first iterated — which Lightning does before any callback hook of a resumed fit.
+    """
+
+    batches_done = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)),
+                "batches_done": int(self.batches_done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches_done = int(state.get("batches_done", 0))
+        if hasattr(self.sampler, "resume_at") and self.batch_size:
+            epoch = int(state.get("epoch", 0))
+            self.sampler.set_epoch(epoch)  # Lightning sets it only after its first iteration
+            self.sampler.resume_at(epoch, self.batches_done * self.batch_size)
 
 
 def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:

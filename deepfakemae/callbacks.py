@@ -10,7 +10,6 @@ import random
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +108,7 @@ class GracefulInterrupt(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         LAST_INTERRUPT.clear()
         self._saved_handler = None
+        self._saved_step: int | None = None
         if str(getattr(stage, "value", stage)) != "fit":
             return
         try:
@@ -128,12 +128,33 @@ class GracefulInterrupt(Callback):
             signal.signal(signal.SIGINT, self._saved_handler)
             self._saved_handler = None
 
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        # save where Lightning's own step checkpoints are taken (it restores that point
+        # exactly, the last batch of an epoch included); it then raises SIGTERMException
+        if trainer.received_sigterm and self._saved_step != trainer.global_step:
+            self._save(trainer)
+
     def on_exception(self, trainer: Trainer, pl_module: LightningModule,
                      exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return
         LAST_INTERRUPT.setdefault("signal", "SIGTERM")
         LAST_INTERRUPT["step"] = trainer.global_step
+        if self._saved_step == trainer.global_step:
+            return
+        if trainer.training and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # after the step's hooks, at the end of an epoch: a state Lightning cannot resume
+            # exactly; the previous checkpoint stays the resumable one
+            print("note: stopped at the end of an epoch; the rerun resumes from the previous "
+                  "checkpoint", file=sys.stderr)
+            return
+        self._save(trainer)
+
+    def _save(self, trainer: Trainer) -> None:
+        LAST_INTERRUPT.setdefault("signal", "SIGTERM")
+        LAST_INTERRUPT["step"] = trainer.global_step
+        self._saved_step = trainer.global_step
         dirpath = next((cb.dirpath for cb in trainer.checkpoint_callbacks
                         if getattr(cb, "dirpath", None)), None)
         if dirpath is None:
@@ -156,21 +177,24 @@ class ExactResume(Callback):
     Every training step starts from RNG states drawn from ``(seed, global step)`` (torch, NumPy,
     ``random``): masks and any other in-step draw depend on the step only. The training
     samplers (``data_modules.samplers``) give each sample its own seed from ``(seed, epoch,
-    position)`` and order from ``(seed, epoch)``, so a fit resumed in the middle of an epoch asks
-    the sampler to skip the batches the checkpoint already trained on (``resume_at``).
+    position)`` and order from ``(seed, epoch)``; the training loader
+    (``data_modules.samplers.ResumableLoader``) saves how many batches of the epoch were trained
+    on (kept here after each step), so a fit resumed in mid-epoch skips exactly those.
     """
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # a mid-epoch restart skips on_train_epoch_start: the loader is not iterated yet here
-        epoch_loop = trainer.fit_loop.epoch_loop
-        done = epoch_loop.batch_progress.current.completed
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loader = trainer.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        if not (epoch_loop.restarting and 0 < done < trainer.num_training_batches) or \
-                not hasattr(sampler, "resume_at") or not getattr(loader, "batch_size", None):
-            return
-        sampler.resume_at(trainer.current_epoch, done * loader.batch_size)
-        warnings.filterwarnings("ignore", message=r".*dataloader is\s+not resumable")
+        if hasattr(loader, "batches_done"):
+            loader.batches_done = 0
+            # Lightning's own set_epoch is one ahead after a restart from an epoch-end
+            # checkpoint; the data order follows the trainer's epoch
+            loader.sampler.set_epoch(trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        # runs before the checkpoint callbacks' saves (Lightning puts those last)
+        if hasattr(trainer.train_dataloader, "batches_done"):
+            trainer.train_dataloader.batches_done = batch_idx + 1
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch,
                              batch_idx: int) -> None:
@@ -263,5 +287,6 @@ class PictureFiles(Callback):
 def default_callbacks() -> list[Callback]:
     """The callbacks every ``deepfakemae fit/validate/test`` run gets (added by
     :class:`deepfakemae.lightning_cli.DeepfakeMAECLI` after the config's own)."""
-    return [CompletionRecord(), GracefulInterrupt(), ExactResume(), TestResultFiles(),
+    # ExactResume before GracefulInterrupt: the loader position is current when a stop saves
+    return [CompletionRecord(), ExactResume(), GracefulInterrupt(), TestResultFiles(),
             ActivationMapFigures(), PictureFiles()]

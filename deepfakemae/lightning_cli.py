@@ -20,12 +20,10 @@ from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.modules.checkpoints import CHECKPOINT_ARGUMENTS, check_checkpoint
 from deepfakemae.runinfo import run_info
 from deepfakemae.runstate import (
-    DONE_FILE,
     acquire_lock,
     exit_with_parent,
     release_lock,
     resume_checkpoint,
-    stage_state,
 )
 from deepfakemae.visualize import local_log_dir
 
@@ -149,20 +147,12 @@ def stage_dir(run) -> Path:
 
 
 def resolve_resume(run) -> None:
-    """``fit``: refuse to train over a stage that finished its schedule (``done.json``) unless
-    ``--fresh``; ``--ckpt_path=last`` becomes the stage's newest resumable checkpoint
+    """``fit --ckpt_path=last``: the stage's newest resumable checkpoint
     (:func:`deepfakemae.runstate.resume_checkpoint`), or none for a first run — so one job line
-    starts, and after a preemption resumes, the same stage."""
-    folder = stage_dir(run)
-    if _value(run, "fresh"):
-        return
-    state = stage_state(folder, "fit")
-    if state.status == "done":
-        raise RunDirError(
-            f"{folder / DONE_FILE}: this stage already finished its schedule ({state.checkpoint}); "
-            "train it anew with --fresh, or write elsewhere with RUN_DIR=<folder>")
-    if _value(run, "ckpt_path") == "last":
-        found = resume_checkpoint(folder)
+    starts, and after a preemption resumes, the same stage (a finished stage resumes at its
+    last step and ends at once, unless the line raised ``max_steps``)."""
+    if _value(run, "ckpt_path") == "last" and not _value(run, "fresh"):
+        found = resume_checkpoint(stage_dir(run))
         run["ckpt_path"] = str(found) if found is not None else None
 
 

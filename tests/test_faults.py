@@ -61,7 +61,7 @@ def _overlays(cache: Path) -> dict[str, dict]:
                                            "test": test}}},
         "detector": {"trainer": {"accelerator": "cpu", "logger": False,
                                  "enable_progress_bar": False, "callbacks": [FAULT]},
-                     "data": {"init_args": {**data, "test": test}}},
+                     "data": {"init_args": {**data, "batch_size": 1, "test": test}}},
     }
 
 
@@ -151,7 +151,10 @@ def test_fault_matrix_resumes_to_the_uninterrupted_weights(fault_plan, reference
     run_dir = run_root / "faults" / "main"
     stage_order = [*FIT_STAGES, "detector"]
     for i, (stage, sig, target) in enumerate(CHAIN):
+        start = time.monotonic()
         out = _run(fault_plan, run_root, faults)
+        print(f"fault {i}: {faults.split(',')[i]}: exit {out.returncode}, "
+              f"{time.monotonic() - start:.1f} s")
         assert (run_root / f"fault-{i}").exists(), f"{note}: fault {i} did not fire\n{out.stderr}"
         assert out.returncode == EXIT[sig, target], f"{note}: fault {i}\n{out.stderr[-3000:]}"
         assert "Traceback" not in out.stderr, f"{note}: fault {i}\n{out.stderr[-3000:]}"
@@ -169,7 +172,9 @@ def test_fault_matrix_resumes_to_the_uninterrupted_weights(fault_plan, reference
         if sig in ("SIGTERM", "SIGINT") and stage != "detector":  # a resumable checkpoint
             state = stage_state(run_dir / stage, "fit")
             assert state.status == "resume", (note, state)
+    start = time.monotonic()
     out = _run(fault_plan, run_root, faults)
+    print(f"final rerun: exit {out.returncode}, {time.monotonic() - start:.1f} s")
     assert out.returncode == 0, f"{note}\n{out.stderr[-3000:]}"
     assert all(s == "done" for s in _states(fault_plan, run_root).values())
     for stage in FIT_STAGES:
@@ -180,8 +185,13 @@ def test_fault_matrix_resumes_to_the_uninterrupted_weights(fault_plan, reference
         assert not different, f"{note}: {stage} differs from the uninterrupted run in {different[:5]}"
     got = json.loads((run_dir / "detector" / "results_test.json").read_text())
     want = json.loads((reference / "detector" / "results_test.json").read_text())
-    got.pop("_provenance"), want.pop("_provenance")
+    provenance = got.pop("_provenance")
+    want.pop("_provenance")
     assert got == want, note
+    detector = next(j for j in plan_jobs(load_plan(fault_plan["plan"]), run_root)
+                    if j.stage == "detector")
+    assert (provenance["plan"], provenance["variant"], provenance["config_hash"]) == \
+        ("faults", "main", detector.config_hash())
 
 
 def _fit_in_process(fault_plan: dict, run_dir: Path, monkeypatch, faults: str = "") -> int:
