@@ -2,7 +2,9 @@
 (tests/ on PYTHONPATH) that sends a real signal at a chosen training step.
 
 ``FAULTS`` (environment): comma-separated ``stage:SIGNAL:target:step`` entries, ``target``
-``self`` (the stage process) or ``parent`` (the plan runner); each fires once (a marker file
+``self`` (the stage process), ``group`` (its process group: the stage and its loader workers, as
+Ctrl-C in a terminal or a cluster's SIGTERM reach them) or ``parent`` (the plan runner); each
+fires once (a marker file
 under ``FAULT_DIR``), in order, when its stage passes its step (a test stage: at its start).
 """
 
@@ -30,6 +32,9 @@ def _pending(stage: str) -> tuple[str, str, int, Path] | None:
 
 def _fire(sig: str, target: str, marker: Path) -> None:
     marker.write_text(f"{sig} {target} {time.time()}")
+    if target == "group":
+        os.killpg(os.getpgrp(), getattr(signal, sig))
+        return
     pid = os.getppid() if target == "parent" else os.getpid()
     if sig == "SIGUSR1":  # handled (Lightning saves and requeues); give it time to run
         os.kill(pid, signal.SIGUSR1)

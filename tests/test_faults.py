@@ -130,12 +130,13 @@ def reference(fault_plan) -> Path:
 
 
 #: (stage, signal, target) in the order they fire; each one stops a run, the next run resumes.
-#: A representative subset (each stage faulted, each signal on a stage process, the runner
-#: killed with SIGTERM and with -9), not every stage x signal pair: each run costs process starts.
+#: A representative subset (each stage faulted, each signal on a stage process, SIGINT to the
+#: stage's whole process group with a loader worker in it, the runner killed with SIGTERM and
+#: with -9), not every stage x signal pair: each run costs process starts.
 CHAIN = [("pretrain", "SIGTERM", "self"), ("pretrain", "SIGKILL", "self"),
-         ("finetune", "SIGINT", "self"), ("finetune", "SIGTERM", "parent"),
+         ("finetune", "SIGINT", "group"), ("finetune", "SIGTERM", "parent"),
          ("mapping", "SIGKILL", "parent"), ("detector", "SIGTERM", "self")]
-EXIT = {("SIGTERM", "self"): 143, ("SIGINT", "self"): 130, ("SIGKILL", "self"): 1,
+EXIT = {("SIGTERM", "self"): 143, ("SIGINT", "group"): 130, ("SIGKILL", "self"): 1,
         ("SIGTERM", "parent"): 143, ("SIGKILL", "parent"): -9}
 
 
