@@ -124,7 +124,7 @@ class GracefulInterrupt(Callback):
         os.kill(os.getpid(), signal.SIGTERM)  # Lightning's SIGTERM path: every rank stops
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._saved_handler is not None:
+        if getattr(self, "_saved_handler", None) is not None:
             signal.signal(signal.SIGINT, self._saved_handler)
             self._saved_handler = None
 
@@ -132,16 +132,17 @@ class GracefulInterrupt(Callback):
                            batch_idx: int) -> None:
         # save where Lightning's own step checkpoints are taken (it restores that point
         # exactly, the last batch of an epoch included); it then raises SIGTERMException
-        if trainer.received_sigterm and self._saved_step != trainer.global_step:
+        if trainer.received_sigterm and getattr(self, "_saved_step", None) != trainer.global_step:
             self._save(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule,
                      exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")  # the caller's Ctrl-C handling is back
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return
         LAST_INTERRUPT.setdefault("signal", "SIGTERM")
         LAST_INTERRUPT["step"] = trainer.global_step
-        if self._saved_step == trainer.global_step:
+        if getattr(self, "_saved_step", None) == trainer.global_step:
             return
         if trainer.training and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             # after the step's hooks, at the end of an epoch: a state Lightning cannot resume
