@@ -16,6 +16,7 @@ so that the repeated ones can be dropped before computing metrics.
 
 from __future__ import annotations
 
+import signal
 from typing import Literal
 
 import lightning as L
@@ -37,8 +38,16 @@ from data_modules.pseudo import (
     PseudoMethod,
     pseudo_fake_videos,
 )
-from data_modules.samplers import BalancedRealFakeSampler, VideoEpochSampler
+from data_modules.samplers import BalancedRealFakeSampler, ResumableLoader, VideoEpochSampler
 from deepfakemae.records import REAL, REAL_METHOD
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM and SIGINT: a cluster (or Ctrl-C) signals every process of
+    a job, and the training process, not its workers, decides how to stop (it saves a
+    checkpoint, then ends them; they also exit when it is gone)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class DeepfakeDataModule(L.LightningDataModule):
@@ -235,18 +244,20 @@ class DeepfakeDataModule(L.LightningDataModule):
         return VideoEpochSampler(self.train_dataset, seed=self.seed,
                                  samples_per_video=self.samples_per_video)
 
-    def _loader(self, dataset: FaceClipDataset, batch_size: int, **kw) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, **kw)
+    def _loader(self, dataset: FaceClipDataset, batch_size: int, loader=DataLoader,
+                **kw) -> DataLoader:
+        workers = {"worker_init_fn": ignore_stop_signals} if self.num_workers > 0 else {}
+        return loader(dataset, batch_size=batch_size, num_workers=self.num_workers,
+                      pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                      **workers, **kw)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
         sampler = self.train_sampler()
         # drop a ragged last batch (BatchNorm, balanced pairs) unless it is the only one
-        return self._loader(self.train_dataset, self.batch_size, sampler=sampler,
-                            drop_last=len(sampler) > self.batch_size)
+        return self._loader(self.train_dataset, self.batch_size, loader=ResumableLoader,
+                            sampler=sampler, drop_last=len(sampler) > self.batch_size)
 
     def val_dataloader(self) -> list[DataLoader]:
         if not self.val_datasets:

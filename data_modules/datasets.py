@@ -185,6 +185,18 @@ def build_domain_map(train_methods: list[str], domains: list[str] | None = None)
     return {**ids, **{m: ids[domain(m)] for m in train_methods}}
 
 
+def _sample_seeds(index: int) -> tuple[int, int]:
+    """Two seeds (pseudo-fake, augmentation) of one sample: from the seed a training sampler
+    gave its index (``data_modules.samplers.SampleIndex``), else from the torch RNG (per loader
+    worker)."""
+    seed = getattr(index, "seed", None)
+    if seed is None:
+        return (int(torch.randint(0, 2**31 - 1, ()).item()),
+                int(torch.randint(0, 2**31 - 1, ()).item()))
+    a, b = np.random.SeedSequence([seed]).generate_state(2) % (2**31 - 1)
+    return int(a), int(b)
+
+
 class FaceClipDataset(Dataset):
     """Samples of ``clip_len`` consecutive cached frames (``clip_len=1``: frame samples).
 
@@ -262,16 +274,16 @@ class FaceClipDataset(Dataset):
         crops = entry.crops[inverse]  # (T, S, S, 3)
         lms = entry.landmarks[inverse].astype(np.float32)  # (T, 68, 2)
         crops, lms = resize_faces(crops, lms, self.img_size)
+        seeds = _sample_seeds(index)  # (pseudo-fake, augmentation)
         if video.pseudo_of is not None:  # a real video's pseudo-fake twin: one blend per clip
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            seed = seeds[0]
             if video.method in DONOR_METHODS:
                 donor_crops, donor_lms = self._donor_clip(video.pseudo_of, len(pos), seed)
                 crops = make_blend_swap(crops, lms, donor_crops, donor_lms, seed)
             else:
                 crops = make_pseudo_fake(crops, lms, seed)
         if self.augment is not None:
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())  # per-worker torch RNG
-            crops, lms = self.augment(crops, lms, seed)
+            crops, lms = self.augment(crops, lms, seeds[1])
         image = to_tensor(crops)  # (T, 3, H, W)
         landmarks = torch.from_numpy(np.ascontiguousarray(lms))  # (T, 68, 2)
         frame_index = torch.from_numpy(entry.frame_indices[inverse].astype(np.int64))  # (T,)

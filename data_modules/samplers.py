@@ -6,6 +6,14 @@ place under DDP (it only injects its own sampler when the loader's sampler is *n
 initialised ``torch.distributed`` process group (1 / 0 without one), every rank yields the same
 number of indices, and Lightning calls ``set_epoch`` at each epoch start.
 
+Each index is a :class:`SampleIndex`: an ``int`` carrying the sample's own random seed, drawn
+from ``(seed, epoch)`` per position of the epoch, which the dataset uses for its augmentation
+and pseudo-fake draws (so a sample's pixels do not depend on which loader worker made it).
+``resume_at(epoch, n)`` makes the next pass over ``epoch`` start at its ``n``-th index, and
+:class:`ResumableLoader` (the training loader) saves its position in Lightning's checkpoints:
+a fit resumed in mid-epoch continues exactly where the interrupted one stopped
+(``deepfakemae.callbacks.ExactResume`` keeps the position up to date).
+
 Indices refer to ``FaceClipDataset`` samples built with ``windows="all"``: the sampler first
 picks videos, then one window (a frame, or a T-frame clip) of each picked video.
 """
@@ -17,11 +25,46 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from data_modules.datasets import DataError, FaceClipDataset
 from data_modules.indexes.ffpp import target_real_key
 from deepfakemae.records import REAL
+
+
+class SampleIndex(int):
+    """A dataset index with the sample's random ``seed`` (``int(seed)`` in ``[0, 2**31)``)."""
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> SampleIndex:
+        obj = super().__new__(cls, index)
+        obj.seed = int(seed)
+        return obj
+
+    def __reduce__(self):  # keep the seed through pickling (loader workers)
+        return SampleIndex, (int(self), self.seed)
+
+
+class ResumableLoader(DataLoader):
+    """The training ``DataLoader`` with Lightning's stateful-loader interface: its state (the
+    epoch and the batches of it already trained on, ``batches_done``) goes into every fit
+    checkpoint, and loading it makes the sampler skip those batches (``resume_at``) before the
+    loader is first iterated — which Lightning does before any callback hook of a resumed fit.
+    """
+
+    batches_done = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)),
+                "batches_done": int(self.batches_done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches_done = int(state.get("batches_done", 0))
+        if hasattr(self.sampler, "resume_at") and self.batch_size:
+            epoch = int(state.get("epoch", 0))
+            self.sampler.set_epoch(epoch)  # Lightning sets it only after its first iteration
+            self.sampler.resume_at(epoch, self.batches_done * self.batch_size)
 
 
 def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
@@ -43,9 +86,28 @@ class _VideoWindowSampler(DistributedSampler):
         num_replicas, rank = _world(num_replicas, rank)
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.ranges = dataset.sample_ranges  # (V, 2)
+        self._resume: tuple[int, int] | None = None
 
     def _rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch])
+
+    def resume_at(self, epoch: int, position: int) -> None:
+        """Start the next pass over ``epoch`` at this rank's ``position``-th index (once)."""
+        self._resume = (int(epoch), int(position))
+
+    def _seeded(self, indices: np.ndarray, start: int, stride: int = 1
+                ) -> Iterator[SampleIndex]:
+        """This rank's ``indices`` (which begin at ``start`` of the epoch's global order) with
+        their per-position seeds, from the resume position when one was set for this epoch."""
+        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(
+            0, 2**31 - 1, size=self.total_size)
+        positions = start + np.arange(len(indices)) * stride
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1]
+        self._resume = None
+        return iter([SampleIndex(i, seeds[p]) for i, p in
+                     zip(indices.tolist()[skip:], positions.tolist()[skip:], strict=True)])
 
     def _windows(self, videos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         lo, hi = self.ranges[videos, 0], self.ranges[videos, 1]
@@ -57,7 +119,8 @@ class _VideoWindowSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         rng = self._rng()
         videos = self._video_order(rng)  # same on every rank
-        return iter(self._windows(videos, rng)[self.rank::self.num_replicas].tolist())
+        mine = self._windows(videos, rng)[self.rank::self.num_replicas]
+        return self._seeded(mine, self.rank, stride=self.num_replicas)
 
 
 class VideoEpochSampler(_VideoWindowSampler):
@@ -174,4 +237,4 @@ class BalancedRealFakeSampler(_VideoWindowSampler):
         if self.paired:
             windows = self._align_pairs(videos, windows)
         start = self.rank * self.num_samples
-        return iter(windows[start:start + self.num_samples].tolist())
+        return self._seeded(windows[start:start + self.num_samples], start)

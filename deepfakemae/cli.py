@@ -75,16 +75,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser, run = _tool_parser(command)
         return int(run(parser.parse_args(args[1:])) or 0)
     if command in LIGHTNING_COMMANDS:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
         from data_modules.datasets import DataError
+        from deepfakemae.callbacks import INTERRUPT_EXIT_CODES, LAST_INTERRUPT
         from deepfakemae.lightning_cli import RunDirError, run_lightning_cli
         from deepfakemae.models.pretrained import PretrainedWeightsError
         from deepfakemae.modules.checkpoints import CheckpointError
+        from deepfakemae.runstate import StageLockedError
 
         try:  # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
             run_lightning_cli(None if argv is None else args)
-        except (CheckpointError, RunDirError, DataError, PretrainedWeightsError) as exc:
+        except (CheckpointError, RunDirError, DataError, StageLockedError,
+                PretrainedWeightsError) as exc:
             print(f"deepfakemae {command}: error: {exc}", file=sys.stderr)
             return 2
+        except SIGTERMException:  # Lightning's graceful stop exits 0: say it was interrupted
+            name = LAST_INTERRUPT.get("signal", "SIGTERM")
+            saved = LAST_INTERRUPT.get("checkpoint")
+            print(f"deepfakemae {command}: interrupted by {name}; "
+                  + (f"resume with --ckpt_path={saved}" if saved else "nothing was saved"),
+                  file=sys.stderr)
+            return INTERRUPT_EXIT_CODES.get(name, 143)
         return 0
     print(f"deepfakemae: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2

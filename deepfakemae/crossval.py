@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from deepfakemae.branches import ordered_labels
+from deepfakemae.faces.files import atomic_path, atomic_write_text
 from deepfakemae.metrics import Interval, ScoredSet, bootstrap_auc, weighted_auc
 from deepfakemae.plans import STAGES, Plan, merge_args
 from deepfakemae.results import read_scores_csv
@@ -55,9 +56,8 @@ def make_folds(pairs: list[Pair], k: int) -> list[dict[str, list[Pair]]]:
 
 def write_fold_splits(fold: dict[str, list[Pair]], directory: Path) -> Path:
     """Write a fold as FF++-format split files ``train/val/test.json`` in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
     for split, pairs in fold.items():
-        (directory / f"{split}.json").write_text(json.dumps([list(p) for p in pairs]), encoding="utf-8")
+        atomic_write_text(directory / f"{split}.json", json.dumps([list(p) for p in pairs]))
     return directory
 
 
@@ -156,8 +156,9 @@ def fold_markdown(score_files: list[Path]) -> str:
 
 
 def write_results_csv(results: list[SetResult], path: Path) -> Path:
-    """Long-format CSV: test set, branch, level, auc, ci_low, ci_high, videos per class."""
-    with path.open("w", newline="", encoding="utf-8") as f:
+    """Long-format CSV: test set, branch, level, auc, ci_low, ci_high, videos per class
+    (written atomically)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["test_set", "branch", "level", "auc", "ci_low", "ci_high",
                          "num_real_videos", "num_fake_videos"])

@@ -1,9 +1,12 @@
-"""LightningCLI wiring: omegaconf configs, the resolved config and run info saved with every run."""
+"""LightningCLI wiring: omegaconf configs, the resolved config and run info saved with every run,
+the stage folder's lock and completion rules (:mod:`deepfakemae.runstate`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -12,10 +15,17 @@ from pathlib import Path
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from deepfakemae.callbacks import default_callbacks
+from deepfakemae.callbacks import TestResultFiles, default_callbacks
+from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.models.pretrained import check_mae_init
 from deepfakemae.modules.checkpoints import CHECKPOINT_ARGUMENTS, check_checkpoint
 from deepfakemae.runinfo import run_info
+from deepfakemae.runstate import (
+    acquire_lock,
+    exit_with_parent,
+    release_lock,
+    resume_checkpoint,
+)
 from deepfakemae.visualize import local_log_dir
 
 
@@ -57,8 +67,7 @@ class SaveConfigAndRunInfo(SaveConfigCallback):
         info = run_info()
         if trainer.is_global_zero:  # only rank 0 gets here: no collectives (trainer.log_dir is one)
             path = local_log_dir(trainer) / record_names(stage)[1]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+            atomic_write_text(path, json.dumps(info, indent=2, default=str))
         for logger in trainer.loggers:
             config = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
             logger.log_hyperparams({"config": effective_config(config, pl_module.hparams),
@@ -125,6 +134,44 @@ def place_outputs(run) -> None:
             init["dirpath"] = str(Path(root) / "checkpoints")
 
 
+#: environment the plan runner sets for a stage: where its results come from
+PROVENANCE_ENV = {"plan": "DEEPFAKEMAE_PLAN", "variant": "DEEPFAKEMAE_VARIANT",
+                  "config_hash": "DEEPFAKEMAE_CONFIG_HASH"}
+
+
+#: stage folders this process locked (released when its LightningCLI run returns)
+_HELD_LOCKS: list[Path] = []
+
+
+def stage_dir(run) -> Path:
+    """The stage folder of a parsed run: ``trainer.default_root_dir`` (Lightning's default, the
+    working directory, when unset)."""
+    root = _value(_value(run, "trainer"), "default_root_dir")
+    return Path(root) if root else Path.cwd()
+
+
+def resolve_resume(run) -> None:
+    """``fit --ckpt_path=last``: the stage's newest resumable checkpoint
+    (:func:`deepfakemae.runstate.resume_checkpoint`), or none for a first run — so one job line
+    starts, and after a preemption resumes, the same stage (a finished stage resumes at its
+    last step and ends at once, unless the line raised ``max_steps``)."""
+    if _value(run, "ckpt_path") == "last" and not _value(run, "fresh"):
+        found = resume_checkpoint(stage_dir(run))
+        run["ckpt_path"] = str(found) if found is not None else None
+
+
+def config_hash(config: dict) -> str:
+    """A short SHA-256 of a JSON-able config (sorted keys)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def is_rank_zero_process() -> bool:
+    """False in the other ranks a DDP launcher (or SLURM) starts: they neither lock nor watch."""
+    return all(os.environ.get(k, "0") in ("", "0")
+               for k in ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def check_not_finished(run) -> None:
     """Refuse a ``fit`` that would train over a run's ``last.ckpt`` without ``--ckpt_path``
     (resume) or ``--fresh``; raises :class:`RunDirError` naming the file and both switches."""
@@ -171,11 +218,30 @@ class DeepfakeMAECLI(LightningCLI):
         run = _value(self.config, command) if command else self.config
         place_outputs(run)
         if command == "fit":
+            resolve_resume(run)
             check_not_finished(run)
         given = sys.argv[1:] if args is None else list(args)
         if command in ("validate", "test") and not any(a.startswith("--verbose") for a in given):
             run["verbose"] = False  # our summary instead of Lightning's tables
         check_run_checkpoints(self.config)
+        if command in ("fit", "test") and is_rank_zero_process():
+            acquire_lock(stage_dir(run), f"deepfakemae {command}")
+            _HELD_LOCKS.append(stage_dir(run))
+
+    def before_test(self) -> None:
+        """Give the test's results their provenance: the plan, variant and config hash the
+        plan runner passes (``DEEPFAKEMAE_PLAN`` / ``_VARIANT`` / ``_CONFIG_HASH``), else the
+        hash of this run's own parsed config."""
+        run = _value(self.config, "test")
+        own = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
+        provenance = {key: os.environ.get(var) for key, var in PROVENANCE_ENV.items()}
+        provenance["config_hash"] = provenance["config_hash"] or config_hash(own)
+        init = _value(_value(run, "model"), "init_args") or {}
+        provenance["checkpoints"] = {arg: str(init[arg]) for arg in CHECKPOINT_ARGUMENTS
+                                     if _value(init, arg)}
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, TestResultFiles):
+                callback.provenance = provenance
 
     def add_arguments_to_parser(self, parser) -> None:
         """``--fresh``: let ``fit`` train anew over a finished run."""
@@ -227,9 +293,12 @@ def run_lightning_cli(args: Sequence[str] | None = None) -> DeepfakeMAECLI:
     if args is not None:  # let LightningCLI read them as if typed (it warns when given both)
         sys.argv = [saved_argv[0] if saved_argv else "deepfakemae", *args]
     sys.argv = [sys.argv[0], *locate_configs(sys.argv[1:])]
+    exit_with_parent()
     try:
         return DeepfakeMAECLI()
     finally:
+        while _HELD_LOCKS:
+            release_lock(_HELD_LOCKS.pop())
         sys.argv = saved_argv
         _finish_wandb()
         _end_process_group()

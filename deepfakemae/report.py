@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from deepfakemae.branches import BRANCHES, FUSED, ordered_labels
+from deepfakemae.faces.files import atomic_path, atomic_write_text
 from deepfakemae.plans import (
     PLAN_RECORD,
     TABLES_DIR,
@@ -31,6 +33,7 @@ from deepfakemae.plans import (
     load_plan,
     plan_from_record,
 )
+from deepfakemae.results import RESULTS_FILE, Results, ResultsError, read_results
 
 PAPER_RESULTS = experiments_dir() / "paper_results.yaml"
 DEFAULT_METRIC = f"{FUSED}/auc"
@@ -71,6 +74,7 @@ class TableReport:
     run_dir: Path
     blocks: list[Block]
     notes: list[str]
+    problems: list[str] = field(default_factory=list)  # results files not used, with the fix
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -91,17 +95,60 @@ def _paper_block(paper: dict, table: str, name: str | None) -> dict | None:
 
 
 class _Results:
-    """Reads (and caches) ``results_test.json`` files."""
+    """Reads (and caches) ``results_test.json`` files, checked (:func:`read_results`) and
+    matched to the run they should hold (their provenance); ``problems`` lists each file that
+    was not used and why, with the fix."""
 
-    def __init__(self) -> None:
-        self._files: dict[Path, dict | None] = {}
+    def __init__(self, plan: Plan, resolver: Resolver) -> None:
+        self.plan, self.resolver = plan, resolver
+        self._files: dict[Path, Results | None] = {}
+        self.problems: list[str] = []
+        self.notes: list[str] = []
 
-    def get(self, path: Path, test_set: str, metric: str) -> float | None:
+    def load(self, path: Path, owner: tuple[str, str]) -> Results | None:
+        """The results of ``owner`` (table, variant) in ``path``, None when there are none or
+        they cannot be used (then a problem names the file)."""
+        if path in self._files:
+            return self._files[path]
+        found = None
+        if path.exists():
+            fix = f"rerun it with `{rerun_command(self.plan)}`"
+            try:
+                found = read_results(path, fix=f"it is not counted; {fix}")
+            except ResultsError as exc:
+                self.problems.append(str(exc))
+            else:
+                found = self._check_provenance(path, found, owner, fix)
+        self._files[path] = found
+        return found
+
+    def _check_provenance(self, path: Path, found: Results, owner: tuple[str, str],
+                          fix: str) -> Results | None:
+        made = found.provenance
+        if not made.get("plan") and not made.get("variant"):
+            self.notes.append(f"{path} records no plan or variant (written before results "
+                              "carried their provenance, or by a hand-run test)")
+            return found
+        if (made.get("plan"), made.get("variant")) != owner:
+            self.problems.append(
+                f"{path} holds results of {made.get('plan')}/{made.get('variant')}, not of "
+                f"{owner[0]}/{owner[1]} (copied from another run folder?); refused: {fix}")
+            return None
+        try:
+            expected = self.resolver.job(*owner, "detector").config_hash()
+        except PlanError:
+            expected = None
+        if expected and made.get("config_hash") and made["config_hash"] != expected:
+            self.notes.append(f"{path} was made with another configuration (hash "
+                              f"{made['config_hash']}; the plan now gives {expected}): "
+                              f"{fix} for results of the current one")
+        return found
+
+    def get(self, path: Path, owner: tuple[str, str], test_set: str, metric: str
+            ) -> float | None:
         """``metric`` of ``test_set`` in results file ``path`` (read once), None if absent."""
-        if path not in self._files:
-            self._files[path] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-        data = self._files[path]
-        value = (data or {}).get(test_set, {}).get(metric)
+        found = self.load(path, owner)
+        value = (found.sets if found else {}).get(test_set, {}).get(metric)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
         return 100.0 * float(value)
@@ -146,8 +193,9 @@ def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None
     run_root = Path(run_root)
     paper = load_paper_results() if paper is None else paper
     resolver = Resolver(plan, run_root)
-    results = _Results()
-    spec = plan.report if (plan.report or {}).get("blocks") else default_layout(plan, run_root)
+    results = _Results(plan, resolver)
+    spec = plan.report if (plan.report or {}).get("blocks") else default_layout(plan, run_root,
+                                                                                 results)
     blocks = []
     for bspec in spec.get("blocks") or []:
         columns = [str(c["label"]) for c in bspec["columns"]]
@@ -172,8 +220,8 @@ def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None
                 value, source = None, ""
                 if variants is None or variant in variants:
                     owner = resolver.owner(plan.name, variant, "detector")
-                    path = resolver.run_dir(*owner) / "detector" / "results_test.json"
-                    value = results.get(path, test_set, metric)
+                    path = resolver.run_dir(*owner) / "detector" / RESULTS_FILE
+                    value = results.get(path, owner, test_set, metric)
                     source = str(path) if value is not None else ""
                 ours.append(value)
                 sources.append(source)
@@ -194,8 +242,9 @@ def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None
                      Row(f"Δ {label} (ours − paper)", diff, "diff", label)]
         title = str(bspec.get("title") or bspec.get("paper_block") or "")
         blocks.append(Block(title if len(spec["blocks"]) > 1 else "", shown, rows, cells))
+    notes = _notes(plan, run_root) + [f"Not used: {p}" for p in results.problems] + results.notes
     return TableReport(plan.name, plan.title, plan.demo, str(spec.get("row_header") or "Method"),
-                       run_root / plan.name, blocks, _notes(plan, run_root))
+                       run_root / plan.name, blocks, notes, results.problems)
 
 
 def rerun_command(plan: Plan) -> str:
@@ -210,18 +259,17 @@ def rerun_command(plan: Plan) -> str:
     return f"deepfakemae run {plan.name}{' --demo' if plan.demo else ''}"
 
 
-def default_layout(plan: Plan, run_root: Path) -> dict:
+def default_layout(plan: Plan, run_root: Path, reader: _Results | None = None) -> dict:
     """A report layout for a plan that has none (the demo's): a row per variant and test set
     found in its detector results, columns for the fused detector and both branches."""
     resolver = Resolver(plan, run_root)
+    reader = reader or _Results(plan, resolver)
     rows = []
     found = {FUSED, *(kind.label for kind in BRANCHES.values())}
     for variant in plan.variants:
-        path = resolver.run_dir(*resolver.owner(plan.name, variant, "detector")) / "detector"
-        try:
-            results = json.loads((path / "results_test.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            results = {}
+        owner = resolver.owner(plan.name, variant, "detector")
+        loaded = reader.load(resolver.run_dir(*owner) / "detector" / RESULTS_FILE, owner)
+        results = loaded.sets if loaded else {}
         sets = sorted(results)
         found |= {k.rsplit("/", 1)[0] for m in results.values() for k in m if k.endswith("/auc")}
         label = "" if len(plan.variants) == 1 else f"{variant} "
@@ -307,8 +355,8 @@ def write_report(report: TableReport, output: str | Path) -> tuple[Path, Path]:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     md, csv_path = output / f"{report.name}.md", output / f"{report.name}.csv"
-    md.write_text(render_markdown(report), encoding="utf-8")
-    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+    atomic_write_text(md, render_markdown(report))
+    with atomic_path(csv_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(csv_rows(report))
@@ -372,7 +420,11 @@ def plan_for(runs: TableRuns, demo: bool = False) -> Plan:
     """The plan of a table's runs: the ``plan.json`` `run_plan` wrote, else the plan file."""
     record = runs.table_dir / PLAN_RECORD
     if record.exists():
-        return plan_from_record(json.loads(record.read_text(encoding="utf-8")))
+        try:
+            return plan_from_record(json.loads(record.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PlanError(f"{record} is unreadable ({exc!r}); rerun the table with "
+                            "`deepfakemae run` (it writes the record again) or remove it") from None
     path = TABLES_DIR / f"{runs.table}.yaml"
     if not path.exists():
         raise PlanError(f"no {record} and no plan {path}; run the table with "
@@ -388,5 +440,7 @@ def report_tables(paths: Sequence[str | Path], table: str | None = None,
         plan = plan_for(runs, demo)
         report = build_table(plan, runs.run_root, runs.variants)
         write_report(report, output or runs.run_root / "report")
+        for problem in report.problems:
+            print(f"deepfakemae report: {problem}", file=sys.stderr)
         reports.append(report)
     return reports

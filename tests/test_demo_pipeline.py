@@ -11,6 +11,7 @@ import re
 import pytest
 
 from deepfakemae.cli import main
+from deepfakemae.results import read_results
 
 
 @pytest.mark.slow
@@ -22,7 +23,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert main(args) == 0
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "demo" / "main"
-    results = json.loads((run / "detector" / "results_test.json").read_text())
+    results = read_results(run / "detector" / "results_test.json").sets
     assert sorted(results) == ["EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend"]
     for metrics in results.values():
         for branch in ("fused", "F", "M"):

@@ -25,6 +25,7 @@ from deepfakemae.plans import (
     plan_jobs,
     run_plan,
 )
+from deepfakemae.runstate import write_done
 from deepfakemae.synth.methods import DEMO_METHODS
 
 TABLES = [f"table{i}" for i in range(1, 7)]
@@ -49,6 +50,19 @@ def _touch(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")
     return path
+
+
+def _finish(stage_dir: Path) -> Path:
+    """A stage folder as a finished run leaves it: a fit's last.ckpt and its done.json, or a
+    test's complete results_test.json."""
+    if stage_dir.name == "detector":
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / "results_test.json").write_text('{"celebdf": {"fused/auc": 0.5}}')
+        return stage_dir
+    _touch(stage_dir / "checkpoints/last.ckpt")
+    write_done(stage_dir, {"global_step": 4, "checkpoint": "checkpoints/last.ckpt",
+                           "checkpoint_bytes": 0})
+    return stage_dir
 
 
 @pytest.mark.parametrize("demo", [False, True])
@@ -88,12 +102,15 @@ def test_table4_dry_run_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     w25 = ("WANDB_NAME=table4/ratio_25/pretrain WANDB_RUN_GROUP=table4/ratio_25 "
            "WANDB_JOB_TYPE=pretrain WANDB_TAGS=table4,ratio_25,pretrain")
-    assert (f"RUN_DIR={tmp_path}/table4/ratio_25 {w25} deepfakemae fit -c "
+    job = by_key["table4", "ratio_25", "pretrain"]
+    provenance = (f"DEEPFAKEMAE_PLAN=table4 DEEPFAKEMAE_VARIANT=ratio_25 "
+                  f"DEEPFAKEMAE_CONFIG_HASH={job.config_hash()}")
+    assert (f"RUN_DIR={tmp_path}/table4/ratio_25 {w25} {provenance} deepfakemae fit -c "
             f"experiments/pretrain.yaml --model.init_args.mask_ratio=0.25") in out
     w75 = ("WANDB_NAME=table4/ratio_75/detector WANDB_RUN_GROUP=table4/ratio_75 "
            "WANDB_JOB_TYPE=detector WANDB_TAGS=table4,ratio_75,detector")
-    assert (f"RUN_DIR={tmp_path}/table4/ratio_75 {w75} deepfakemae test -c "
-            "experiments/detector.yaml") in out
+    assert f"RUN_DIR={tmp_path}/table4/ratio_75 {w75} DEEPFAKEMAE_PLAN=table4 " in out
+    assert "deepfakemae test -c experiments/detector.yaml" in out
     assert "# table4: 12 of 12 stage runs pending" in out
 
 
@@ -200,8 +217,8 @@ def test_skip_done_stage_and_fresh_reruns(tmp_path):
     plan = load_plan(TABLES_DIR / "table4.yaml")
     run = tmp_path / "table4" / "ratio_25"
     assert [j.stage for j in pending_stages(plan, tmp_path, variants=["ratio_25"])] == list(STAGES)
-    _touch(run / "pretrain/checkpoints/last.ckpt")
-    _touch(run / "detector/results_test.json")
+    _finish(run / "pretrain")
+    _finish(run / "detector")
     pending = [j.stage for j in pending_stages(plan, tmp_path, variants=["ratio_25"])]
     assert pending == ["finetune", "mapping"]
     fresh = pending_stages(plan, tmp_path, variants=["ratio_25"], fresh=True)
@@ -214,20 +231,20 @@ def test_skip_done_stage_and_fresh_reruns(tmp_path):
 def test_interrupted_fit_resumes_from_last_checkpoint(tmp_path):
     plan = load_plan(TABLES_DIR / "table4.yaml")
     stage_dir = tmp_path / "table4" / "ratio_75" / "pretrain"
-    ckpt = _touch(stage_dir / "checkpoints/last.ckpt")
-    _touch(stage_dir / ".running")
+    ckpt = _touch(stage_dir / "checkpoints/last.ckpt")  # a checkpoint, but no done.json
     job = pending_stages(plan, tmp_path, variants=["ratio_75"])[0]
     assert (job.stage, job.status) == ("pretrain", "resume")
-    assert job.args[-1] == f"--ckpt_path={ckpt}"
+    assert str(ckpt) in job.reason
+    assert job.args[-1] == "--ckpt_path=last"  # the same line starts and resumes a stage
     fresh = pending_stages(plan, tmp_path, variants=["ratio_75"], fresh=True)[0]
     assert fresh.status == "pending" and not any(a.startswith("--ckpt_path") for a in fresh.args)
+    assert fresh.args[-1] == "--fresh"
 
 
 def test_reused_table_work_is_kept_under_fresh(tmp_path):
     plan = load_plan(TABLES_DIR / "table6.yaml")
-    for stage in ("pretrain", "finetune", "mapping"):
-        _touch(tmp_path / f"table1/main/{stage}/checkpoints/last.ckpt")
-    _touch(tmp_path / "table1/main/detector/results_test.json")
+    for stage in ("pretrain", "finetune", "mapping", "detector"):
+        _finish(tmp_path / f"table1/main/{stage}")
     pending = pending_stages(plan, tmp_path, fresh=True)
     assert [(j.table, j.variant, j.stage) for j in pending] == [
         ("table6", "wo_meta", "mapping"), ("table6", "wo_meta", "detector"),

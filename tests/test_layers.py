@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 "deepfakemae.metrics", "deepfakemae.visualize", "deepfakemae.loggers",
                 "deepfakemae.explain", "deepfakemae.branches", "deepfakemae.results",
                 "deepfakemae.premise")),
-    ("modules", ("deepfakemae.modules", "deepfakemae.callbacks")),
+    ("modules", ("deepfakemae.modules", "deepfakemae.callbacks", "deepfakemae.runstate")),
     ("commands", ("deepfakemae",)),  # commands, CLI, plan runner, report: everything else
 )
 

@@ -29,8 +29,8 @@ def _results(path: Path, values: dict) -> None:
 def table4_runs(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
     _results(root / "table4/ratio_25/detector/results_test.json",
-             {"celebdf": {"fused/auc": 0.8534, "F/auc": 0.5}, "wilddeepfake": {"fused/auc": 0.79949},
-              "dfdc": {"fused/auc": float("nan")}, "num_videos": 10})
+             {"celebdf": {"fused/auc": 0.8534, "F/auc": 0.5, "num_videos": 10},
+              "wilddeepfake": {"fused/auc": 0.79949}, "dfdc": {"fused/auc": float("nan")}})
     _results(root / "table4/ratio_75/detector/results_test.json",
              {"celebdf": {"fused/auc": 0.84}, "wilddeepfake": {"fused/auc": 0.8012},
               "dfdc": {"fused/auc": 0.7371}})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -18,6 +17,7 @@ from deepfakemae.modules.checkpoints import CheckpointError, load_module
 from deepfakemae.modules.detector import DualNetworkDetector
 from deepfakemae.modules.finetune import FinetuneModule
 from deepfakemae.modules.mapping import MappingModule, meta_split
+from deepfakemae.results import read_results
 from tests.conftest import ffpp_fixture_sources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def _detector_test(root: Path, devices: int, out_dir: str) -> dict:
     assert "DataLoader" not in out.stdout and "Tip:" not in out.stdout + out.stderr
     assert "LeafSpec" not in out.stderr
     assert str(root / "runs" / "detector" / "results_test.json") in out.stdout
-    return json.loads((root / "runs" / "detector" / "results_test.json").read_text())
+    return read_results(root / "runs" / "detector" / "results_test.json").sets
 
 
 @pytest.mark.slow

@@ -31,11 +31,13 @@ from deepfakemae.crossval import (
     write_fold_splits,
     write_results_csv,
 )
+from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.plans import (
     BRANCH_STAGES,
     PRETRAIN,
     STAGES,
     Plan,
+    StageFailed,
     experiments_dir,
     load_plan,
     merge_args,
@@ -163,6 +165,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
             print_results(args.run_root / plan.name / "main", n_boot=args.bootstrap)
             print(f"\n{demo_premise(args.run_root / plan.name / 'main', cache, args.bootstrap)}",
                   flush=True)
+    except StageFailed as err:  # interrupted or failed: nothing after it ran, a rerun resumes
+        print(f"deepfakemae demo: {err}", flush=True)
+        return err.exit_code
     finally:
         if previous is None:
             os.environ.pop("DEMO_CACHE", None)
@@ -197,8 +202,8 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     folds_table = fold_markdown(score_files)
     folds_header = ("Each fold on its own: frame AUC % of its test speakers (2 real + 2 fake "
                     "videos per set, no interval: too few to give one)")
-    (root / "cv_results.md").write_text(f"{header}\n\n{table}\n\n{folds_header}\n\n"
-                                        f"{folds_table}\n", encoding="utf-8")
+    atomic_write_text(root / "cv_results.md",
+                      f"{header}\n\n{table}\n\n{folds_header}\n\n{folds_table}\n")
     write_results_csv(results, root / "cv_results.csv")
     wandb_dir = log_wandb_summary(results, root, f"{cv_name}/summary",
                                   {"folds": args.folds, "plan": str(PLAN),

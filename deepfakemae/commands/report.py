@@ -24,7 +24,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report_command(args: argparse.Namespace) -> int:
-    """``deepfakemae report``: print each table's Markdown and write Markdown + CSV files."""
+    """``deepfakemae report``: print each table's Markdown and write Markdown + CSV files.
+    Exit code 1 when a results file was malformed or refused (each named on stderr, its cells
+    left empty), else 0."""
     table = args.table
     if table is not None and not table.startswith("table"):
         table = f"table{table}"
@@ -35,4 +37,4 @@ def run_report_command(args: argparse.Namespace) -> int:
         return 2
     for report in reports:
         print(render_markdown(report))
-    return 0
+    return 1 if any(report.problems for report in reports) else 0

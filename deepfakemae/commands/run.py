@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from deepfakemae.plans import STAGES, PlanError, load_plan, run_plan
+from deepfakemae.plans import STAGES, PlanError, StageFailed, load_plan, run_plan
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +35,9 @@ def run_plan_command(args: argparse.Namespace) -> int:
     except PlanError as err:
         print(f"deepfakemae run: {err}", file=sys.stderr)
         return 2
+    except StageFailed as err:
+        print(f"deepfakemae run: {err}", file=sys.stderr)
+        return err.exit_code
     return 0
 
 

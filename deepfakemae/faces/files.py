@@ -105,3 +105,8 @@ def fs_text(text: str) -> str:
     under the current locale (``"vidéo"`` → ``"vid\\udcc3\\udca9o"`` under ``LC_ALL=C``,
     unchanged under UTF-8), so that a name read back from a UTF-8 file opens the same file."""
     return os.fsdecode(text.encode("utf-8", "surrogateescape"))
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: readers see the old file or the whole new
+    one, never a truncated or half-written one (:func:`atomic_write`)."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda handle: handle.write(data))

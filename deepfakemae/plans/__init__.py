@@ -14,6 +14,7 @@ from deepfakemae.plans.jobs import (
     Resolver,
     plan_jobs,
     stage_output,
+    stage_state_of,
     stage_status,
 )
 from deepfakemae.plans.load import (
@@ -33,9 +34,9 @@ from deepfakemae.plans.load import (
     merge_args,
     plan_from_record,
 )
-from deepfakemae.plans.runner import run_plan, write_plan_record
+from deepfakemae.plans.runner import StageFailed, run_plan, write_plan_record
 
 __all__ = ["BRANCH_STAGES", "DETECTOR", "PRETRAIN", "PLAN_RECORD", "STAGES", "STAGE_COMMAND", "STAGE_INPUTS", "TABLES_DIR", "Job", "Plan",
            "PlanError", "Resolver", "StageSpec", "experiments_dir", "flag_list", "load_plan",
-           "locate", "merge_args", "plan_from_record", "plan_jobs", "run_plan", "stage_output",
-           "stage_status", "write_plan_record"]
+           "locate", "merge_args", "plan_from_record", "plan_jobs", "run_plan", "StageFailed",
+           "stage_output", "stage_state_of", "stage_status", "write_plan_record"]

@@ -1,14 +1,16 @@
 """The job graph of a plan: one :class:`Job` per stage run, ``reuse`` links followed, done /
 pending / resume status read from the run folders.
 
-A stage is done when its output exists — ``<RUN_DIR>/<stage>/checkpoints/last.ckpt`` for the fit
-stages, ``<RUN_DIR>/detector/results_test.json`` for the detector's test run — and was not left
-interrupted (the runner keeps a ``.running`` marker in the stage folder while it trains; an
-interrupted fit stage resumes from its ``last.ckpt``).
+A stage's status is :func:`deepfakemae.runstate.stage_state` of its folder — the one rule the
+runner, ``deepfakemae demo``, the ``--dry-run`` lines and hand-written job scripts share: a fit
+stage is done only when its own run wrote ``done.json`` at the end of its whole schedule, a test
+stage when its ``results_test.json`` is complete. Every fit line carries ``--ckpt_path=last``:
+the same line starts the stage, and after an interruption (or a SLURM requeue) resumes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from deepfakemae.plans.load import (
     load_plan,
     locate,
 )
+from deepfakemae.runstate import StageState, stage_state
 
 #: LightningCLI subcommand of each stage: the detector is only tested
 STAGE_COMMAND = {stage: "test" if stage == DETECTOR else "fit" for stage in STAGES}
@@ -38,7 +41,8 @@ STAGE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 #: environment variables the stage configs read, passed through to every stage
 PASSED_ENV = ("CACHE_DIR", "DEMO_CACHE", "PRECISION")
-RUNNING_MARKER = ".running"
+#: a fit resumes its stage's newest resumable checkpoint, or starts when there is none
+RESUME_FLAG = "--ckpt_path=last"
 
 
 @dataclass
@@ -53,6 +57,25 @@ class Job:
     output: Path
     status: str  # "done" | "pending" | "resume"
     inputs: list[Path]
+    reason: str = ""  # why the status (e.g. the malformed results file)
+
+    @property
+    def stage_dir(self) -> Path:
+        """``<RUN_DIR>/<stage>``: the stage's folder (its lock, record and outputs)."""
+        return self.run_dir / self.stage
+
+    def config_hash(self) -> str:
+        """SHA-256 (16 hex digits) of the stage's command without its resume switches and of
+        the text of every config file it reads: recorded in the stage's results."""
+        digest = hashlib.sha256()
+        for arg in self.args:
+            if arg in (RESUME_FLAG, "--fresh") or arg.startswith("--ckpt_path="):
+                continue
+            digest.update(arg.encode("utf-8") + b"\0")
+        for i, arg in enumerate(self.args[:-1]):
+            if arg == "-c" and Path(self.args[i + 1]).is_file():
+                digest.update(Path(self.args[i + 1]).read_bytes())
+        return digest.hexdigest()[:16]
 
     @property
     def label(self) -> str:
@@ -65,7 +88,14 @@ class Job:
         env = {"RUN_DIR": str(self.run_dir)}
         env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
         env.update(self.wandb_env())
+        env.update(self.provenance_env())
         return env
+
+    def provenance_env(self) -> dict[str, str]:
+        """The plan, variant and config hash the stage's results carry
+        (:data:`deepfakemae.lightning_cli.PROVENANCE_ENV`)."""
+        return {"DEEPFAKEMAE_PLAN": self.table, "DEEPFAKEMAE_VARIANT": self.variant,
+                "DEEPFAKEMAE_CONFIG_HASH": self.config_hash()}
 
     def wandb_env(self) -> dict[str, str]:
         """W&B's own variables for this stage: run ``<table>/<variant>/<stage>`` in group
@@ -89,21 +119,21 @@ def _config_path(path: str) -> str:
 
 
 def stage_output(run_dir: Path, stage: str) -> Path:
-    """The file whose presence marks ``stage`` done in ``run_dir``."""
+    """The file a finished ``stage`` of ``run_dir`` leaves for its consumers: the final
+    ``last.ckpt`` of a fit stage, ``results_test.json`` of the detector."""
     if STAGE_COMMAND[stage] == "fit":
         return run_dir / stage / "checkpoints" / "last.ckpt"
     return run_dir / stage / "results_test.json"
 
 
+def stage_state_of(run_dir: Path, stage: str) -> StageState:
+    """:func:`deepfakemae.runstate.stage_state` of ``<run_dir>/<stage>``."""
+    return stage_state(run_dir / stage, STAGE_COMMAND[stage])
+
+
 def stage_status(run_dir: Path, stage: str) -> str:
-    """``done`` (output present), ``resume`` (an interrupted fit with a checkpoint) or ``pending``."""
-    output = stage_output(run_dir, stage)
-    interrupted = (run_dir / stage / RUNNING_MARKER).exists()
-    if output.exists() and not interrupted:
-        return "done"
-    if output.exists() and STAGE_COMMAND[stage] == "fit":
-        return "resume"
-    return "pending"
+    """``done``, ``resume`` (an interrupted fit with a checkpoint) or ``pending``."""
+    return stage_state_of(run_dir, stage).status
 
 
 class Resolver:
@@ -156,14 +186,15 @@ class Resolver:
             inputs.append(path)
             if owner != (table, variant):  # own inputs come from the configs' ${RUN_DIR} paths
                 extra[flag] = str(path)
-        status = stage_status(run_dir, stage)
+        state = stage_state_of(run_dir, stage)
         args = [STAGE_COMMAND[stage]]
         for config in spec.configs:
             args += ["-c", _config_path(config)]
         args += flag_list(spec.args) + [f"--{k}={v}" for k, v in extra.items()]
-        if status == "resume":
-            args.append(f"--ckpt_path={stage_output(run_dir, stage)}")
-        return Job(table, variant, stage, run_dir, args, stage_output(run_dir, stage), status, inputs)
+        if STAGE_COMMAND[stage] == "fit":
+            args.append(RESUME_FLAG)
+        return Job(table, variant, stage, run_dir, args, stage_output(run_dir, stage),
+                   state.status, inputs, state.reason)
 
 
 def plan_jobs(plan: Plan, run_root: str | Path, variants: Sequence[str] | None = None,
@@ -199,7 +230,10 @@ def plan_jobs(plan: Plan, run_root: str | Path, variants: Sequence[str] | None =
         job = resolver.job(table, variant, stage)
         if fresh and table == plan.name:
             job.status = "pending"
+            job.reason = "--fresh"
             job.args = [a for a in job.args if not a.startswith("--ckpt_path=")]
+            if job.args[0] == "fit":
+                job.args.append("--fresh")
         order.append(job)
 
     for variant in variants:

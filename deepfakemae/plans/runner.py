@@ -1,19 +1,41 @@
 """Running a plan: each pending stage as its own ``deepfakemae fit|test`` process, in order,
-after checking that its configs and input checkpoints can exist."""
+after checking that its configs and input checkpoints can exist and that no live trainer holds
+its folder.
+
+A stage process dies with the runner (it watches the runner's PID, ``DEEPFAKEMAE_PARENT_PID``,
+and stops gracefully when it is gone, e.g. after ``kill -9``). It runs in its own session, so a
+SIGINT or SIGTERM reaches it once, forwarded by the runner: it saves a resumable checkpoint and
+the runner stops with :class:`StageFailed` (exit code 130 / 143).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from deepfakemae.plans.jobs import RUNNING_MARKER, STAGE_INPUTS, Job, plan_jobs
+from deepfakemae.faces.files import atomic_write_text
+from deepfakemae.plans.jobs import STAGE_INPUTS, Job, plan_jobs, stage_state_of
 from deepfakemae.plans.load import PLAN_RECORD, Plan, PlanError
+from deepfakemae.runstate import PARENT_ENV, describe, lock_holder
+
+#: signals the runner passes on to its stage process
+FORWARDED = (signal.SIGINT, signal.SIGTERM)
+
+
+class StageFailed(RuntimeError):
+    """A stage process failed or was interrupted; ``exit_code`` is what ``deepfakemae run``
+    (and ``demo``) exits with: 130 / 143 after SIGINT / SIGTERM, else 1."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _run_stage(job: Job) -> None:
@@ -21,13 +43,40 @@ def _run_stage(job: Job) -> None:
 
     A process per stage gives each stage a fresh DDP world on multi-GPU machines (Lightning's
     launcher re-executes exactly this command for the other ranks) and frees its memory after.
+    SIGINT / SIGTERM sent to the runner are forwarded to the stage, whose graceful stop (a
+    resumable checkpoint) the runner waits for; :class:`StageFailed` when it did not end well.
     """
-    env = {**os.environ, **job.env()}
-    result = subprocess.run([sys.executable, "-m", "deepfakemae.cli", *job.args], env=env,
-                            check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{job.label} failed (exit code {result.returncode}); its log is "
-                           f"above and under {job.run_dir / job.stage}")
+    env = {**os.environ, **job.env(), PARENT_ENV: str(os.getpid())}
+    received: list[int] = []
+    proc = subprocess.Popen([sys.executable, "-m", "deepfakemae.cli", *job.args], env=env,
+                            start_new_session=True)
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    saved = {}
+    try:
+        for signum in FORWARDED:
+            try:
+                saved[signum] = signal.signal(signum, forward)
+            except ValueError:  # not the main thread: no forwarding
+                pass
+        code = proc.wait()
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        if proc.poll() is None:  # an error in the runner itself: do not leave the stage behind
+            proc.terminate()
+            proc.wait()
+    if received:
+        name = signal.Signals(received[0]).name
+        raise StageFailed(f"{job.label}: interrupted by {name} (stage exit code {code}); "
+                          f"rerun the same command to resume it", 128 + received[0])
+    if code != 0:
+        raise StageFailed(f"{job.label} failed (exit code {code}); its log is above and under "
+                          f"{job.stage_dir}", code if code in (130, 143) else 1)
 
 
 def _set_aside(job: Job) -> None:
@@ -44,14 +93,26 @@ def _set_aside(job: Job) -> None:
 def write_plan_record(plan: Plan, run_root: str | Path) -> Path:
     """``<run root>/<table>/plan.json``: the resolved plan the runs used (read by the report)."""
     out = Path(run_root) / plan.name / PLAN_RECORD
-    if out.exists() and json.loads(out.read_text(encoding="utf-8")).get("demo") != plan.demo:
+    if out.exists() and _read_record(out).get("demo") != plan.demo:
         kinds = ("paper", "demo") if plan.demo else ("demo", "paper")
         raise PlanError(f"{out.parent} holds {kinds[0]} runs of {plan.name}; put the {kinds[1]} "
                         "runs under another --run-root so the two can never be mixed up")
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {"path": str(plan.path.resolve()), "demo": plan.demo, "plan": plan.resolved}
-    out.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    atomic_write_text(out, json.dumps(record, indent=2))
     return out
+
+
+def _read_record(path: Path) -> dict:
+    """A ``plan.json``; :class:`PlanError` naming it when it is unreadable."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"{path} is unreadable ({exc}); remove it (the next `deepfakemae "
+                        "run` writes it again)") from None
+    if not isinstance(record, dict):
+        raise PlanError(f"{path} is not a plan record; remove it (the next `deepfakemae run` "
+                        "writes it again)")
+    return record
 
 
 def run_plan(plan: Plan, run_root: str | Path, fresh: bool = False,
@@ -76,10 +137,13 @@ def run_plan(plan: Plan, run_root: str | Path, fresh: bool = False,
                            not any(p == j.output for j in todo)]
                 for path in missing:
                     print(f"# needs {path} (not produced by this selection)")
+                if job.reason:
+                    print(f"# {job.status}: {job.label}: {job.reason}")
                 print(job.shell())
         return todo
     for job in todo:
         _check_ready(job, todo)
+        _check_free(job)
     write_plan_record(plan, run_root)
     print(f"{plan.name}{mode}: {len(todo)} of {len(jobs)} stage runs to do under {run_root}",
           flush=True)
@@ -92,19 +156,25 @@ def run_plan(plan: Plan, run_root: str | Path, fresh: bool = False,
         verb = "resume" if job.status == "resume" else "run"
         print(f"  [{step}/{len(todo)}] {verb} {job.label}: deepfakemae {job.args[0]} "
               f"(RUN_DIR={job.run_dir})", flush=True)
-        if fresh and job.table == plan.name and job.output.exists():
+        if fresh and job.table == plan.name and job.stage_dir.exists():
             _set_aside(job)
-        marker = job.run_dir / job.stage / RUNNING_MARKER
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"args": job.args, "started": time.time()}), encoding="utf-8")
+        _check_free(job)
         start = time.time()
         _run_stage(job)
-        if not job.output.exists():
-            raise RuntimeError(f"{job.label} finished without writing {job.output}; see the log "
-                               f"under {job.run_dir / job.stage}")
-        marker.unlink()
+        state = stage_state_of(job.run_dir, job.stage)
+        if state.status != "done":
+            raise StageFailed(f"{job.label} ended without finishing ({state.reason}); see the "
+                              f"log under {job.stage_dir}")
         print(f"  [{step}/{len(todo)}] {job.label} done in {time.time() - start:.0f} s", flush=True)
     return todo
+
+
+def _check_free(job: Job) -> None:
+    """:class:`PlanError` when another live trainer holds the stage's folder (its ``.lock``)."""
+    holder = lock_holder(job.stage_dir)
+    if holder is not None:
+        raise PlanError(f"{job.label}: {job.stage_dir} is in use by another trainer "
+                        f"({describe(holder)}); wait for it to end, or stop it, and run again")
 
 
 def _check_ready(job: Job, todo: list[Job]) -> None:
