@@ -36,9 +36,10 @@ def shard(index: int) -> dict:
 
 
 def mapping_module() -> MappingModule:
-    """A Mapping Network (random init, second-order meta step) with a micro MAE for targets."""
+    """A Mapping Network (random init, second-order meta step) with a micro MAE for targets
+    (the unmasked target: deterministic, so both runs see the same targets)."""
     torch.manual_seed(0)
-    module = MappingModule(image_log_every_n_steps=0, inner_steps=2)
+    module = MappingModule(image_log_every_n_steps=0, inner_steps=2, target="unmasked")
     module.attach_mae(create_mae("mae_vit_micro"))
     return module
 

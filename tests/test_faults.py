@@ -46,7 +46,7 @@ def _overlays(cache: Path) -> dict[str, dict]:
     data = {"img_size": 64, "num_workers": 0}
     return {
         "pretrain": {"trainer": {**TRAINER, "callbacks": [_checkpoint("val/loss", "min"), FAULT]},
-                     "model": {"init_args": {"preset": "mae_vit_micro",
+                     "model": {"init_args": {"preset": "mae_vit_micro", "init_weights": None,
                                              "image_log_every_n_steps": 0}},
                      "data": {"init_args": {**data, "batch_size": 4, "samples_per_video": 4}}},
         "finetune": {"trainer": {**TRAINER, "callbacks": [_checkpoint("val/ffpp/auc", "max"),
