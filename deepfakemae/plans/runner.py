@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from deepfakemae.faces.files import atomic_write
 from deepfakemae.plans.jobs import RUNNING_MARKER, STAGE_INPUTS, Job, plan_jobs
 from deepfakemae.plans.load import PLAN_RECORD, Plan, PlanError
 
@@ -50,7 +51,8 @@ def write_plan_record(plan: Plan, run_root: str | Path) -> Path:
                         "runs under another --run-root so the two can never be mixed up")
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"path": str(plan.path.resolve()), "demo": plan.demo, "plan": plan.resolved}
-    out.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    data = json.dumps(record, indent=2).encode("utf-8")
+    atomic_write(out, lambda h: h.write(data))  # parallel fold processes read it meanwhile
     return out
 
 
