@@ -23,7 +23,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "demo" / "main"
     results = json.loads((run / "detector" / "results_test.json").read_text())
-    assert sorted(results) == ["EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend"]
+    assert sorted(results) == ["EyesSwap", "EyesSwap@s3", "FaceSwapWarp", "FaceSwapWarp@s3",
+                               "LipsSwap", "LipsSwap@s3", "SelfBlend", "SelfBlend@s3"]
     for metrics in results.values():
         for branch in ("fused", "F", "M"):
             assert math.isfinite(metrics[f"{branch}/video_auc"])
@@ -33,6 +34,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert list(run.glob("*/wandb/offline-run-*"))
     assert "wandb sync" in out
     assert re.search(r"\| LipsSwap \| 2/2 \| [0-9.]+ \[[0-9.]+, [0-9.]+\]", out)  # AUC [CI]
+    assert re.search(r"\| LipsSwap@s3 \| 2/2 \| [0-9.]+ \[[0-9.]+, [0-9.]+\]", out)
+    assert "fused video AUC % by artifact strength" in out and "| strength 3 |" in out
     assert f"deepfakemae score --video clip.mp4 --run-dir {run}" in out
     assert re.search(r"\| test \| LipsSwap \| lips \| 2/2 \|", out)  # the premise table
     assert all((run / "premise" / f).is_file() for f in ("premise.md", "premise.csv",
@@ -43,7 +46,17 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("skip demo/main") == 4
-    assert "already done 50" in out
+    assert "already done 90" in out  # 10 reals, 4 methods x 2 strengths x 10 fakes
+    assert (run / "pretrain" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp
+    assert "testing again" not in out
+
+    # results holding other test sets than the plan's (as a run from before strength 3 has):
+    # the detector alone runs again
+    assert main([*args, "--strengths", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "hold other test sets than" in out and "testing again" in out
+    retested = json.loads((run / "detector" / "results_test.json").read_text())
+    assert sorted(retested) == ["EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend"]
     assert (run / "pretrain" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp
 
     # 3-fold cross-validation on the same data: every speaker pair tested exactly once

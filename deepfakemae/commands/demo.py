@@ -417,11 +417,10 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     results = set_results(pool_scores(score_files), n_boot=args.bootstrap)
     table = results_markdown(results)
     what = "sensitivity, " if args.sensitivity else ""
-    header = (f"DeepfakeMAE demo {what}{args.folds}-fold identity-disjoint cross-validation, "
-              f"stage-2 fakes: {training_label(args)}: test sets: "
-              f"{'each method x artifact strength' if len(demo_strengths(args)) > 1 else 'each method'}"
-              f"; test scores of all folds pooled; AUC % [95% bootstrap CI, {args.bootstrap} "
-              "resamples of whole videos]")
+    sets = "test sets: each method x artifact strength; " if len(demo_strengths(args)) > 1 else ""
+    header = (f"DeepfakeMAE demo, {what}{args.folds}-fold identity-disjoint cross-validation, "
+              f"stage-2 fakes: {training_label(args)}: {sets}test scores of all folds pooled; "
+              f"AUC % [95% bootstrap CI, {args.bootstrap} resamples of whole videos]")
     folds_table = fold_markdown(score_files)
     folds_header = ("Each fold on its own: frame AUC % of its test speakers (2 real + 2 fake "
                     "videos per set, no interval: too few to give one)")
