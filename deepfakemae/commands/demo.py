@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -311,14 +312,16 @@ def detector_test_names(plan: Plan, variant: str) -> list[str]:
 
 def stale_tests(plan: Plan, run_root: Path) -> list[str]:
     """Variants whose finished detector results hold other test sets than the plan's (e.g. a
-    ``make demo`` run from before the strength-3 test sets): their detector must run again."""
-    import json
-
+    ``make demo`` run from before the strength-3 test sets; or results that cannot be read):
+    their detector must run again."""
     stale = []
     for variant in plan.variants:
         path = run_root / plan.name / variant / DETECTOR / "results_test.json"
         if path.is_file():
-            found = set(json.loads(path.read_text(encoding="utf-8")))
+            try:
+                found = set(json.loads(path.read_text(encoding="utf-8")))
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+                found = None
             if found != set(detector_test_names(plan, variant)):
                 stale.append(variant)
     return stale
