@@ -12,8 +12,11 @@
 #                                         # data/demo-sensitivity/{raw,cache}, ~6 min on 2 cores
 #   bash bench/gpu_check.sh               # on the GPU machine, with data/demo-sensitivity copied
 #
-# Every step runs under `timeout`, so the whole check stays inside its budget and says which part
-# did not finish in time. Figures go to $OUT_DIR (default runs/gpu_check): gpu.txt, pretrain.txt,
+# Every step runs under `timeout` (60 s + 60 s + 270 s for the folds at once + 120 s for pooling,
+# premise and W&B: 8.5 min at worst), so the check ends inside its budget and says which part did
+# not finish in time. Not yet run on a GPU: whether five 10x folds fit 270 s is the open question
+# (per fold 4,000 + 4,800 + 1,500 steps of tiny models, loader- and launch-bound, then 64 videos
+# of test; it writes every stage's "done in N s" to times.txt either way). Figures go to $OUT_DIR (default runs/gpu_check): gpu.txt, pretrain.txt,
 # stage2.txt, fold_<i>.log, cv.log, times.txt; the CV itself to runs/demo-sensitivity-x10.
 # Environment: PY (default .venv/bin/python, else python3), DATA (data/demo-sensitivity), RUNS
 # (runs), FOLDS (5), SCALE (10), FOLD_LIMIT (270 s per fold, all folds at once), DEMO_ARGS (extra
@@ -64,14 +67,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
   | tee "$OUT_DIR/gpu.txt" || true
 
 # 1. stage 1: ViT-B/16 at 224, fp32 then bf16 (the bf16 "of matmul" column is the MFU)
-timeout 100 "$PY" bench/pretrain.py --device cuda --presets mae_vit_base_patch16 --batch 64 \
-  --steps 10 | tee "$OUT_DIR/pretrain.txt" || echo "pretrain bench: failed or over 100 s" | tee -a "$OUT_DIR/pretrain.txt"
+timeout 60 "$PY" bench/pretrain.py --device cuda --presets mae_vit_base_patch16 --batch 64 \
+  --steps 10 | tee "$OUT_DIR/pretrain.txt" || echo "pretrain bench: failed or over 60 s" | tee -a "$OUT_DIR/pretrain.txt"
 stamp "stage-1 bench"
 
 # 2. stage 2: Mapping meta/plain steps and Finetuning ViT-B/16 steps, with peak memory
-timeout 100 "$PY" bench/stage2.py --device cuda --presets mae_vit_base_patch16 --steps 10 \
+timeout 60 "$PY" bench/stage2.py --device cuda --presets mae_vit_base_patch16 --steps 10 \
   --steps-base 10 --warmup 2 --map-batch 32 --ft-batch-base 16 \
-  | tee "$OUT_DIR/stage2.txt" || echo "stage-2 bench: failed or over 100 s" | tee -a "$OUT_DIR/stage2.txt"
+  | tee "$OUT_DIR/stage2.txt" || echo "stage-2 bench: failed or over 60 s" | tee -a "$OUT_DIR/stage2.txt"
 stamp "stage-2 bench"
 
 # 3. the sensitivity CV, 10x steps: every fold at once, then the pooling run (all folds done)
@@ -92,5 +95,5 @@ if (( ${#failed[@]} )); then
        "the ${SCALE}x budget does not fit this check as it stands" | tee -a "$OUT_DIR/times.txt"
   exit 1
 fi
-timeout 90 "${DEMO[@]}" --step-scale "$SCALE" | tee "$OUT_DIR/cv.log"
+timeout 120 "${DEMO[@]}" --step-scale "$SCALE" | tee "$OUT_DIR/cv.log"
 stamp "pooled (total)"
