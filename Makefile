@@ -10,6 +10,7 @@ DFM     := $(PY) -m deepfakemae.cli
 RUNS    ?= runs
 CACHE_DIR ?= data/cache
 DEMO_DIR  ?= data/demo
+SENSITIVITY_DIR ?= data/demo-sensitivity
 WORKERS ?= 4
 BRANCH  ?= both
 ARGS    ?=
@@ -34,7 +35,7 @@ endif
 stage = RUN_DIR=$(RUN_DIR_) $(DFM) $(2) -c experiments/$(1).yaml $(call overlay,$(1)) $(ARGS)
 
 TABLES := table1 table2 table3 table4 table5 table6
-.PHONY: setup test lint demo demo-cv demo-cv-pseudo demo-cache ffpp-cache caches pretrain train-stage2 eval bench $(TABLES)
+.PHONY: setup test lint demo demo-cv demo-cv-pseudo demo-sensitivity demo-sensitivity-cache demo-cache ffpp-cache caches pretrain train-stage2 eval bench $(TABLES)
 
 ## setup: create .venv and install the project with its dev extras (quick when nothing changed)
 setup: $(STAMP) $(CHROMIUM)
@@ -78,6 +79,14 @@ demo-cv: setup
 ## demo-cv-pseudo: the same cross-validation, stage 2 on self-blended pseudo-fakes only (no demo method seen in training)
 demo-cv-pseudo: setup
 	$(DFM) demo --folds 5 --fake-source pseudo --data-dir $(DEMO_DIR) --run-root $(RUNS)
+
+## demo-sensitivity: 5-fold CV, stage 2 on every demo method at artifact strengths 0-3, AUC against strength per method
+demo-sensitivity: setup
+	$(DFM) demo --folds 5 --sensitivity --data-dir $(SENSITIVITY_DIR) --run-root $(RUNS)
+
+## demo-sensitivity-cache: only the demo set at strengths 0-3 and its faces (e.g. on a CPU before bench/gpu_check.sh)
+demo-sensitivity-cache: setup
+	$(DFM) demo --folds 5 --sensitivity --data-dir $(SENSITIVITY_DIR) --prepare-only
 
 ## demo-cache: build the demo videos and cache their faces (reused when present)
 demo-cache: setup

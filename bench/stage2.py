@@ -6,6 +6,9 @@
 * Finetuning Network: one AdamW training step (forward, backward, optimizer) of
   ``FinetuneClassifier`` on clips of ``--frames`` frames, for each MAE preset.
 
+On CUDA each row also gives the peak memory its steps allocated (``torch.cuda.max_memory_allocated``,
+reset before each benchmark).
+
     python bench/stage2.py                                   # CPU defaults, ~minutes
     python bench/stage2.py --presets mae_vit_tiny_patch16_112 --steps 3
     python bench/stage2.py --device cuda --ft-batch 16 --steps 10
@@ -46,6 +49,19 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.
     return statistics.median(times)
 
 
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory count (CUDA only)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_note(device: torch.device) -> str:
+    """``", peak N MiB"``: memory allocated at most since `reset_peak` (CUDA; else empty)."""
+    if device.type != "cuda":
+        return ""
+    return f", peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
+
+
 def _map_batch(n: int, size: int, map_size: int, device: torch.device) -> dict:
     return {
         "image": torch.randn(n, 3, size, size, device=device),
@@ -72,9 +88,11 @@ def bench_mapping(args: argparse.Namespace, device: torch.device) -> list[tuple[
             res.loss.backward()
             opt.step()
 
+        reset_peak(device)
         sec = time_steps(step, args.steps, args.warmup, device)
         name = f"mapping meta-step {'first' if first_order else 'second'}-order"
-        rows.append((name, 1.0 / sec, f"K={args.inner_steps}, {n}/set @ {size}px, {sec:.2f} s/step"))
+        rows.append((name, 1.0 / sec, f"K={args.inner_steps}, {n}/set @ {size}px, {sec:.2f} s/step"
+                     + peak_note(device)))
 
     def plain() -> None:  # reference: one ordinary training step on meta-train ∪ meta-test
         batch = torch.cat([train["image"], test["image"]])
@@ -85,8 +103,10 @@ def bench_mapping(args: argparse.Namespace, device: torch.device) -> list[tuple[
         loss.backward()
         opt.step()
 
+    reset_peak(device)
     sec = time_steps(plain, args.steps, args.warmup, device)
-    rows.append(("mapping plain step (no meta)", 1.0 / sec, f"{2 * n} images @ {size}px, {sec:.2f} s/step"))
+    rows.append(("mapping plain step (no meta)", 1.0 / sec,
+                 f"{2 * n} images @ {size}px, {sec:.2f} s/step" + peak_note(device)))
     return rows
 
 
@@ -111,8 +131,10 @@ def bench_finetune(args: argparse.Namespace, device: torch.device) -> list[tuple
             opt.step()
 
         steps = args.steps if "base" not in preset else args.steps_base
+        reset_peak(device)
         sec = time_steps(step, steps, min(args.warmup, steps), device)
-        rows.append((f"finetune {preset}", b / sec, f"{b} clips × {args.frames} frames @ {size}px, {sec:.2f} s/step"))
+        rows.append((f"finetune {preset}", b / sec, f"{b} clips × {args.frames} frames @ {size}px, "
+                     f"{sec:.2f} s/step = {1.0 / sec:.2f} steps/s" + peak_note(device)))
     return rows
 
 

@@ -12,6 +12,10 @@ resumes), with ``--data.init_args.splits_dir`` pointing at the fold's split file
 per-frame test scores (``scores_test.csv``) of all folds are pooled per test set and AUCs are
 reported with 95% bootstrap intervals that resample whole videos
 (:func:`deepfakemae.metrics.bootstrap_auc`).
+
+Test sets named after a demo method at an artifact strength (``FaceSwapWarp@s3``; strength 0
+keeps the plain name) group into a sensitivity curve per method: :func:`strength_groups`,
+:func:`sensitivity_markdown`, :func:`write_sensitivity_csv` and :func:`write_sensitivity_plot`.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfakemae.branches import ordered_labels
-from deepfakemae.faces.files import atomic_path, atomic_write_text
+from deepfakemae.branches import FUSED, ordered_labels
+from deepfakemae.faces.files import atomic_path, atomic_write, atomic_write_text
 from deepfakemae.metrics import Interval, ScoredSet, bootstrap_auc, weighted_auc
 from deepfakemae.plans import STAGES, Plan, merge_args
 from deepfakemae.results import read_scores_csv
+from deepfakemae.synth.methods import split_strength
+from deepfakemae.visualize import png_bytes, sensitivity_figure
 
 Pair = tuple[str, str]
 LEVELS = ("video", "frame")
@@ -55,7 +61,9 @@ def make_folds(pairs: list[Pair], k: int) -> list[dict[str, list[Pair]]]:
 
 
 def write_fold_splits(fold: dict[str, list[Pair]], directory: Path) -> Path:
-    """Write a fold as FF++-format split files ``train/val/test.json`` in ``directory``."""
+    """Write a fold as FF++-format split files ``train/val/test.json`` in ``directory``
+    (atomically: folds run in parallel processes read them while another rewrites them)."""
+    directory.mkdir(parents=True, exist_ok=True)
     for split, pairs in fold.items():
         atomic_write_text(directory / f"{split}.json", json.dumps([list(p) for p in pairs]))
     return directory
@@ -169,9 +177,11 @@ def write_results_csv(results: list[SetResult], path: Path) -> Path:
     return path
 
 
-def log_wandb_summary(results: list[SetResult], run_dir: Path, name: str, config: dict) -> Path | None:
-    """One W&B run (offline unless logged in; ``WANDB_MODE`` honoured) holding the pooled table
-    and each AUC with its interval as summary values. Returns the run folder."""
+def log_wandb_summary(results: list[SetResult], run_dir: Path, name: str, config: dict,
+                      images: dict[str, np.ndarray] | None = None) -> Path | None:
+    """One W&B run (offline unless logged in; ``WANDB_MODE`` honoured) holding the pooled table,
+    each AUC with its interval as summary values and ``images`` (key -> RGB uint8 array, e.g.
+    the sensitivity plot). Returns the run folder."""
     import wandb  # heavy: imported when a summary is written
 
     from deepfakemae.loggers import wandb_mode
@@ -190,7 +200,76 @@ def log_wandb_summary(results: list[SetResult], run_dir: Path, name: str, config
                            r.num_fake)
             run.summary[f"{r.name}/{branch}/{level}_auc"] = iv.value
             run.summary[f"{r.name}/{branch}/{level}_auc_ci"] = [iv.low, iv.high]
-    run.log({"cv/results": table})
+    run.log({"cv/results": table,
+             **{key: wandb.Image(image) for key, image in (images or {}).items()}})
     folder = Path(run.dir).parent
     run.finish()
     return folder
+
+
+# ------------------------------------------------------------------------- sensitivity curves
+def strength_groups(results: list[SetResult]) -> dict[str, dict[int, SetResult]]:
+    """Test sets grouped by base method, then artifact strength (``FaceSwapWarp@s3`` -> method
+    ``FaceSwapWarp``, strength 3; a plain name is strength 0); methods and strengths sorted.
+    Names that are not a method at a strength (``<Method>@s<k>`` with an unknown method or
+    level) raise :class:`ValueError` (from `split_strength`)."""
+    groups: dict[str, dict[int, SetResult]] = {}
+    for r in results:
+        method, strength = split_strength(r.name)
+        groups.setdefault(method, {})[strength] = r
+    return {m: dict(sorted(groups[m].items())) for m in sorted(groups)}
+
+
+def sensitivity_markdown(results: list[SetResult], branch: str = FUSED,
+                         level: str = "video") -> str:
+    """Markdown table: one row per method, one column per artifact strength, ``branch``'s
+    ``level`` AUC % [95% CI] in each cell (``—`` where a method lacks that strength)."""
+    groups = strength_groups(results)
+    strengths = sorted({k for levels in groups.values() for k in levels})
+    head = ["method", *(f"strength {k}" for k in strengths), "videos (real/fake) per cell"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, levels in groups.items():
+        cells = [levels[k].auc[(branch, level)].format()
+                 if k in levels and (branch, level) in levels[k].auc else "—" for k in strengths]
+        sizes = sorted({f"{r.num_real}/{r.num_fake}" for r in levels.values()})
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {', '.join(sizes)} |")
+    return "\n".join(lines)
+
+
+def write_sensitivity_csv(results: list[SetResult], path: Path) -> Path:
+    """Long-format CSV of the curve: method, strength, test set, branch, level, auc, ci_low,
+    ci_high, videos per class; rows by method, strength, branch, level."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "strength", "test_set", "branch", "level", "auc", "ci_low",
+                         "ci_high", "num_real_videos", "num_fake_videos"])
+        for method, levels in strength_groups(results).items():
+            for strength, r in levels.items():
+                for branch in ordered_labels(b for b, _ in r.auc):
+                    for level in LEVELS:
+                        if (branch, level) not in r.auc:
+                            continue
+                        iv = r.auc[(branch, level)]
+                        writer.writerow([method, strength, r.name, branch, level,
+                                         f"{iv.value:.4f}", f"{iv.low:.4f}", f"{iv.high:.4f}",
+                                         r.num_real, r.num_fake])
+    return path
+
+
+def sensitivity_curves(results: list[SetResult], level: str = "video"
+                       ) -> dict[str, dict[str, list[tuple[int, Interval]]]]:
+    """``{branch: {method: [(strength, AUC interval), ...]}}`` at ``level``, branches in display
+    order (fused first), strengths ascending: what `sensitivity_figure` draws."""
+    groups = strength_groups(results)
+    branches = ordered_labels(b for r in results for b, lvl in r.auc if lvl == level)
+    return {b: {m: [(k, r.auc[(b, level)]) for k, r in levels.items() if (b, level) in r.auc]
+                for m, levels in groups.items()} for b in branches}
+
+
+def write_sensitivity_plot(results: list[SetResult], path: Path, title: str = "",
+                           level: str = "video") -> np.ndarray:
+    """``path`` (PNG, written atomically): AUC against artifact strength per method with the
+    95% intervals as bands, one panel per branch (fused first). Returns the RGB image."""
+    image = sensitivity_figure(sensitivity_curves(results, level), f"{level} AUC %", title)
+    atomic_write(path, lambda h: h.write(png_bytes(image)))
+    return image

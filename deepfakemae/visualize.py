@@ -102,6 +102,19 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> np.nd
     return image
 
 
+def _figure_rgb(fig, title: str = "") -> np.ndarray:
+    """A matplotlib figure (with ``title`` as its suptitle) as RGB uint8; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
 def box_grid(panels: dict[tuple[str, str], dict[str, np.ndarray]], rows: list[str],
              cols: list[str], ylabel: str, title: str = "") -> np.ndarray:
     """A grid of box plots with their points: ``panels[(row, col)]`` maps a box label to its
@@ -132,13 +145,43 @@ def box_grid(panels: dict[tuple[str, str], dict[str, np.ndarray]], rows: list[st
                 ax.set_title(col, fontsize=9)
             if j == 0:
                 ax.set_ylabel(f"{row}\n{ylabel}", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
+    return _figure_rgb(fig, title)
+
+
+def sensitivity_figure(curves: dict[str, dict[str, list[tuple[int, object]]]], ylabel: str,
+                       title: str = "") -> np.ndarray:
+    """AUC against artifact strength: one panel per branch (``curves`` keys, in order), one
+    line per method with its interval as a band. ``curves[branch][method]`` is a list of
+    ``(strength, interval)`` with ``interval.value/.low/.high`` in [0, 1] (plotted as %); a
+    chance line at 50. Returns the figure as RGB uint8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    branches = list(curves)
+    fig, axes = plt.subplots(1, max(len(branches), 1), figsize=(3.6 * max(len(branches), 1) + 0.4,
+                                                                  3.6), dpi=100, squeeze=False)
+    strengths = sorted({k for lines in curves.values() for points in lines.values()
+                        for k, _ in points})
+    for ax, branch in zip(axes[0], branches, strict=False):
+        for n, (method, points) in enumerate(curves[branch].items()):
+            if not points:
+                continue
+            x = np.array([k for k, _ in points], np.float64)
+            v, lo, hi = (np.array([getattr(iv, a) for _, iv in points], np.float64) * 100
+                         for a in ("value", "low", "high"))
+            ax.fill_between(x, lo, hi, color=f"C{n}", alpha=0.15, linewidth=0)
+            ax.plot(x, v, "o-", color=f"C{n}", label=method, markersize=4)
+        ax.axhline(50, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(branch, fontsize=9)
+        ax.set_xlabel("artifact strength", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_xticks(strengths)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    return _figure_rgb(fig, title)
 
 
 def png_bytes(image_rgb: np.ndarray) -> bytes:

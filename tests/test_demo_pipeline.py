@@ -24,7 +24,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "demo" / "main"
     results = read_results(run / "detector" / "results_test.json").sets
-    assert sorted(results) == ["EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend"]
+    assert sorted(results) == ["EyesSwap", "EyesSwap@s3", "FaceSwapWarp", "FaceSwapWarp@s3",
+                               "LipsSwap", "LipsSwap@s3", "SelfBlend", "SelfBlend@s3"]
     for metrics in results.values():
         for branch in ("fused", "F", "M"):
             assert math.isfinite(metrics[f"{branch}/video_auc"])
@@ -34,6 +35,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert list(run.glob("*/wandb/offline-run-*"))
     assert "wandb sync" in out
     assert re.search(r"\| LipsSwap \| 2/2 \| [0-9.]+ \[[0-9.]+, [0-9.]+\]", out)  # AUC [CI]
+    assert re.search(r"\| LipsSwap@s3 \| 2/2 \| [0-9.]+ \[[0-9.]+, [0-9.]+\]", out)
+    assert "fused video AUC % by artifact strength" in out and "| strength 3 |" in out
     assert f"deepfakemae score --video clip.mp4 --run-dir {run}" in out
     assert re.search(r"\| test \| LipsSwap \| lips \| 2/2 \|", out)  # the premise table
     assert all((run / "premise" / f).is_file() for f in ("premise.md", "premise.csv",
@@ -44,7 +47,17 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("skip demo/main") == 4
-    assert "already done 50" in out
+    assert "already done 90" in out  # 10 reals, 4 methods x 2 strengths x 10 fakes
+    assert (run / "pretrain" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp
+    assert "testing again" not in out
+
+    # results holding other test sets than the plan's (as a run from before strength 3 has):
+    # the detector alone runs again
+    assert main([*args, "--strengths", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "hold other test sets than" in out and "testing again" in out
+    retested = json.loads((run / "detector" / "results_test.json").read_text())
+    assert sorted(retested) == ["EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend"]
     assert (run / "pretrain" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp
 
     # 3-fold cross-validation on the same data: every speaker pair tested exactly once
@@ -76,3 +89,51 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert {(r["method"], r["num_real_videos"], r["num_fake_videos"]) for r in premise} == {
         (m, "10", "10") for m in ("EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend")}
     assert "3 identity-disjoint folds pooled" in out
+
+
+@pytest.mark.slow
+def test_reduced_sensitivity_run_pools_every_method_and_strength(tmp_path, monkeypatch, capsys):
+    """`deepfakemae demo --folds 3 --sensitivity --strengths 0 3` at the reduced size: data and
+    faces prepared alone first, one fold run alone (as parallel fold processes do), then the
+    whole command finishes the other folds and pools the curve."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--folds", "3", "--sensitivity", "--strengths", "0", "3",
+            "--data-dir", str(tmp_path / "demo"), "--run-root", str(tmp_path / "runs"),
+            "--frames", "6", "--max-steps", "2", "--bootstrap", "200"]
+    names = ["EyesSwap", "EyesSwap@s3", "FaceSwapWarp", "FaceSwapWarp@s3", "LipsSwap",
+             "LipsSwap@s3", "SelfBlend", "SelfBlend@s3"]
+    assert main([*args, "--prepare-only"]) == 0
+    sources = json.loads((tmp_path / "demo" / "raw" / "demo_sources.json").read_text())
+    assert sources["strengths"] == [0, 3] and not (tmp_path / "runs").exists()
+
+    cv = tmp_path / "runs" / "demo-sensitivity-s0+3"
+    assert main([*args, "--fold", "0"]) == 0
+    assert (cv / "fold_0" / "detector" / "scores_test.csv").is_file()
+    assert not (cv / "fold_1").exists() and not (cv / "cv_results.md").exists()
+    configs = [p for p in (cv / "fold_0" / "finetune").rglob("config.yaml")
+               if "wandb" not in p.parts]  # the config the stage ran with
+    assert configs and all("FaceSwapWarp@s3" in p.read_text() for p in configs)  # the mix
+    capsys.readouterr()
+
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("skip demo-sensitivity-s0+3/fold_0") == 4
+    with open(cv / "cv_results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["test_set"], r["num_real_videos"], r["num_fake_videos"]) for r in rows} == {
+        (name, "10", "10") for name in names}  # every speaker once per method x strength
+    with open(cv / "sensitivity.csv", encoding="utf-8") as f:
+        curve = list(csv.DictReader(f))
+    assert {(r["method"], r["strength"]) for r in curve} == {
+        (m, k) for m in ("EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend") for k in "03"}
+    assert {r["branch"] for r in curve} == {"fused", "F", "M"}
+    assert (cv / "sensitivity.png").stat().st_size > 0
+    assert "sensitivity, 3-fold identity-disjoint cross-validation" in out
+    assert "artifact strength 0, 3 (8 fake methods" in out
+    assert re.search(r"\| FaceSwapWarp \| [0-9.]+ \[[0-9.]+, [0-9.]+\] \| [0-9.]+ \[", out)
+    assert list(cv.glob("wandb/offline-run-*"))
+    with open(cv / "premise.csv", encoding="utf-8") as f:  # one row set per method x strength
+        premise = list(csv.DictReader(f))
+    assert {(r["method"], r["num_real_videos"], r["num_fake_videos"]) for r in premise} == {
+        (name, "10", "10") for name in names}

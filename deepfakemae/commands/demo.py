@@ -5,6 +5,13 @@ both stage-2 branches, tests the fused detector per manipulation method and prin
 then the premise table of its stage 1 on the test speakers (`deepfakemae premise`).
 Every step reuses what an earlier run finished, so a rerun (or a run after an interruption)
 only does what is missing. ``--folds k`` cross-validates instead (see :mod:`deepfakemae.crossval`).
+
+Artifact strengths (docs/DESIGN.md, "Artifact strengths of the demo set"): the single run
+trains stage 2 on strength 0 and tests every method at strengths 0 and 3 (``<Method>@s3``);
+``--folds k`` alone keeps strength 0 only (the cross-validated baseline); ``--folds k
+--sensitivity`` trains stage 2 on every method at every strength of ``--strengths`` (default
+0-3) and tests each method × strength, pooled over folds, into a curve
+(``sensitivity.{md,csv,png}``) under ``<run-root>/demo-sensitivity``.
 """
 
 from __future__ import annotations
@@ -12,8 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from data_modules.indexes.ffpp import load_splits
 from data_modules.pseudo import FAKE_SOURCES, PSEUDO_METHODS
@@ -27,13 +37,17 @@ from deepfakemae.crossval import (
     make_folds,
     pool_scores,
     results_markdown,
+    sensitivity_markdown,
     set_results,
     write_fold_splits,
     write_results_csv,
+    write_sensitivity_csv,
+    write_sensitivity_plot,
 )
 from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.plans import (
     BRANCH_STAGES,
+    DETECTOR,
     PRETRAIN,
     STAGES,
     Plan,
@@ -43,9 +57,16 @@ from deepfakemae.plans import (
     merge_args,
     run_plan,
 )
+from deepfakemae.plans.load import locate
+from deepfakemae.records import REAL_METHOD
+from deepfakemae.results import ResultsError, read_results
+from deepfakemae.synth.methods import DEMO_METHODS, DEMO_STRENGTHS, strength_methods
 
 PLAN = experiments_dir() / "demo" / "plan.yaml"
 CV_NAME = "demo-cv"
+SENSITIVITY_NAME = "demo-sensitivity"
+#: the single run's test strengths: today's fakes and the strongest level (tested only)
+SINGLE_TEST_STRENGTHS = (0, 3)
 FAKE_SOURCE_LABELS = {"dataset": "the demo methods",
                       "pseudo": "pseudo-fakes only (no demo method seen in training)",
                       "both": "the demo methods and pseudo-fakes"}
@@ -79,6 +100,78 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              "self_blend (default; Self-Blended Images) and/or blend_swap (a "
                              "region of another training speaker, blended in); other than the "
                              "default, the run folder gets -<methods> appended")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="with --folds: stage 2 trains on every demo method at every "
+                             "artifact strength of --strengths, and each method x strength is a "
+                             "test set of its own; pooled over folds into a curve of AUC against "
+                             "strength (sensitivity.{md,csv,png}); runs land in "
+                             "<run-root>/demo-sensitivity")
+    parser.add_argument("--strengths", nargs="+", type=int, choices=DEMO_STRENGTHS, default=None,
+                        metavar="K",
+                        help="artifact strengths built and tested (0 is always included). "
+                             "Default: 0 3 for the single run (training on 0 only), 0 for "
+                             "--folds, 0 1 2 3 for --sensitivity (training on all of them); "
+                             "non-default strengths with --sensitivity get -s<k+k> appended to "
+                             "the run folder")
+    parser.add_argument("--step-scale", type=_positive_int, default=1,
+                        help="multiply every training stage's step budget and validation "
+                             "interval by this (e.g. 10 on a GPU); the run folder gets -x<N> "
+                             "appended")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build the demo set (at the run's strengths) and its face cache, "
+                             "then stop: e.g. on a CPU before a GPU run")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="with --folds: run only fold I's stages and stop (one process per "
+                             "fold in parallel, e.g. on a GPU); the same command without --fold "
+                             "then finds every fold done and pools them")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_demo_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with a combination of options (the message names the fix), or None."""
+    if args.sensitivity and not args.folds:
+        return "--sensitivity is a cross-validation: add --folds 5"
+    if args.sensitivity and args.fake_source != "dataset":
+        return ("--sensitivity trains stage 2 on the demo methods at every strength; drop "
+                "--fake-source")
+    if args.step_scale != 1 and args.max_steps is not None:
+        return "give --max-steps or --step-scale, not both"
+    if args.fold is not None and not (args.folds and 0 <= args.fold < args.folds):
+        return f"--fold needs --folds k and 0 <= fold < k, got --fold {args.fold}"
+    return None
+
+
+def demo_strengths(args: argparse.Namespace) -> tuple[int, ...]:
+    """The artifact strengths a run builds and tests, ascending, 0 always included."""
+    if args.strengths:
+        chosen = args.strengths
+    elif args.sensitivity:
+        chosen = DEMO_STRENGTHS
+    else:
+        chosen = (0,) if args.folds else SINGLE_TEST_STRENGTHS
+    return tuple(sorted({0, *chosen}))
+
+
+def train_strengths(args: argparse.Namespace) -> tuple[int, ...]:
+    """The artifact strengths stage 2 trains on: every tested one with --sensitivity, else 0."""
+    return demo_strengths(args) if args.sensitivity else (0,)
+
+
+def demo_test_sets(args: argparse.Namespace) -> list[str]:
+    """The detector's test sets: each demo method at each strength, method-major
+    (``FaceSwapWarp``, ``FaceSwapWarp@s3``, ...; strength 0 keeps the plain name)."""
+    return strength_methods(DEMO_METHODS, demo_strengths(args))
+
+
+def _demo_source(name: str, cache: Path, split: str, methods: list[str]) -> dict:
+    return {"name": name, "cache": str(cache), "dataset": "ffpp", "split": split,
+            "methods": [REAL_METHOD, *methods]}
 
 
 def _pseudo_list(text: str) -> tuple[str, ...]:
@@ -93,12 +186,18 @@ def prepare_demo_data(args: argparse.Namespace) -> Path | None:
     """Build the demo videos and cache their faces (reusing finished work); the cache folder,
     or None when preprocessing failed."""
     from deepfakemae.commands.preprocess import add_preprocess_arguments, run_preprocess_command
-    from deepfakemae.synth.demo_data import build_demo_dataset
+    from deepfakemae.synth.demo_data import DemoDataError, build_demo_dataset
 
     raw, cache = args.data_dir / "raw", args.data_dir / "cache"
-    print(f"[1/3] demo dataset (10 GRID speakers, 4 manipulation methods) -> {raw}", flush=True)
+    strengths = demo_strengths(args)
+    print(f"[1/3] demo dataset (10 GRID speakers, 4 manipulation methods at artifact "
+          f"strength {', '.join(map(str, strengths))}) -> {raw}", flush=True)
     clip_frames = None if args.max_steps is None else max(args.frames, 8)
-    build_demo_dataset(raw, frames=clip_frames)
+    try:
+        build_demo_dataset(raw, frames=clip_frames, strengths=strengths)
+    except DemoDataError as exc:
+        print(f"deepfakemae demo: error: {exc}", file=sys.stderr, flush=True)
+        return None
     print(f"[2/3] faces: detect, align, cache -> {cache}", flush=True)
     preprocess = add_preprocess_arguments(argparse.ArgumentParser())
     code = run_preprocess_command(preprocess.parse_args([
@@ -110,14 +209,26 @@ def prepare_demo_data(args: argparse.Namespace) -> Path | None:
     return cache
 
 
-def run_name(base: str, fake_source: str, pseudo_methods: tuple[str, ...] = DEFAULT_PSEUDO) -> str:
+def run_name(base: str, fake_source: str, pseudo_methods: tuple[str, ...] = DEFAULT_PSEUDO,
+             step_scale: int = 1) -> str:
     """Where a demo run lands under ``--run-root``: ``base``, or ``base-<source>`` for
     pseudo-fake runs (``base-<source>-<m1+m2>`` for other than self-blended pseudo-fakes), so
-    they never mix with the dataset-fake runs."""
+    they never mix with the dataset-fake runs; ``-x<N>`` appended for ``--step-scale N``."""
+    scale = "" if step_scale == 1 else f"-x{step_scale}"
     if fake_source == "dataset":
-        return base
+        return base + scale
     methods = "" if tuple(pseudo_methods) == DEFAULT_PSEUDO else "-" + "+".join(pseudo_methods)
-    return f"{base}-{fake_source}{methods}"
+    return f"{base}-{fake_source}{methods}{scale}"
+
+
+def cv_name(args: argparse.Namespace) -> str:
+    """The cross-validation's folder under ``--run-root``: ``demo-cv[-<source>...]``, or
+    ``demo-sensitivity`` (``-s<k+k>`` for other than all four strengths), ``-x<N>`` last."""
+    if not args.sensitivity:
+        return run_name(CV_NAME, args.fake_source, args.pseudo_methods, args.step_scale)
+    strengths = demo_strengths(args)
+    mark = "" if strengths == DEMO_STRENGTHS else "-s" + "+".join(map(str, strengths))
+    return run_name(SENSITIVITY_NAME + mark, "dataset", step_scale=args.step_scale)
 
 
 def fake_source_label(args: argparse.Namespace) -> str:
@@ -128,14 +239,60 @@ def fake_source_label(args: argparse.Namespace) -> str:
     return f"{label} ({', '.join(args.pseudo_methods)})"
 
 
+def config_value(configs: tuple[str, ...], *keys: str):
+    """The value at ``keys`` in the last of a stage's config files that sets it (None if none
+    does), read without resolving interpolations."""
+    value = None
+    for config in configs:
+        node = OmegaConf.load(locate(config))
+        for key in keys:
+            node = node.get(key) if hasattr(node, "get") else None
+            if node is None:
+                break
+        if node is not None:
+            value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+    return value
+
+
+def _scale_steps(spec, scale: int) -> dict:
+    """``trainer.max_steps`` and ``check_val_every_n_epoch`` of a stage times ``scale`` (so it
+    still validates as often per run)."""
+    trainer = {}
+    for key in ("max_steps", "check_val_every_n_epoch"):
+        base = config_value(spec.configs, "trainer", key)
+        if base is not None:
+            trainer[key] = int(base) * scale
+    return {"trainer": trainer}
+
+
 def demo_plan(args: argparse.Namespace) -> Plan:
-    """The demo plan, with ``--max-steps`` applied to every training stage and
-    ``--fake-source`` to both stage-2 branches (named after it)."""
+    """The demo plan, with ``--max-steps`` / ``--step-scale`` applied to every training stage,
+    ``--fake-source`` to both stage-2 branches (named after it), the strength mix of
+    ``--sensitivity`` to both branches' training sources, and one detector test set per demo
+    method × tested strength (unless only strength 0 is tested: the configs' own sets)."""
     plan = load_plan(PLAN, demo=True)
+    cache = (args.data_dir / "cache").resolve()
+    strengths, train = demo_strengths(args), train_strengths(args)
     for stages in plan.variants.values():
         if args.max_steps is not None:
             for name in (PRETRAIN, *BRANCH_STAGES):
                 stages[name].args.setdefault("trainer", {})["max_steps"] = args.max_steps
+        if args.step_scale != 1:
+            for name in (PRETRAIN, *BRANCH_STAGES):
+                stages[name] = dataclasses.replace(
+                    stages[name], args=merge_args(stages[name].args,
+                                                  _scale_steps(stages[name], args.step_scale)))
+        if train != (0,):
+            mix = {"data": {"init_args": {"train": [_demo_source(
+                "demo", cache, "train", strength_methods(DEMO_METHODS, train))]}}}
+            for name in BRANCH_STAGES:
+                stages[name] = dataclasses.replace(stages[name],
+                                                   args=merge_args(stages[name].args, mix))
+        if strengths != (0,):
+            tests = {"data": {"init_args": {"test": [
+                _demo_source(name, cache, "test", [name]) for name in demo_test_sets(args)]}}}
+            stages[DETECTOR] = dataclasses.replace(
+                stages[DETECTOR], args=merge_args(stages[DETECTOR].args, tests))
         if args.fake_source != "dataset":
             for name in BRANCH_STAGES:
                 switch = {"data": {"init_args": {"fake_source": args.fake_source}}}
@@ -143,16 +300,60 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                     switch["data"]["init_args"]["pseudo_methods"] = list(args.pseudo_methods)
                 stages[name] = dataclasses.replace(
                     stages[name], args=merge_args(stages[name].args, switch))
-    name = run_name(plan.name, args.fake_source, args.pseudo_methods)
+    name = run_name(plan.name, args.fake_source, args.pseudo_methods, args.step_scale)
     return dataclasses.replace(plan, name=name, resolved={**plan.resolved, "name": name})
+
+
+def detector_test_names(plan: Plan, variant: str) -> list[str]:
+    """The names of the test sets a variant's detector stage is configured with."""
+    spec = plan.variants[variant][DETECTOR]
+    sets = (spec.args.get("data", {}).get("init_args", {}).get("test")
+            or config_value(spec.configs, "data", "init_args", "test") or [])
+    return [s["name"] for s in sets]
+
+
+def stale_tests(plan: Plan, run_root: Path) -> list[str]:
+    """Variants whose finished detector results hold other test sets than the plan's (e.g. a
+    ``make demo`` run from before the strength-3 test sets; or results that cannot be read):
+    their detector must run again."""
+    stale = []
+    for variant in plan.variants:
+        path = run_root / plan.name / variant / DETECTOR / "results_test.json"
+        if path.is_file():
+            try:
+                found = set(read_results(path).sets)
+            except ResultsError:
+                found = None
+            if found != set(detector_test_names(plan, variant)):
+                stale.append(variant)
+    return stale
+
+
+def run_demo_plan(plan: Plan, run_root: Path, fresh: bool = False,
+                  variants: list[str] | None = None) -> None:
+    """`run_plan`, then the detector again (fresh) for every variant whose finished results
+    hold other test sets than the plan now names."""
+    run_plan(plan, run_root, fresh=fresh, variants=variants)
+    stale = [v for v in stale_tests(plan, run_root) if variants is None or v in variants]
+    if stale:
+        print(f"  the detector results of {', '.join(stale)} hold other test sets than "
+              f"{', '.join(detector_test_names(plan, stale[0]))}: testing again", flush=True)
+        run_plan(plan, run_root, fresh=True, stages=[DETECTOR], variants=stale)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """Run the demo end to end (one split, or ``--folds`` cross-validation) and print results."""
+    problem = check_demo_arguments(args)
+    if problem:
+        print(f"deepfakemae demo: error: {problem}", file=sys.stderr, flush=True)
+        return 2
     start = time.time()
     cache = prepare_demo_data(args)
     if cache is None:
         return 1
+    if args.prepare_only:
+        print(f"demo set and faces ready: {cache} ({time.time() - start:.0f} s)", flush=True)
+        return 0
     previous = os.environ.get("DEMO_CACHE")
     os.environ["DEMO_CACHE"] = str(cache.resolve())  # read by the demo configs
     try:
@@ -161,10 +362,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
         else:
             print("[3/3] stage 1, both stage-2 branches, fused detector", flush=True)
             plan = demo_plan(args)
-            run_plan(plan, args.run_root, fresh=args.fresh)
-            print_results(args.run_root / plan.name / "main", n_boot=args.bootstrap)
-            print(f"\n{demo_premise(args.run_root / plan.name / 'main', cache, args.bootstrap)}",
-                  flush=True)
+            run_demo_plan(plan, args.run_root, fresh=args.fresh)
+            print_results(args.run_root / plan.name / "main", n_boot=args.bootstrap,
+                          strengths=demo_strengths(args))
+            premise = demo_premise(args.run_root / plan.name / "main", cache, args.bootstrap,
+                                   methods=demo_test_sets(args))
+            print(f"\n{premise}", flush=True)
     except StageFailed as err:  # interrupted or failed: nothing after it ran, a rerun resumes
         print(f"deepfakemae demo: {err}", flush=True)
         return err.exit_code
@@ -177,60 +380,112 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_cross_validation(args: argparse.Namespace) -> Path:
-    """``--folds k``: every stage retrained per identity-disjoint fold, test scores pooled;
-    writes ``cv_results.{md,csv}`` (and a W&B summary run) under ``<run-root>/demo-cv``, then
-    the premise of each fold's stage 1 on its test speakers, pooled: ``premise.{md,csv,png}``
-    beside them (`cv_premise`)."""
+def cv_setup(args: argparse.Namespace) -> tuple[Path, list[Path], Plan]:
+    """The cross-validation's run folder, its folds' split files (written) and its plan (a
+    variant ``fold_i`` per fold), built without running anything."""
     pairs = load_splits(args.data_dir / "raw" / "splits")
     all_pairs = [p for split in ("train", "val", "test") for p in pairs[split]]
     folds = make_folds(all_pairs, args.folds)
-    cv_name = run_name(CV_NAME, args.fake_source, args.pseudo_methods)
-    root = args.run_root / cv_name
+    name = cv_name(args)
+    root = args.run_root / name
     splits_dirs = [write_fold_splits(f, root / "splits" / f"fold_{i}") for i, f in enumerate(folds)]
+    return root, splits_dirs, fold_plan(demo_plan(args), splits_dirs, name)
+
+
+def training_label(args: argparse.Namespace) -> str:
+    """The stage-2 training fakes in words, strengths included."""
+    if not args.sensitivity:
+        return fake_source_label(args)
+    strengths = ", ".join(map(str, train_strengths(args)))
+    return (f"every demo method at artifact strength {strengths} "
+            f"({len(DEMO_METHODS) * len(train_strengths(args))} fake methods, an equal share of "
+            "the fake draws each; validation on strength 0)")
+
+
+def run_cross_validation(args: argparse.Namespace) -> Path:
+    """``--folds k``: every stage retrained per identity-disjoint fold, test scores pooled;
+    writes ``cv_results.{md,csv}`` (and a W&B summary run) under ``<run-root>/demo-cv`` (with
+    ``--sensitivity`` ``<run-root>/demo-sensitivity``, plus the curve: ``sensitivity.{md,csv,png}``,
+    the plot also in W&B), then the premise of each fold's stage 1 on its test speakers, pooled:
+    ``premise.{md,csv,png}`` beside them (`cv_premise`, one row per method × strength).
+    With ``--fold i`` only fold ``i``'s stages run, and nothing is pooled."""
+    root, splits_dirs, plan = cv_setup(args)
+    name = plan.name
+    if args.fold is not None:
+        print(f"[3/3] fold {args.fold} of the {args.folds}-fold cross-validation -> {root}",
+              flush=True)
+        run_demo_plan(plan, args.run_root, fresh=args.fresh, variants=[f"fold_{args.fold}"])
+        print(f"fold {args.fold} done; the same command without --fold pools the folds once all "
+              "are done", flush=True)
+        return root
     print(f"[3/3] {args.folds}-fold cross-validation, identity-disjoint "
-          f"({len(all_pairs)} speaker pairs): every stage per fold -> {root}", flush=True)
-    plan = fold_plan(demo_plan(args), splits_dirs, cv_name)
-    run_plan(plan, args.run_root, fresh=args.fresh)
+          f"({len(splits_dirs)} folds): every stage per fold -> {root}", flush=True)
+    run_demo_plan(plan, args.run_root, fresh=args.fresh)
     score_files = [root / f"fold_{i}" / "detector" / SCORES_FILE for i in range(args.folds)]
     results = set_results(pool_scores(score_files), n_boot=args.bootstrap)
     table = results_markdown(results)
-    header = (f"DeepfakeMAE demo, {args.folds}-fold identity-disjoint cross-validation, "
-              f"stage-2 fakes: {fake_source_label(args)}: test "
-              f"scores of all folds pooled; AUC % [95% bootstrap CI, {args.bootstrap} resamples "
-              "of whole videos]")
+    what = "sensitivity, " if args.sensitivity else ""
+    sets = "test sets: each method x artifact strength; " if len(demo_strengths(args)) > 1 else ""
+    header = (f"DeepfakeMAE demo, {what}{args.folds}-fold identity-disjoint cross-validation, "
+              f"stage-2 fakes: {training_label(args)}: {sets}test scores of all folds pooled; "
+              f"AUC % [95% bootstrap CI, {args.bootstrap} resamples of whole videos]")
     folds_table = fold_markdown(score_files)
     folds_header = ("Each fold on its own: frame AUC % of its test speakers (2 real + 2 fake "
                     "videos per set, no interval: too few to give one)")
+    curve = ""
+    images = {}
+    if args.sensitivity:
+        curve = (f"Fused video AUC % against artifact strength [95% CI] (plot: "
+                 f"{root / 'sensitivity.png'}; every branch and level: "
+                 f"{root / 'sensitivity.csv'}):\n\n{sensitivity_markdown(results)}\n\n")
+        write_sensitivity_csv(results, root / "sensitivity.csv")
+        images["cv/sensitivity"] = write_sensitivity_plot(
+            results, root / "sensitivity.png",
+            f"{name}: {args.folds} folds pooled, 95% bootstrap bands")
+        atomic_write_text(root / "sensitivity.md", f"{header}\n\n{curve}")
     atomic_write_text(root / "cv_results.md",
-                      f"{header}\n\n{table}\n\n{folds_header}\n\n{folds_table}\n")
+                      f"{header}\n\n{curve}{table}\n\n{folds_header}\n\n{folds_table}\n")
     write_results_csv(results, root / "cv_results.csv")
-    wandb_dir = log_wandb_summary(results, root, f"{cv_name}/summary",
+    wandb_dir = log_wandb_summary(results, root, f"{name}/summary",
                                   {"folds": args.folds, "plan": str(PLAN),
-                                   "max_steps": args.max_steps, "fake_source": args.fake_source,
-                                   "pseudo_methods": list(args.pseudo_methods)})
-    print(f"\n{header}:\n\n{table}\n\n{folds_header}:\n\n{folds_table}\n\n"
-          f"results: {root / 'cv_results.md'}, "
-          f"{root / 'cv_results.csv'}", flush=True)
+                                   "max_steps": args.max_steps, "step_scale": args.step_scale,
+                                   "fake_source": args.fake_source,
+                                   "pseudo_methods": list(args.pseudo_methods),
+                                   "sensitivity": args.sensitivity,
+                                   "test_strengths": list(demo_strengths(args)),
+                                   "train_strengths": list(train_strengths(args))},
+                                  images=images)
+    print(f"\n{header}:\n\n{curve}{table}\n\n{folds_header}:\n\n{folds_table}\n\n"
+          f"results: {root / 'cv_results.md'}, {root / 'cv_results.csv'}"
+          + (f", {root / 'sensitivity.png'}" if args.sensitivity else ""), flush=True)
     if wandb_dir is not None:
         print(f"W&B summary run: {wandb_dir}", flush=True)
-    print(f"\n{cv_premise(root, splits_dirs, args.data_dir / 'cache', args.bootstrap)}",
-          flush=True)
+    premise = cv_premise(root, splits_dirs, args.data_dir / "cache", args.bootstrap,
+                         methods=demo_test_sets(args))
+    print(f"\n{premise}", flush=True)
     return root
 
 
-def print_results(run_dir: Path, n_boot: int = 2000) -> None:
-    """Print the detector's results with bootstrap intervals, and where the figures and W&B
+def print_results(run_dir: Path, n_boot: int = 2000, strengths: tuple[int, ...] = (0,)) -> None:
+    """Print the detector's results with bootstrap intervals (and, with more than one artifact
+    strength tested, the fused video AUC per method × strength), and where the figures and W&B
     runs are."""
     scores_path = run_dir / "detector" / SCORES_FILE
     results = set_results(pool_scores([scores_path]), n_boot=n_boot)
     branches = " and ".join(f"{k.title} ({k.label})" for k in BRANCHES.values())
+    marked = [k for k in strengths if k]
+    levels = ("" if not marked else
+              f" Rows <method>@s{marked[-1]}: the same fakes at artifact strength {marked[-1]} "
+              "(docs/DESIGN.md: lower generator resolution, harder blend edge, less colour "
+              "matching), tested only: stage 2 trained on strength 0.")
     print(f"\nDeepfakeMAE on the demo set (fused = mean of the {branches} "
           "branches; video AUC averages a video's frame scores). AUC % with a 95% bootstrap "
           "interval over whole videos; with 2 real and 2 fake test videos per method the "
           "intervals are wide: `deepfakemae demo --folds 5` (make demo-cv) tests every "
-          "speaker.\n")
+          f"speaker.{levels}\n")
     print(results_markdown(results))
+    if marked:
+        print(f"\nfused video AUC % by artifact strength:\n\n{sensitivity_markdown(results)}")
     print(f"\nresults: {run_dir / 'detector' / 'results_test.json'}, scores: {scores_path}")
     for stage in STAGES:
         figures = run_dir / stage / "figures"

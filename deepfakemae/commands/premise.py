@@ -348,11 +348,13 @@ def _timing(m: Measurement) -> str:
 
 
 # ------------------------------------------------------------------------------------ the demo
-def demo_premise(run_dir: Path, cache: Path, n_boot: int = 2000) -> str:
-    """The premise table of a demo run (its stage-1 checkpoint, its test speakers), written to
-    ``<run dir>/premise``; returns the text to print."""
+def demo_premise(run_dir: Path, cache: Path, n_boot: int = 2000,
+                 methods: Sequence[str] | None = None) -> str:
+    """The premise table of a demo run (its stage-1 checkpoint, its test speakers; the fakes
+    of ``methods``, default every cached method), written to ``<run dir>/premise``; returns the
+    text to print."""
     checkpoint = run_dir / "pretrain" / "checkpoints" / "last.ckpt"
-    m = run_measurement(checkpoint, cache, splits=("test",), progress=False)
+    m = run_measurement(checkpoint, cache, splits=("test",), methods=methods, progress=False)
     _, text, wandb_dir = write_outputs(m.videos, run_dir / "premise", header(m, n_boot), n_boot,
                                        name=f"{run_dir.parent.name}/premise",
                                        config=_mask_config(m.hparams))
@@ -363,16 +365,20 @@ def _wandb_line(folder: Path | None) -> str:
     return "" if folder is None else f"\nW&B run: {folder}"
 
 
-def cv_premise(root: Path, splits_dirs: Sequence[Path], cache: Path, n_boot: int = 2000) -> str:
+def cv_premise(root: Path, splits_dirs: Sequence[Path], cache: Path, n_boot: int = 2000,
+               methods: Sequence[str] | None = None) -> str:
     """Per fold ``i``: the premise of ``<root>/fold_i``'s stage 1 on that fold's test speakers
-    (``<root>/fold_i/premise``); then the per-video rows of all folds pooled (each video tested
-    once) into ``<root>/premise.{md,csv,png}`` and ``premise_videos.csv``. Returns the text."""
+    and the fakes of ``methods`` (default every cached method; a demo method at an artifact
+    strength, ``LipsSwap@s2``, gets rows of its own) in ``<root>/fold_i/premise``; then the
+    per-video rows of all folds pooled (each video tested once) into
+    ``<root>/premise.{md,csv,png}`` and ``premise_videos.csv``. Returns the text."""
     seconds, last = 0.0, None
     files = []
     for i, splits in enumerate(splits_dirs):
         fold = root / f"fold_{i}"
         m = run_measurement(fold / "pretrain" / "checkpoints" / "last.ckpt", cache,
-                            splits=("test",), splits_dir=splits, progress=False)
+                            splits=("test",), splits_dir=splits, methods=methods,
+                            progress=False)
         write_outputs(m.videos, fold / "premise", header(m, n_boot), n_boot,
                       name=f"{root.name}/fold_{i}/premise", wandb=False)
         files.append(fold / "premise" / "premise_videos.csv")

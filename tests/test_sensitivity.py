@@ -1,0 +1,236 @@
+"""Detection against artifact strength: `<Method>@s<k>` test sets pooled over folds and grouped
+into curves (table, CSV, plot), and the plans of `deepfakemae demo --sensitivity` and of the
+single demo run (strength 3 as extra test sets), built without running them."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from deepfakemae.crossval import (
+    pool_scores,
+    results_markdown,
+    sensitivity_markdown,
+    set_results,
+    strength_groups,
+    write_results_csv,
+    write_sensitivity_csv,
+    write_sensitivity_plot,
+)
+from deepfakemae.metrics import ScoredSet
+from deepfakemae.results import write_scores_csv
+from deepfakemae.synth.demo_data import demo_splits
+from deepfakemae.synth.methods import DEMO_METHODS, strength_methods
+
+
+def _fold_set(fold: int, method: str, separable: bool) -> ScoredSet:
+    """Two real and two fake videos of one fold (3 frames each), fused/F/M scores: fakes above
+    every real when ``separable``, interleaved otherwise."""
+    keys, labels, scores = [], [], []
+    fake_scores = (0.8, 0.9) if separable else (0.2, 0.7)
+    for i, (label, base) in enumerate([(0, 0.3), (0, 0.6), (1, fake_scores[0]),
+                                       (1, fake_scores[1])]):
+        kind = "real" if label == 0 else method
+        key = f"ffpp/c23/{kind}/{fold}{i}" if label == 0 else f"ffpp/c23/{kind}/{fold}{i}_x"
+        for t in range(3):
+            keys.append(key)
+            labels.append(label)
+            scores.append(base + 0.01 * t)
+    s = np.array(scores)
+    return ScoredSet(keys=keys, frames=np.arange(len(keys)), labels=np.array(labels),
+                     scores={"fused": s, "F": s, "M": s[::-1].copy()})
+
+
+@pytest.fixture
+def strength_results(tmp_path):
+    """Three folds' scores_test.csv with sets FaceSwapWarp, FaceSwapWarp@s3, LipsSwap and
+    LipsSwap@s3: strength 3 perfectly separable, strength 0 not; pooled with intervals."""
+    files = []
+    for fold in range(3):
+        sets = {name: _fold_set(fold, name, separable=name.endswith("@s3"))
+                for name in strength_methods(["FaceSwapWarp", "LipsSwap"], [0, 3])}
+        files.append(write_scores_csv(sets, tmp_path / f"fold_{fold}.csv"))
+    return set_results(pool_scores(files), n_boot=200)
+
+
+def test_strength_test_sets_pool_over_folds_and_group_by_method(strength_results, tmp_path):
+    results = strength_results
+    assert [(r.name, r.num_real, r.num_fake) for r in results] == [
+        (name, 6, 6) for name in ("FaceSwapWarp", "FaceSwapWarp@s3", "LipsSwap", "LipsSwap@s3")]
+    groups = strength_groups(results)
+    assert list(groups) == ["FaceSwapWarp", "LipsSwap"]
+    assert {m: list(levels) for m, levels in groups.items()} == {"FaceSwapWarp": [0, 3],
+                                                                 "LipsSwap": [0, 3]}
+    assert groups["LipsSwap"][3].name == "LipsSwap@s3"
+    strong = groups["FaceSwapWarp"][3].auc[("fused", "video")]
+    weak = groups["FaceSwapWarp"][0].auc[("fused", "video")]
+    assert strong.value == pytest.approx(1.0) and strong.low == pytest.approx(1.0)
+    # pooled strength 0: fake means .22 and .72 against reals .32 and .62 in every fold
+    assert weak.value == pytest.approx(0.5)
+
+    table = sensitivity_markdown(results)
+    assert table.splitlines()[0] == ("| method | strength 0 | strength 3 | "
+                                     "videos (real/fake) per cell |")
+    assert f"| FaceSwapWarp | {weak.format()} | {strong.format()} | 6/6 |" in table
+    # the same cells as the full table's
+    assert f"| FaceSwapWarp@s3 | 6/6 | {strong.format()} |" in results_markdown(results)
+
+    write_sensitivity_csv(results, tmp_path / "sensitivity.csv")
+    with open(tmp_path / "sensitivity.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 3 * 2  # method x strength x branch x level
+    row = next(r for r in rows if r["test_set"] == "LipsSwap@s3" and r["branch"] == "fused"
+               and r["level"] == "video")
+    assert (row["method"], row["strength"], row["auc"]) == ("LipsSwap", "3", "1.0000")
+    write_results_csv(results, tmp_path / "cv_results.csv")  # the usual table is unchanged
+    with open(tmp_path / "cv_results.csv", encoding="utf-8") as f:
+        assert {r["test_set"] for r in csv.DictReader(f)} == {r.name for r in results}
+
+
+def test_sensitivity_plot_is_written_from_pooled_scores(strength_results, tmp_path):
+    path = tmp_path / "sensitivity.png"
+    image = write_sensitivity_plot(strength_results, path, "test")
+    back = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    assert back.shape == image.shape and np.array_equal(back, image)
+    assert image.shape[1] > 2 * image.shape[0]  # one panel per branch: fused, F, M
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20  # lines and bands, not blank
+    only_fused = [type(r)(r.name, r.num_real, r.num_fake,
+                          {k: v for k, v in r.auc.items() if k[0] == "fused"})
+                  for r in strength_results]
+    narrow = write_sensitivity_plot(only_fused, tmp_path / "fused.png")
+    assert narrow.shape[1] < image.shape[1]
+
+
+def test_a_marked_name_that_is_no_demo_strength_is_refused(strength_results):
+    bad = type(strength_results[0])("FaceSwapWarp@s7", 1, 1, strength_results[0].auc)
+    with pytest.raises(ValueError, match="FaceSwapWarp@s7"):
+        strength_groups([*strength_results, bad])
+
+
+# ------------------------------------------------------------------------------------- plans
+def _demo_args(tmp_path, *flags):
+    from deepfakemae.cli import _tool_parser
+
+    raw = tmp_path / "data" / "raw" / "splits"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, pairs in demo_splits([f"{i:03d}" for i in range(10)]).items():
+        (raw / f"{split}.json").write_text(json.dumps(pairs))
+    return _tool_parser("demo")[0].parse_args(
+        ["--data-dir", str(tmp_path / "data"), "--run-root", str(tmp_path / "runs"), *flags])
+
+
+def _init(spec) -> dict:
+    return spec.args.get("data", {}).get("init_args", {})
+
+
+def test_sensitivity_plan_trains_on_every_strength_and_tests_each(tmp_path):
+    from deepfakemae.commands.demo import cv_setup, detector_test_names
+
+    args = _demo_args(tmp_path, "--folds", "5", "--sensitivity")
+    root, splits_dirs, plan = cv_setup(args)
+    assert root == tmp_path / "runs" / "demo-sensitivity" and plan.name == "demo-sensitivity"
+    assert list(plan.variants) == [f"fold_{i}" for i in range(5)]
+    every = strength_methods(DEMO_METHODS, [0, 1, 2, 3])
+    assert len(every) == 16 and every[:4] == ["FaceSwapWarp", "FaceSwapWarp@s1",
+                                               "FaceSwapWarp@s2", "FaceSwapWarp@s3"]
+    cache = str((tmp_path / "data" / "cache").resolve())
+    tested = []
+    for i, (variant, stages) in enumerate(plan.variants.items()):
+        splits = {s: json.loads((splits_dirs[i] / f"{s}.json").read_text())
+                  for s in ("train", "val", "test")}
+        ids = {s: {v for p in pairs for v in p} for s, pairs in splits.items()}
+        assert not ids["train"] & (ids["val"] | ids["test"]) and not ids["val"] & ids["test"]
+        tested += splits["test"]
+        for spec in stages.values():
+            assert _init(spec)["splits_dir"] == str(splits_dirs[i].resolve())
+        for branch in ("finetune", "mapping"):
+            (train,) = _init(stages[branch])["train"]
+            assert train == {"name": "demo", "cache": cache, "dataset": "ffpp", "split": "train",
+                             "methods": ["real", *every]}
+            assert "val" not in _init(stages[branch])  # validation: the overlays' strength 0
+        assert "train" not in _init(stages["pretrain"])  # stage 1: real faces only, as before
+        assert detector_test_names(plan, variant) == every
+        assert _init(stages["detector"])["test"][5] == {
+            "name": "LipsSwap@s1", "cache": cache, "dataset": "ffpp", "split": "test",
+            "methods": ["real", "LipsSwap@s1"]}
+    assert sorted(map(tuple, tested)) == sorted(tuple(p) for p in
+                                                [[f"{2 * i:03d}", f"{2 * i + 1:03d}"]
+                                                 for i in range(5)])
+
+
+def test_reduced_and_scaled_sensitivity_runs_get_folders_of_their_own(tmp_path):
+    from deepfakemae.commands.demo import cv_setup, detector_test_names
+
+    args = _demo_args(tmp_path, "--folds", "3", "--sensitivity", "--strengths", "3")
+    root, _, plan = cv_setup(args)
+    assert plan.name == "demo-sensitivity-s0+3"  # 0 always included
+    stages = plan.variants["fold_0"]
+    assert _init(stages["mapping"])["train"][0]["methods"] == [
+        "real", *strength_methods(DEMO_METHODS, [0, 3])]
+    assert detector_test_names(plan, "fold_0") == strength_methods(DEMO_METHODS, [0, 3])
+
+    scaled = cv_setup(_demo_args(tmp_path, "--folds", "5", "--sensitivity",
+                                 "--step-scale", "10"))[2]
+    assert scaled.name == "demo-sensitivity-x10"
+    budgets = {s: scaled.variants["fold_2"][s].args["trainer"] for s in
+               ("pretrain", "finetune", "mapping")}
+    assert budgets == {"pretrain": {"max_steps": 4000, "check_val_every_n_epoch": 100},
+                       "finetune": {"max_steps": 4800, "check_val_every_n_epoch": 200},
+                       "mapping": {"max_steps": 1500, "check_val_every_n_epoch": 100}}
+    assert "trainer" not in scaled.variants["fold_2"]["detector"].args
+
+
+def test_single_demo_adds_strength_3_test_sets_and_the_cv_keeps_strength_0(tmp_path):
+    from deepfakemae.commands.demo import cv_setup, demo_plan, detector_test_names
+
+    single = demo_plan(_demo_args(tmp_path))
+    assert single.name == "demo"
+    assert detector_test_names(single, "main") == [
+        "FaceSwapWarp", "FaceSwapWarp@s3", "LipsSwap", "LipsSwap@s3", "EyesSwap",
+        "EyesSwap@s3", "SelfBlend", "SelfBlend@s3"]
+    for branch in ("finetune", "mapping"):  # training as before: the overlays' strength 0
+        assert "data" not in single.variants["main"][branch].args
+    plain = demo_plan(_demo_args(tmp_path, "--strengths", "0"))
+    assert "data" not in plain.variants["main"]["detector"].args
+    assert detector_test_names(plain, "main") == list(DEMO_METHODS)  # from the overlay
+    cv = cv_setup(_demo_args(tmp_path, "--folds", "5"))[2]
+    assert cv.name == "demo-cv" and detector_test_names(cv, "fold_0") == list(DEMO_METHODS)
+    assert all("train" not in _init(spec) for spec in cv.variants["fold_0"].values())
+
+
+def test_detector_results_with_other_test_sets_are_tested_again(tmp_path):
+    from deepfakemae.commands.demo import demo_plan, stale_tests
+
+    args = _demo_args(tmp_path)
+    plan = demo_plan(args)
+    results = tmp_path / "runs" / "demo" / "main" / "detector" / "results_test.json"
+    assert stale_tests(plan, args.run_root) == []  # nothing run yet
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({m: {} for m in DEMO_METHODS}))  # a run from before
+    assert stale_tests(plan, args.run_root) == ["main"]
+    results.write_text(json.dumps({m: {} for m in strength_methods(DEMO_METHODS, [0, 3])}))
+    assert stale_tests(plan, args.run_root) == []
+    results.write_text('{"EyesSwap": ')  # cut short: tested again rather than trusted
+    assert stale_tests(plan, args.run_root) == ["main"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sensitivity"], "add --folds 5"),
+    (["--folds", "3", "--sensitivity", "--fake-source", "pseudo"], "drop --fake-source"),
+    (["--step-scale", "10", "--max-steps", "2"], "not both"),
+    (["--folds", "3", "--fold", "3"], "0 <= fold < k"),
+    (["--fold", "0"], "--fold needs --folds"),
+])
+def test_option_combinations_that_cannot_run_are_refused_before_any_work(
+        tmp_path, capsys, flags, message):
+    from deepfakemae.cli import main
+
+    data = tmp_path / "data"
+    assert main(["demo", "--data-dir", str(data), "--run-root", str(tmp_path / "runs"),
+                 *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not data.exists()  # refused before building anything
