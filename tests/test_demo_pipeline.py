@@ -56,7 +56,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, monkeypatch, ca
     assert main([*args, "--strengths", "0"]) == 0
     out = capsys.readouterr().out
     assert "hold other test sets than" in out and "testing again" in out
-    retested = json.loads((run / "detector" / "results_test.json").read_text())
+    retested = read_results(run / "detector" / "results_test.json").sets
     assert sorted(retested) == ["EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend"]
     assert (run / "pretrain" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp
 

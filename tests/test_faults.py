@@ -19,6 +19,7 @@ import torch
 
 from deepfakemae.plans import load_plan, plan_jobs
 from deepfakemae.runstate import LOCK_FILE, stage_state
+from tests.conftest import FFPP_FIXTURE_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 EXP = REPO / "experiments"
@@ -43,6 +44,9 @@ FAULT = {"class_path": "faults.FaultAtStep"}
 def _overlays(cache: Path) -> dict[str, dict]:
     test = [{"name": "ffpp", "cache": str(cache / "ffpp_c23"), "dataset": "ffpp",
              "split": "test"}]
+    sources = {split: [{"name": "ffpp", "cache": str(cache / "ffpp_c23"), "dataset": "ffpp",
+                        "split": split, "methods": list(methods)}]
+               for split, methods in FFPP_FIXTURE_METHODS.items()}  # what the fixture holds
     data = {"img_size": 64, "num_workers": 0}
     return {
         "pretrain": {"trainer": {**TRAINER, "callbacks": [_checkpoint("val/loss", "min"), FAULT]},
@@ -52,13 +56,13 @@ def _overlays(cache: Path) -> dict[str, dict]:
         "finetune": {"trainer": {**TRAINER, "callbacks": [_checkpoint("val/ffpp/auc", "max"),
                                                           FAULT]},
                      "data": {"init_args": {**data, "num_workers": 1, "batch_size": 4,
-                                            "samples_per_video": 2, "test": test}}},
+                                            "samples_per_video": 2, "test": test, **sources}}},
         "mapping": {"trainer": {**TRAINER, "callbacks": [_checkpoint("val/ffpp/auc", "max"),
                                                          FAULT]},
                     "model": {"init_args": {"pretrained_backbone": False,
                                             "image_log_every_n_steps": 0}},
                     "data": {"init_args": {**data, "batch_size": 8, "samples_per_video": 4,
-                                           "test": test}}},
+                                           "test": test, **sources}}},
         "detector": {"trainer": {"accelerator": "cpu", "logger": False,
                                  "enable_progress_bar": False, "callbacks": [FAULT]},
                      "data": {"init_args": {**data, "batch_size": 1, "test": test}}},

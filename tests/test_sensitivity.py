@@ -210,9 +210,10 @@ def test_detector_results_with_other_test_sets_are_tested_again(tmp_path):
     results = tmp_path / "runs" / "demo" / "main" / "detector" / "results_test.json"
     assert stale_tests(plan, args.run_root) == []  # nothing run yet
     results.parent.mkdir(parents=True)
-    results.write_text(json.dumps({m: {} for m in DEMO_METHODS}))  # a run from before
+    results.write_text(json.dumps({m: {"fused/auc": 0.5} for m in DEMO_METHODS}))  # an older run
     assert stale_tests(plan, args.run_root) == ["main"]
-    results.write_text(json.dumps({m: {} for m in strength_methods(DEMO_METHODS, [0, 3])}))
+    results.write_text(json.dumps({m: {"fused/auc": 0.5}
+                                   for m in strength_methods(DEMO_METHODS, [0, 3])}))
     assert stale_tests(plan, args.run_root) == []
     results.write_text('{"EyesSwap": ')  # cut short: tested again rather than trusted
     assert stale_tests(plan, args.run_root) == ["main"]
