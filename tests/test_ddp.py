@@ -116,7 +116,8 @@ FIT = ["-m", "deepfakemae.cli", "fit", "-c", str(REPO / "experiments/pretrain.ya
 
 
 def _launches(kind: str, port: str) -> list[tuple[list[str], dict[str, str]]]:
-    """The processes a launcher starts for the README's multi-process lines: (argv, extra env)."""
+    """The processes a launcher starts for the multi-process lines of docs/DISTRIBUTED.md:
+    (argv, extra env)."""
     py = sys.executable
     torchrun = [py, "-m", "torch.distributed.run", "--master_addr", "127.0.0.1",
                 "--master_port", port]
@@ -138,7 +139,7 @@ def _launches(kind: str, port: str) -> list[tuple[list[str], dict[str, str]]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["torchrun_one_node", "torchrun_two_nodes", "slurm_two_nodes"])
 def test_readme_multi_process_launches_train_on_localhost(tmp_path, ffpp_cache, kind):
-    """The README's multi-GPU and multi-node lines, on CPU over loopback: ``torchrun
+    """docs/DISTRIBUTED.md's multi-GPU and multi-node lines, on CPU over loopback: ``torchrun
     --nproc_per_node 2``, two torchrun "nodes" (one process each, ``--node_rank 0/1``) and two
     tasks as ``srun`` starts them on two nodes; each trains stage 1 for two DDP steps."""
     cache_dir = tmp_path / "cache"
