@@ -19,6 +19,7 @@ from deepfakemae.callbacks import TestResultFiles, default_callbacks
 from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.models.pretrained import check_mae_init
 from deepfakemae.modules.checkpoints import CHECKPOINT_ARGUMENTS, check_checkpoint
+from deepfakemae.rundir import LAST_CHECKPOINT, checkpoints_dir
 from deepfakemae.runinfo import run_info
 from deepfakemae.runstate import (
     acquire_lock,
@@ -131,7 +132,7 @@ def place_outputs(run) -> None:
     for callback in _value(trainer, "callbacks") or []:
         init = _value(callback, "init_args")
         if init is not None and "dirpath" in init and init["dirpath"] is None:
-            init["dirpath"] = str(Path(root) / "checkpoints")
+            init["dirpath"] = str(checkpoints_dir(root))
 
 
 #: environment the plan runner sets for a stage: where its results come from
@@ -179,7 +180,7 @@ def check_not_finished(run) -> None:
         return
     for callback in _value(_value(run, "trainer"), "callbacks") or []:
         dirpath = _value(_value(callback, "init_args"), "dirpath")
-        last = Path(dirpath) / "last.ckpt" if dirpath else None
+        last = Path(dirpath) / LAST_CHECKPOINT if dirpath else None
         if last is not None and last.is_file():
             raise RunDirError(
                 f"{last} exists: this run folder already holds a trained model; resume it with "

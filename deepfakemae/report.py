@@ -33,7 +33,8 @@ from deepfakemae.plans import (
     load_plan,
     plan_from_record,
 )
-from deepfakemae.results import RESULTS_FILE, Results, ResultsError, read_results
+from deepfakemae.results import Results, ResultsError, read_results
+from deepfakemae.rundir import results_file
 
 PAPER_RESULTS = experiments_dir() / "paper_results.yaml"
 DEFAULT_METRIC = f"{FUSED}/auc"
@@ -220,7 +221,7 @@ def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None
                 value, source = None, ""
                 if variants is None or variant in variants:
                     owner = resolver.owner(plan.name, variant, "detector")
-                    path = resolver.run_dir(*owner) / "detector" / RESULTS_FILE
+                    path = results_file(resolver.run_dir(*owner) / "detector")
                     value = results.get(path, owner, test_set, metric)
                     source = str(path) if value is not None else ""
                 ours.append(value)
@@ -268,7 +269,7 @@ def default_layout(plan: Plan, run_root: Path, reader: _Results | None = None) -
     found = {FUSED, *(kind.label for kind in BRANCHES.values())}
     for variant in plan.variants:
         owner = resolver.owner(plan.name, variant, "detector")
-        loaded = reader.load(resolver.run_dir(*owner) / "detector" / RESULTS_FILE, owner)
+        loaded = reader.load(results_file(resolver.run_dir(*owner) / "detector"), owner)
         results = loaded.sets if loaded else {}
         sets = sorted(results)
         found |= {k.rsplit("/", 1)[0] for m in results.values() for k in m if k.endswith("/auc")}

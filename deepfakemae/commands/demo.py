@@ -30,7 +30,6 @@ from data_modules.pseudo import FAKE_SOURCES, PSEUDO_METHODS
 from deepfakemae.branches import BRANCHES
 from deepfakemae.commands.premise import cv_premise, demo_premise
 from deepfakemae.crossval import (
-    SCORES_FILE,
     fold_markdown,
     fold_plan,
     log_wandb_summary,
@@ -60,6 +59,7 @@ from deepfakemae.plans import (
 from deepfakemae.plans.load import locate
 from deepfakemae.records import REAL_METHOD
 from deepfakemae.results import ResultsError, read_results
+from deepfakemae.rundir import results_file, scores_file
 from deepfakemae.synth.methods import DEMO_METHODS, DEMO_STRENGTHS, strength_methods
 
 PLAN = experiments_dir() / "demo" / "plan.yaml"
@@ -318,7 +318,7 @@ def stale_tests(plan: Plan, run_root: Path) -> list[str]:
     their detector must run again."""
     stale = []
     for variant in plan.variants:
-        path = run_root / plan.name / variant / DETECTOR / "results_test.json"
+        path = results_file(run_root / plan.name / variant / DETECTOR)
         if path.is_file():
             try:
                 found = set(read_results(path).sets)
@@ -421,7 +421,7 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     print(f"[3/3] {args.folds}-fold cross-validation, identity-disjoint "
           f"({len(splits_dirs)} folds): every stage per fold -> {root}", flush=True)
     run_demo_plan(plan, args.run_root, fresh=args.fresh)
-    score_files = [root / f"fold_{i}" / "detector" / SCORES_FILE for i in range(args.folds)]
+    score_files = [scores_file(root / f"fold_{i}" / DETECTOR) for i in range(args.folds)]
     results = set_results(pool_scores(score_files), n_boot=args.bootstrap)
     table = results_markdown(results)
     what = "sensitivity, " if args.sensitivity else ""
@@ -470,7 +470,7 @@ def print_results(run_dir: Path, n_boot: int = 2000, strengths: tuple[int, ...] 
     """Print the detector's results with bootstrap intervals (and, with more than one artifact
     strength tested, the fused video AUC per method × strength), and where the figures and W&B
     runs are."""
-    scores_path = run_dir / "detector" / SCORES_FILE
+    scores_path = scores_file(run_dir / DETECTOR)
     results = set_results(pool_scores([scores_path]), n_boot=n_boot)
     branches = " and ".join(f"{k.title} ({k.label})" for k in BRANCHES.values())
     marked = [k for k in strengths if k]
@@ -486,7 +486,7 @@ def print_results(run_dir: Path, n_boot: int = 2000, strengths: tuple[int, ...] 
     print(results_markdown(results))
     if marked:
         print(f"\nfused video AUC % by artifact strength:\n\n{sensitivity_markdown(results)}")
-    print(f"\nresults: {run_dir / 'detector' / 'results_test.json'}, scores: {scores_path}")
+    print(f"\nresults: {results_file(run_dir / DETECTOR)}, scores: {scores_path}")
     for stage in STAGES:
         figures = run_dir / stage / "figures"
         if figures.exists():

@@ -35,6 +35,7 @@ from deepfakemae.premise import (
     unpaired_fakes,
 )
 from deepfakemae.records import FAKE, REAL, REAL_METHOD
+from deepfakemae.rundir import last_checkpoint, stage_of_checkpoint
 from deepfakemae.visualize import box_grid, png_bytes
 
 FILES = ("premise.md", "premise.csv", "premise_videos.csv", "premise.png")
@@ -104,8 +105,7 @@ def add_premise_arguments(parser: argparse.ArgumentParser) -> None:
 def default_output(checkpoint: Path) -> Path:
     """``<stage dir>/premise`` for ``<stage dir>/checkpoints/x.ckpt``, else ``premise/`` beside
     the file."""
-    parent = checkpoint.parent
-    return (parent.parent if parent.name == "checkpoints" else parent) / "premise"
+    return stage_of_checkpoint(checkpoint) / "premise"
 
 
 def select(cache: Path, dataset: str | None, splits: Sequence[str],
@@ -353,7 +353,7 @@ def demo_premise(run_dir: Path, cache: Path, n_boot: int = 2000,
     """The premise table of a demo run (its stage-1 checkpoint, its test speakers; the fakes
     of ``methods``, default every cached method), written to ``<run dir>/premise``; returns the
     text to print."""
-    checkpoint = run_dir / "pretrain" / "checkpoints" / "last.ckpt"
+    checkpoint = last_checkpoint(run_dir / "pretrain")
     m = run_measurement(checkpoint, cache, splits=("test",), methods=methods, progress=False)
     _, text, wandb_dir = write_outputs(m.videos, run_dir / "premise", header(m, n_boot), n_boot,
                                        name=f"{run_dir.parent.name}/premise",
@@ -376,14 +376,14 @@ def cv_premise(root: Path, splits_dirs: Sequence[Path], cache: Path, n_boot: int
     files = []
     for i, splits in enumerate(splits_dirs):
         fold = root / f"fold_{i}"
-        m = run_measurement(fold / "pretrain" / "checkpoints" / "last.ckpt", cache,
+        m = run_measurement(last_checkpoint(fold / "pretrain"), cache,
                             splits=("test",), splits_dir=splits, methods=methods,
                             progress=False)
         write_outputs(m.videos, fold / "premise", header(m, n_boot), n_boot,
                       name=f"{root.name}/fold_{i}/premise", wandb=False)
         files.append(fold / "premise" / "premise_videos.csv")
         seconds, last = seconds + m.seconds, m
-    pooled = Measurement(pool_video_files(files), root / "fold_*/pretrain/checkpoints/last.ckpt",
+    pooled = Measurement(pool_video_files(files), last_checkpoint(root / "fold_*" / "pretrain"),
                          last.hparams, None, seconds)
     what = (f"of {len(files)} identity-disjoint folds pooled (each fold's own stage 1 on its "
             "test speakers; every video tested once; the pooled AUC assumes the folds' error "

@@ -39,6 +39,7 @@ from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
 from deepfakemae.modules.detector import DualNetworkDetector
 from deepfakemae.predictions import JSON_NAME, PredictionsFile, print_table, read_predictions
 from deepfakemae.records import VideoRecord
+from deepfakemae.rundir import last_checkpoint
 from deepfakemae.runinfo import run_info
 from deepfakemae.score_report import EXPLAIN_DIR, figure_paths, save_face_strip, write_report
 from deepfakemae.scoring import Stage1, VideoPrediction, VideoScorer, explainer, iter_scores
@@ -75,12 +76,12 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     for name, kind in BRANCHES.items():
         parser.add_argument(f"--{name}-ckpt", type=Path,
                             help=f"{kind.title} checkpoint "
-                                 f"(default {runs}/{name}/checkpoints/last.ckpt)")
+                                 f"(default {last_checkpoint(f'{runs}/{name}')})")
     parser.add_argument("--branch", action="append", default=[], metavar="NAME=CKPT",
                         help="one more detector branch (any stage-2 checkpoint); repeatable")
     parser.add_argument("--mae-ckpt", type=Path,
                         help=f"stage-1 MAE checkpoint, for --explain reconstructions "
-                             f"(default {runs}/pretrain/checkpoints/last.ckpt)")
+                             f"(default {last_checkpoint(f'{runs}/pretrain')})")
     parser.add_argument("--output", type=Path, default=Path("predictions"),
                         help="folder for predictions.json/.csv and explain/ (default predictions)")
     parser.add_argument("--frames", type=int, default=32, help="frames sampled per video")
@@ -127,12 +128,12 @@ def _checkpoint(args: argparse.Namespace, given: Path | None, stage: str, what: 
                 fix: str) -> Path:
     """The checkpoint file to load for ``stage``; :class:`UsageError` naming it otherwise (and
     the ``--run-dir`` of the demo's models when they exist and were not asked for)."""
-    path = given if given is not None else run_dir(args) / stage / "checkpoints" / "last.ckpt"
+    path = given if given is not None else last_checkpoint(run_dir(args) / stage)
     if path.is_dir():
         raise UsageError(f"{what} checkpoint {path} is a folder, not a checkpoint file; pass "
-                         f"the .ckpt file inside it (e.g. {path}/checkpoints/last.ckpt)")
+                         f"the .ckpt file inside it (e.g. {last_checkpoint(path)})")
     if not path.is_file():
-        demo = DEMO_RUN_DIR / stage / "checkpoints" / "last.ckpt"
+        demo = last_checkpoint(DEMO_RUN_DIR / stage)
         if given is None and run_dir(args) != DEMO_RUN_DIR and demo.is_file():
             fix = (f"to score with the demo's models: `deepfakemae score --video {args.video} "
                    f"--run-dir {DEMO_RUN_DIR}`; otherwise {fix}")
@@ -183,7 +184,7 @@ def load_explain_mae(args: argparse.Namespace, device: torch.device) -> Stage1 |
     """``(mae, ratio, variant)`` for the reconstruction figure, or ``None`` with a note printed
     when the stage-1 checkpoint is missing or unusable (the cam figure is still drawn)."""
     path = args.mae_ckpt if args.mae_ckpt is not None else (
-        run_dir(args) / "pretrain" / "checkpoints" / "last.ckpt")
+        last_checkpoint(run_dir(args) / "pretrain"))
     if not Path(path).is_file():
         print(f"note: stage-1 checkpoint {path} not found; skipping reconstruction.png "
               "(pass --mae-ckpt, or train stage 1 with `deepfakemae fit -c experiments/"

@@ -28,6 +28,7 @@ from deepfakemae.plans.load import (
     load_plan,
     locate,
 )
+from deepfakemae.rundir import last_checkpoint, results_file
 from deepfakemae.runstate import StageState, stage_state
 
 #: LightningCLI subcommand of each stage: the detector is only tested
@@ -122,8 +123,8 @@ def stage_output(run_dir: Path, stage: str) -> Path:
     """The file a finished ``stage`` of ``run_dir`` leaves for its consumers: the final
     ``last.ckpt`` of a fit stage, ``results_test.json`` of the detector."""
     if STAGE_COMMAND[stage] == "fit":
-        return run_dir / stage / "checkpoints" / "last.ckpt"
-    return run_dir / stage / "results_test.json"
+        return last_checkpoint(run_dir / stage)
+    return results_file(run_dir / stage)
 
 
 def stage_state_of(run_dir: Path, stage: str) -> StageState:
