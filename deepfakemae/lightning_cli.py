@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from deepfakemae.callbacks import TestResultFiles, default_callbacks
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.models.pretrained import check_mae_init
 from deepfakemae.modules.checkpoints import CHECKPOINT_ARGUMENTS, check_checkpoint
@@ -30,7 +31,7 @@ from deepfakemae.runstate import (
 from deepfakemae.visualize import local_log_dir
 
 
-class RunDirError(ValueError):
+class RunDirError(DeepfakeMAEError, ValueError):
     """A run that would overwrite a finished one (exit code 2; the message names the fix)."""
 
 

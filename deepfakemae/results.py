@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from deepfakemae.branches import ordered_labels
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.files import atomic_path, atomic_write_text
 from deepfakemae.metrics import ScoredSet
 from deepfakemae.rundir import SCORES_FILE
@@ -22,7 +23,7 @@ SCORE_COLUMNS = ("test_set", "video_key", "frame_index", "label")
 PROVENANCE = "_provenance"
 
 
-class ResultsError(ValueError):
+class ResultsError(DeepfakeMAEError, ValueError):
     """A results file that cannot be counted; the message names the file and the fix."""
 
 

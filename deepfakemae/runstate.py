@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.files import atomic_write_text, pid_alive, tmp_name
 from deepfakemae.results import ResultsError, read_results
 from deepfakemae.rundir import RESULTS_FILE, last_checkpoint, results_file
@@ -108,7 +109,7 @@ def stage_state(stage_dir: Path, command: str) -> StageState:
 
 
 # ------------------------------------------------------------------------------------------ lock
-class StageLockedError(RuntimeError):
+class StageLockedError(DeepfakeMAEError, RuntimeError):
     """Another live trainer holds the stage folder; the message names it and the fix."""
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from deepfakemae.crossval import (
     write_sensitivity_csv,
     write_sensitivity_plot,
 )
+from deepfakemae.errors import UsageError, reports_errors
 from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.plans import (
     BRANCH_STAGES,
@@ -50,7 +50,6 @@ from deepfakemae.plans import (
     PRETRAIN,
     STAGES,
     Plan,
-    StageFailed,
     experiments_dir,
     load_plan,
     merge_args,
@@ -186,18 +185,14 @@ def prepare_demo_data(args: argparse.Namespace) -> Path | None:
     """Build the demo videos and cache their faces (reusing finished work); the cache folder,
     or None when preprocessing failed."""
     from deepfakemae.commands.preprocess import add_preprocess_arguments, run_preprocess_command
-    from deepfakemae.synth.demo_data import DemoDataError, build_demo_dataset
+    from deepfakemae.synth.demo_data import build_demo_dataset
 
     raw, cache = args.data_dir / "raw", args.data_dir / "cache"
     strengths = demo_strengths(args)
     print(f"[1/3] demo dataset (10 GRID speakers, 4 manipulation methods at artifact "
           f"strength {', '.join(map(str, strengths))}) -> {raw}", flush=True)
     clip_frames = None if args.max_steps is None else max(args.frames, 8)
-    try:
-        build_demo_dataset(raw, frames=clip_frames, strengths=strengths)
-    except DemoDataError as exc:
-        print(f"deepfakemae demo: error: {exc}", file=sys.stderr, flush=True)
-        return None
+    build_demo_dataset(raw, frames=clip_frames, strengths=strengths)  # DemoDataError: exit 1
     print(f"[2/3] faces: detect, align, cache -> {cache}", flush=True)
     preprocess = add_preprocess_arguments(argparse.ArgumentParser())
     code = run_preprocess_command(preprocess.parse_args([
@@ -341,12 +336,12 @@ def run_demo_plan(plan: Plan, run_root: Path, fresh: bool = False,
         run_plan(plan, run_root, fresh=True, stages=[DETECTOR], variants=stale)
 
 
+@reports_errors("demo")
 def run_demo_command(args: argparse.Namespace) -> int:
     """Run the demo end to end (one split, or ``--folds`` cross-validation) and print results."""
     problem = check_demo_arguments(args)
     if problem:
-        print(f"deepfakemae demo: error: {problem}", file=sys.stderr, flush=True)
-        return 2
+        raise UsageError(problem)
     start = time.time()
     cache = prepare_demo_data(args)
     if cache is None:
@@ -368,10 +363,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
             premise = demo_premise(args.run_root / plan.name / "main", cache, args.bootstrap,
                                    methods=demo_test_sets(args))
             print(f"\n{premise}", flush=True)
-    except StageFailed as err:  # interrupted or failed: nothing after it ran, a rerun resumes
-        print(f"deepfakemae demo: {err}", flush=True)
-        return err.exit_code
-    finally:
+    finally:  # StageFailed (interrupted or failed): nothing after it ran, a rerun resumes
         if previous is None:
             os.environ.pop("DEMO_CACHE", None)
         else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_modules.datasets import DataError, SourceSpec, VideoItem, select_videos
+from data_modules.datasets import DatasetError, SourceSpec, VideoItem, select_videos
+from deepfakemae.errors import DeepfakeMAEError, reports_errors
 from deepfakemae.faces.cache import CacheError
 from deepfakemae.faces.files import atomic_write
 from deepfakemae.masking import PART_NAMES
-from deepfakemae.modules.checkpoints import CheckpointError, check_checkpoint, load_stage1
+from deepfakemae.modules.checkpoints import check_checkpoint, load_stage1
 from deepfakemae.premise import (
     PremiseRow,
     VideoError,
@@ -54,7 +54,7 @@ MEANING = ("What these figures can mean: whether this stage-1 model reconstructs
            "well stage 2 detects.")
 
 
-class PremiseError(ValueError):
+class PremiseError(DeepfakeMAEError, ValueError):
     """Inputs the measurement cannot use (the message names the file and the fix)."""
 
 
@@ -119,7 +119,7 @@ def select(cache: Path, dataset: str | None, splits: Sequence[str],
         try:
             items = select_videos(SourceSpec(f"premise/{split}", str(cache), dataset, split,
                                              wanted), splits_dir)
-        except (DataError, CacheError) as exc:
+        except (DatasetError, CacheError) as exc:
             raise PremiseError(str(exc)) from exc
         labels = {v.label for v in items}
         if labels != {REAL, FAKE}:
@@ -313,22 +313,19 @@ def pool_video_files(paths: Sequence[Path]) -> list[VideoError]:
     return videos
 
 
+@reports_errors("premise")
 def run_premise_command(args: argparse.Namespace) -> int:
     """``deepfakemae premise``: measure, write the files, print the table."""
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",")
                                                  if m.strip()]
     output = args.output or default_output(args.checkpoint)
-    try:
-        m = run_measurement(args.checkpoint, args.cache, args.dataset, splits, args.splits_dir,
-                            methods, args.frames, args.device, args.batch_size)
-        _, text, wandb_dir = write_outputs(
-            m.videos, output, header(m, args.bootstrap), args.bootstrap,
-            config={"checkpoint": str(args.checkpoint), "cache": str(args.cache),
-                    "splits": splits, "frames": args.frames, **_mask_config(m.hparams)})
-    except (PremiseError, CheckpointError, CacheError, DataError) as exc:
-        print(f"deepfakemae premise: error: {exc}", file=sys.stderr)
-        return 2
+    m = run_measurement(args.checkpoint, args.cache, args.dataset, splits, args.splits_dir,
+                        methods, args.frames, args.device, args.batch_size)
+    _, text, wandb_dir = write_outputs(
+        m.videos, output, header(m, args.bootstrap), args.bootstrap,
+        config={"checkpoint": str(args.checkpoint), "cache": str(args.cache),
+                "splits": splits, "frames": args.frames, **_mask_config(m.hparams)})
     print(text)
     print(f"{_timing(m)}\nfiles: {', '.join(str(output / f) for f in FILES)}"
           + _wandb_line(wandb_dir))

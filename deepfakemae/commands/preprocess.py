@@ -7,18 +7,15 @@ import sys
 from pathlib import Path
 
 from data_modules.indexes import DatasetError, list_indexes, records_for_dataset
+from deepfakemae.errors import UsageError, reports_errors
 from deepfakemae.faces.align import DEFAULT_MARGIN
 from deepfakemae.faces.cache import CacheError, FaceCache
 from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
 from deepfakemae.faces.input_files import scan_inputs
-from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
+from deepfakemae.faces.landmarks import BACKENDS
 from deepfakemae.faces.pipeline import FaceConfig
 from deepfakemae.faces.runner import detector_setting, run_preprocess
 from deepfakemae.records import VideoRecord
-
-
-class UsageError(ValueError):
-    """Bad command-line arguments (exit code 2)."""
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -133,23 +130,16 @@ def config_for_args(args: argparse.Namespace) -> FaceConfig:
                       detector=args.detector, margin=args.margin)
 
 
+@reports_errors("preprocess")
 def run_preprocess_command(args: argparse.Namespace) -> int:
     """Run ``preprocess``; exit code 0 when the cache holds faces for every input of the shard,
     1 if any input failed (in this run or recorded by an earlier one and kept), 2 on usage."""
-    try:
-        records = records_for_args(args)
-        config = config_for_args(args)
-    except UsageError as exc:
-        print(f"deepfakemae preprocess: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_preprocess(records, args.output, config, workers=args.workers,
-                                 shard=args.shard, progress=not args.no_progress,
-                                 retry_failed=getattr(args, "retry_failed", False),
-                                 allow_mixed=getattr(args, "allow_mixed_settings", False))
-    except (LandmarkError, CacheError) as exc:
-        print(f"deepfakemae preprocess: error: {exc}", file=sys.stderr)
-        return 2
+    records = records_for_args(args)
+    config = config_for_args(args)
+    summary = run_preprocess(records, args.output, config, workers=args.workers,
+                             shard=args.shard, progress=not args.no_progress,
+                             retry_failed=getattr(args, "retry_failed", False),
+                             allow_mixed=getattr(args, "allow_mixed_settings", False))
     print(summary.format())
     print(f"face cache: {args.output} (manifest {Path(args.output) / 'manifest.jsonl'})")
     return 1 if summary.num_unusable else 0

@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 
 from deepfakemae.branches import BRANCHES, FUSED
-from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
+from deepfakemae.errors import UsageError, reports_errors
+from deepfakemae.faces.detect import DETECTORS, check_detector
 from deepfakemae.faces.files import atomic_write, fs_text
 from deepfakemae.faces.input_files import scan_inputs
-from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
+from deepfakemae.faces.landmarks import BACKENDS
 from deepfakemae.faces.pipeline import FaceConfig, FacePipeline
 from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
 from deepfakemae.modules.detector import DualNetworkDetector
@@ -43,11 +44,6 @@ from deepfakemae.rundir import last_checkpoint
 from deepfakemae.runinfo import run_info
 from deepfakemae.score_report import EXPLAIN_DIR, figure_paths, save_face_strip, write_report
 from deepfakemae.scoring import Stage1, VideoPrediction, VideoScorer, explainer, iter_scores
-
-
-class UsageError(ValueError):
-    """Bad arguments or missing checkpoints (exit code 2)."""
-
 
 #: where ``make demo`` / ``deepfakemae demo`` leave the demo's models
 DEMO_RUN_DIR = Path("runs") / "demo" / "main"
@@ -329,41 +325,35 @@ def report_skipped(skipped: list[tuple[Path, str]], shown: int = 10) -> None:
         print(f"  ... and {len(skipped) - shown} more", file=sys.stderr)
 
 
+@reports_errors("score")
 def run_score_command(args: argparse.Namespace) -> int:
     """Run ``score --video``: 0 when every video was scored, 1 if some were not, 2 on usage,
     130 when interrupted (the finished videos are kept; a rerun goes on from there)."""
+    if args.frames < 1 or args.batch_size < 1:
+        raise UsageError("--frames and --batch-size must be >= 1")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError("--threshold must be in [0, 1]")
+    device = resolve_device(args.device)
+    extra_branches(args.branch)
+    check_output(args.output)
+    check_report(args.report)
     try:
-        if args.frames < 1 or args.batch_size < 1:
-            raise UsageError("--frames and --batch-size must be >= 1")
-        if not 0.0 <= args.threshold <= 1.0:
-            raise UsageError("--threshold must be in [0, 1]")
-        device = resolve_device(args.device)
-        extra_branches(args.branch)
-        check_output(args.output)
-        check_report(args.report)
-        try:
-            scan = scan_inputs(args.video, exclude=[args.output, *filter(None, [args.report])])
-        except (FileNotFoundError, ValueError) as exc:
-            raise UsageError(str(exc)) from exc
-        try:
-            check_detector(args.detector)
-        except DetectorError as exc:
-            raise UsageError(str(exc)) from exc
-        scorer = VideoScorer(load_detector(args), device, args.batch_size)
-        size = args.crop_size or scorer.img_size
-        if size < 16:
-            raise UsageError("--crop-size must be >= 16")
-        pipeline = FacePipeline(FaceConfig(frames=args.frames, size=size,
-                                           landmarks=args.landmarks, device=str(device),
-                                           detector=args.detector))
-        settings = score_settings(args, scorer.detector, size)
-        with locked(args.output):
-            earlier = earlier_predictions(args.output, settings, args.rescore)
-            return _score(args, scan.records, scan.skipped, scorer, pipeline, settings, earlier,
-                          device)
-    except (UsageError, LandmarkError) as exc:
-        print(f"deepfakemae score: error: {exc}", file=sys.stderr)
-        return 2
+        scan = scan_inputs(args.video, exclude=[args.output, *filter(None, [args.report])])
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    check_detector(args.detector)
+    scorer = VideoScorer(load_detector(args), device, args.batch_size)
+    size = args.crop_size or scorer.img_size
+    if size < 16:
+        raise UsageError("--crop-size must be >= 16")
+    pipeline = FacePipeline(FaceConfig(frames=args.frames, size=size,
+                                       landmarks=args.landmarks, device=str(device),
+                                       detector=args.detector))
+    settings = score_settings(args, scorer.detector, size)
+    with locked(args.output):
+        earlier = earlier_predictions(args.output, settings, args.rescore)
+        return _score(args, scan.records, scan.skipped, scorer, pipeline, settings, earlier,
+                      device)
 
 
 def _score(args: argparse.Namespace, records: list[VideoRecord], skipped: list[tuple[Path, str]],

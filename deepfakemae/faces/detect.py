@@ -25,12 +25,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from deepfakemae.errors import DeepfakeMAEError
+
 #: ``--detector`` choices: dlib alone, dlib with MTCNN when it finds nothing, MTCNN alone
 DETECTORS = ("dlib+mtcnn", "dlib", "mtcnn")
 FACENET_INSTALL = "pip install --no-deps facenet-pytorch==2.6.0"
 
 
-class DetectorError(RuntimeError):
+class DetectorError(DeepfakeMAEError, RuntimeError):
     """A detector backend that cannot be built (the message names the cause and the fix)."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from deepfakemae.branches import BRANCHES
+from deepfakemae.errors import DeepfakeMAEError
 
 #: stage 1, one stage per detector branch (the registry's names), the fused detector's test
 PRETRAIN, DETECTOR = "pretrain", "detector"
@@ -45,7 +46,7 @@ def locate(path: str | Path) -> Path:
 TABLES_DIR = experiments_dir() / "tables"
 
 
-class PlanError(ValueError):
+class PlanError(DeepfakeMAEError, ValueError):
     """A plan file that cannot be used; the message names the file and the fix."""
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.plans.jobs import STAGE_INPUTS, Job, plan_jobs, stage_state_of
 from deepfakemae.plans.load import PLAN_RECORD, Plan, PlanError
@@ -29,7 +30,7 @@ from deepfakemae.runstate import PARENT_ENV, describe, lock_holder
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 
-class StageFailed(RuntimeError):
+class StageFailed(DeepfakeMAEError, RuntimeError):
     """A stage process failed or was interrupted; ``exit_code`` is what ``deepfakemae run``
     (and ``demo``) exits with: 130 / 143 after SIGINT / SIGTERM, else 1."""
 
