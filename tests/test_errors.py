@@ -50,7 +50,7 @@ def two_line_error(cls: type[BaseException]) -> BaseException:
 def test_the_walk_finds_the_errors():
     names = {cls.__name__ for cls in ERRORS}
     assert {"UsageError", "DatasetError", "CheckpointError", "CacheError", "PlanError",
-            "DetectorError", "StageFailed", "RunDirError"} <= names
+            "FaceDetectorError", "StageFailed", "RunDirError"} <= names
     assert sum(cls.__name__ == "UsageError" for cls in ERRORS) == 1  # defined once
 
 

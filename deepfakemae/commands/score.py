@@ -31,7 +31,7 @@ import torch
 
 from deepfakemae.branches import BRANCHES, FUSED
 from deepfakemae.errors import UsageError, reports_errors
-from deepfakemae.faces.detect import DETECTORS, check_detector
+from deepfakemae.faces.detect import add_face_detector_argument, check_face_detector
 from deepfakemae.faces.files import atomic_write, fs_text
 from deepfakemae.faces.input_files import scan_inputs
 from deepfakemae.faces.landmarks import BACKENDS
@@ -86,9 +86,9 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "(default: the model's input size; use the preprocess --size the "
                              "training cache was built with to mirror training exactly)")
     parser.add_argument("--landmarks", choices=BACKENDS, default="dlib", help="landmark backend")
-    parser.add_argument("--detector", choices=DETECTORS, default="dlib+mtcnn",
-                        help="face detector: dlib HOG with MTCNN on frames where it finds no "
-                             "face (default), dlib alone, or MTCNN alone")
+    add_face_detector_argument(parser, "dlib+mtcnn", help=(
+        "dlib HOG with MTCNN on frames where it finds no face (default), dlib alone, or MTCNN "
+        "alone"))
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--batch-size", type=int, default=8, help="5-frame clips per forward pass")
     parser.add_argument("--threshold", type=float, default=0.5,
@@ -247,7 +247,7 @@ def score_settings(args: argparse.Namespace, detector: DualNetworkDetector,
         checkpoints[name] = {"path": os.path.abspath(path), "bytes": st.st_size,
                              "mtime_ns": st.st_mtime_ns}
     return {"checkpoints": checkpoints, "frames": args.frames, "crop_size": size,
-            "landmarks": args.landmarks, "detector": args.detector}
+            "landmarks": args.landmarks, "detector": args.face_detector}
 
 
 def earlier_predictions(output: Path, settings: dict, rescore: bool
@@ -341,14 +341,14 @@ def run_score_command(args: argparse.Namespace) -> int:
         scan = scan_inputs(args.video, exclude=[args.output, *filter(None, [args.report])])
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
-    check_detector(args.detector)
+    check_face_detector(args.face_detector)
     scorer = VideoScorer(load_detector(args), device, args.batch_size)
     size = args.crop_size or scorer.img_size
     if size < 16:
         raise UsageError("--crop-size must be >= 16")
     pipeline = FacePipeline(FaceConfig(frames=args.frames, size=size,
                                        landmarks=args.landmarks, device=str(device),
-                                       detector=args.detector))
+                                       detector=args.face_detector))
     settings = score_settings(args, scorer.detector, size)
     with locked(args.output):
         earlier = earlier_predictions(args.output, settings, args.rescore)
