@@ -94,14 +94,6 @@ def safe_join(root: str | os.PathLike, relative: str, what: str = "path") -> Pat
     return Path(root).joinpath(*parts)
 
 
-def require_dir(path: Path, what: str, fix: str) -> Path:
-    """Return ``path`` if it is a directory, else raise :class:`DatasetError` naming it."""
-    if not path.is_dir():
-        state = "is not a folder" if path.exists() else "does not exist"
-        raise DatasetError(f"{what} {state}", path=path, fix=fix)
-    return path
-
-
 def child_with(root: Path, marker: str) -> Path | None:
     """The first direct sub-folder of ``root`` that contains ``marker`` (to hint at a wrong root)."""
     if not root.is_dir():

@@ -136,7 +136,7 @@ def run_preprocess_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m deepfakemae.faces.cli --input ... --output ...``."""
+    """Stand-alone entry: ``python -m deepfakemae.commands.preprocess --input ... --output ...``."""
     parser = add_preprocess_arguments(argparse.ArgumentParser(prog="deepfakemae preprocess"))
     return run_preprocess_command(parser.parse_args(argv))
 
