@@ -202,6 +202,26 @@ def test_single_demo_adds_strength_3_test_sets_and_the_cv_keeps_strength_0(tmp_p
     assert all("train" not in _init(spec) for spec in cv.variants["fold_0"].values())
 
 
+def test_the_demo_passes_its_cache_to_the_stages_not_through_os_environ(tmp_path, monkeypatch):
+    import os
+
+    from deepfakemae.commands.demo import cv_setup, demo_plan
+    from deepfakemae.plans import plan_jobs
+
+    monkeypatch.delenv("DEMO_CACHE", raising=False)
+    cache = str((tmp_path / "data" / "cache").resolve())
+    single = demo_plan(_demo_args(tmp_path))
+    cv = cv_setup(_demo_args(tmp_path, "--folds", "5"))[2]
+    for plan in (single, cv):
+        assert plan.env == {"DEMO_CACHE": cache}
+        jobs = plan_jobs(plan, tmp_path / "runs")
+        assert jobs and all(job.env()["DEMO_CACHE"] == cache for job in jobs)
+        assert f"DEMO_CACHE={cache}" in jobs[0].shell()
+    assert "DEMO_CACHE" not in os.environ
+    monkeypatch.setenv("DEMO_CACHE", "/elsewhere")  # the command's own value wins
+    assert plan_jobs(single, tmp_path / "runs")[0].env()["DEMO_CACHE"] == cache
+
+
 def test_detector_results_with_other_test_sets_are_tested_again(tmp_path):
     from deepfakemae.commands.demo import demo_plan, stale_tests
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from deepfakemae.plans import (
     PRETRAIN,
     STAGES,
     Plan,
+    StageSpec,
     experiments_dir,
     load_plan,
     merge_args,
@@ -70,6 +70,8 @@ FAKE_SOURCE_LABELS = {"dataset": "the demo methods",
                       "pseudo": "pseudo-fakes only (no demo method seen in training)",
                       "both": "the demo methods and pseudo-fakes"}
 DEFAULT_PSEUDO = ("self_blend",)
+#: side of the demo's cached face crops (the demo presets' input size)
+DEMO_FACE_SIZE = 112
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,7 +186,10 @@ def _pseudo_list(text: str) -> tuple[str, ...]:
 def prepare_demo_data(args: argparse.Namespace) -> Path | None:
     """Build the demo videos and cache their faces (reusing finished work); the cache folder,
     or None when preprocessing failed."""
-    from deepfakemae.commands.preprocess import add_preprocess_arguments, run_preprocess_command
+    from data_modules.indexes import records_for_dataset
+    from deepfakemae.commands.preprocess import face_detector_of
+    from deepfakemae.faces.pipeline import FaceConfig
+    from deepfakemae.faces.runner import run_preprocess
     from deepfakemae.synth.demo_data import build_demo_dataset
 
     raw, cache = args.data_dir / "raw", args.data_dir / "cache"
@@ -194,11 +199,12 @@ def prepare_demo_data(args: argparse.Namespace) -> Path | None:
     clip_frames = None if args.max_steps is None else max(args.frames, 8)
     build_demo_dataset(raw, frames=clip_frames, strengths=strengths)  # DemoDataError: exit 1
     print(f"[2/3] faces: detect, align, cache -> {cache}", flush=True)
-    preprocess = add_preprocess_arguments(argparse.ArgumentParser())
-    code = run_preprocess_command(preprocess.parse_args([
-        "--dataset", "demo", "--root", str(raw), "--output", str(cache), "--size", "112",
-        "--frames", str(args.frames), "--workers", str(args.workers)]))
-    if code != 0:
+    config = FaceConfig(frames=args.frames, size=DEMO_FACE_SIZE, detector=face_detector_of(cache))
+    summary = run_preprocess(records_for_dataset("demo", raw), cache, config,
+                             workers=args.workers)
+    print(summary.format())
+    print(f"face cache: {cache} (manifest {cache / 'manifest.jsonl'})")
+    if summary.num_unusable:
         print("deepfakemae demo: preprocessing failed; see the manifest above", flush=True)
         return None
     return cache
@@ -260,43 +266,46 @@ def _scale_steps(spec, scale: int) -> dict:
     return {"trainer": trainer}
 
 
+def _with_args(spec: StageSpec, args: dict) -> StageSpec:
+    """A new ``spec`` with ``args`` merged over its own (the plan's specs are not changed)."""
+    return dataclasses.replace(spec, args=merge_args(spec.args, args))
+
+
 def demo_plan(args: argparse.Namespace) -> Plan:
     """The demo plan, with ``--max-steps`` / ``--step-scale`` applied to every training stage,
     ``--fake-source`` to both stage-2 branches (named after it), the strength mix of
     ``--sensitivity`` to both branches' training sources, and one detector test set per demo
-    method × tested strength (unless only strength 0 is tested: the configs' own sets)."""
+    method × tested strength (unless only strength 0 is tested: the configs' own sets). Its
+    ``env`` gives the stages ``DEMO_CACHE``, the face cache under ``--data-dir``."""
     plan = load_plan(PLAN, demo=True)
     cache = (args.data_dir / "cache").resolve()
     strengths, train = demo_strengths(args), train_strengths(args)
     for stages in plan.variants.values():
         if args.max_steps is not None:
             for name in (PRETRAIN, *BRANCH_STAGES):
-                stages[name].args.setdefault("trainer", {})["max_steps"] = args.max_steps
+                stages[name] = _with_args(stages[name], {"trainer": {"max_steps": args.max_steps}})
         if args.step_scale != 1:
             for name in (PRETRAIN, *BRANCH_STAGES):
-                stages[name] = dataclasses.replace(
-                    stages[name], args=merge_args(stages[name].args,
-                                                  _scale_steps(stages[name], args.step_scale)))
+                stages[name] = _with_args(stages[name],
+                                          _scale_steps(stages[name], args.step_scale))
         if train != (0,):
             mix = {"data": {"init_args": {"train": [_demo_source(
                 "demo", cache, "train", strength_methods(DEMO_METHODS, train))]}}}
             for name in BRANCH_STAGES:
-                stages[name] = dataclasses.replace(stages[name],
-                                                   args=merge_args(stages[name].args, mix))
+                stages[name] = _with_args(stages[name], mix)
         if strengths != (0,):
             tests = {"data": {"init_args": {"test": [
                 _demo_source(name, cache, "test", [name]) for name in demo_test_sets(args)]}}}
-            stages[DETECTOR] = dataclasses.replace(
-                stages[DETECTOR], args=merge_args(stages[DETECTOR].args, tests))
+            stages[DETECTOR] = _with_args(stages[DETECTOR], tests)
         if args.fake_source != "dataset":
             for name in BRANCH_STAGES:
                 switch = {"data": {"init_args": {"fake_source": args.fake_source}}}
                 if tuple(args.pseudo_methods) != DEFAULT_PSEUDO:
                     switch["data"]["init_args"]["pseudo_methods"] = list(args.pseudo_methods)
-                stages[name] = dataclasses.replace(
-                    stages[name], args=merge_args(stages[name].args, switch))
+                stages[name] = _with_args(stages[name], switch)
     name = run_name(plan.name, args.fake_source, args.pseudo_methods, args.step_scale)
-    return dataclasses.replace(plan, name=name, resolved={**plan.resolved, "name": name})
+    return dataclasses.replace(plan, name=name, resolved={**plan.resolved, "name": name},
+                               env={**plan.env, "DEMO_CACHE": str(cache)})
 
 
 def detector_test_names(plan: Plan, variant: str) -> list[str]:
@@ -349,25 +358,18 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.prepare_only:
         print(f"demo set and faces ready: {cache} ({time.time() - start:.0f} s)", flush=True)
         return 0
-    previous = os.environ.get("DEMO_CACHE")
-    os.environ["DEMO_CACHE"] = str(cache.resolve())  # read by the demo configs
-    try:
-        if args.folds:
-            run_cross_validation(args)
-        else:
-            print("[3/3] stage 1, both stage-2 branches, fused detector", flush=True)
-            plan = demo_plan(args)
-            run_demo_plan(plan, args.run_root, fresh=args.fresh)
-            print_results(args.run_root / plan.name / "main", n_boot=args.bootstrap,
-                          strengths=demo_strengths(args))
-            premise = demo_premise(args.run_root / plan.name / "main", cache, args.bootstrap,
-                                   methods=demo_test_sets(args))
-            print(f"\n{premise}", flush=True)
-    finally:  # StageFailed (interrupted or failed): nothing after it ran, a rerun resumes
-        if previous is None:
-            os.environ.pop("DEMO_CACHE", None)
-        else:
-            os.environ["DEMO_CACHE"] = previous
+    # StageFailed (interrupted or failed) ends the command: nothing after it ran, a rerun resumes
+    if args.folds:
+        run_cross_validation(args)
+    else:
+        print("[3/3] stage 1, both stage-2 branches, fused detector", flush=True)
+        plan = demo_plan(args)
+        run_demo_plan(plan, args.run_root, fresh=args.fresh)
+        print_results(args.run_root / plan.name / "main", n_boot=args.bootstrap,
+                      strengths=demo_strengths(args))
+        premise = demo_premise(args.run_root / plan.name / "main", cache, args.bootstrap,
+                               methods=demo_test_sets(args))
+        print(f"\n{premise}", flush=True)
     print(f"\ndemo finished in {time.time() - start:.0f} s", flush=True)
     return 0
 

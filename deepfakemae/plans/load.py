@@ -72,6 +72,9 @@ class Plan:
     variants: dict[str, dict[str, StageSpec]]
     report: dict
     resolved: dict  # the whole resolved plan (written to <run root>/<table>/plan.json)
+    #: variables the stage configs read (``${oc.env:...}``), given by the command that built the
+    #: plan (``deepfakemae demo``: ``DEMO_CACHE``); every stage process gets them
+    env: dict[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -121,8 +121,8 @@ def run_plan(plan: Plan, run_root: str | Path, fresh: bool = False,
              variants: Sequence[str] | None = None) -> list[Job]:
     """Run the plan's pending stages in order (in this process) and return the jobs run.
 
-    Each stage runs with ``RUN_DIR=<run root>/<table>/<variant>``; ``CACHE_DIR`` / ``DEMO_CACHE``
-    pass through. Done stages are skipped unless ``fresh``. ``dry_run`` prints the shell line of
+    Each stage runs with ``RUN_DIR=<run root>/<table>/<variant>`` and the plan's ``env``;
+    ``CACHE_DIR`` / ``DEMO_CACHE`` of this process pass through where the plan sets neither. Done stages are skipped unless ``fresh``. ``dry_run`` prints the shell line of
     every pending stage (one per line, ready to submit as a job) and runs nothing.
     """
     jobs = plan_jobs(plan, run_root, variants, stages, fresh)
