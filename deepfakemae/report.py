@@ -25,6 +25,7 @@ from deepfakemae.branches import BRANCHES, FUSED, ordered_labels
 from deepfakemae.faces.files import atomic_path, atomic_write_text
 from deepfakemae.plans import (
     PLAN_RECORD,
+    RERUN_KEY,
     TABLES_DIR,
     Plan,
     PlanError,
@@ -249,15 +250,42 @@ def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None
 
 
 def rerun_command(plan: Plan) -> str:
-    """The command that produces a plan's runs: ``deepfakemae demo`` for the demo's own plan,
-    else ``deepfakemae run <table> [--demo]``."""
-    if plan.name == "demo":
-        return "deepfakemae demo"
-    if plan.name.startswith("demo-"):  # the demo with pseudo-fakes (commands/demo.py run_name)
-        source, _, methods = plan.name.removeprefix("demo-").partition("-")
-        pseudo = f" --pseudo-methods {methods.replace('+', ',')}" if methods else ""
-        return f"deepfakemae demo --fake-source {source}{pseudo}"
+    """The command that produces a plan's runs: the one recorded in the plan (``rerun``, set by
+    ``deepfakemae demo``), else ``deepfakemae run <table> [--demo]``; a demo record from before
+    that field gets the options its folder name stands for (:func:`_old_demo_command`)."""
+    recorded = plan.resolved.get(RERUN_KEY)
+    if recorded:
+        return str(recorded)
+    if plan.name == "demo" or plan.name.startswith("demo-"):
+        return _old_demo_command(plan)
     return f"deepfakemae run {plan.name}{' --demo' if plan.demo else ''}"
+
+
+def _old_demo_command(plan: Plan) -> str:
+    """``deepfakemae demo`` with the options a demo run folder's name stands for, for a
+    ``plan.json`` written before the command was recorded: ``demo-cv`` / ``demo-sensitivity``
+    (``--folds k``, k its fold variants), ``-s<k+k>``, ``-<source>[-<m1+m2>]``, ``-x<N>``."""
+    parts, rest = ["deepfakemae demo"], plan.name
+    for base, extra in (("demo-sensitivity", ["--sensitivity"]), ("demo-cv", []), ("demo", [])):
+        if rest == base or rest.startswith(base + "-"):
+            rest = rest[len(base):].lstrip("-")
+            if base != "demo":
+                parts += [f"--folds {len(plan.variants)}", *extra]
+            break
+    tokens = [t for t in rest.split("-") if t]
+    if tokens and re.fullmatch(r"x\d+", tokens[-1]):
+        scale = tokens.pop()
+    else:
+        scale = None
+    if tokens and re.fullmatch(r"s[\d+]+", tokens[0]):
+        parts.append("--strengths " + " ".join(tokens.pop(0)[1:].split("+")))
+    if tokens:
+        parts.append(f"--fake-source {tokens.pop(0)}")
+    if tokens:
+        parts.append(f"--pseudo-methods {tokens.pop(0).replace('+', ',')}")
+    if scale:
+        parts.append(f"--step-scale {scale[1:]}")
+    return " ".join(parts)
 
 
 def default_layout(plan: Plan, run_root: Path, reader: _Results | None = None) -> dict:

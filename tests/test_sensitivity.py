@@ -222,6 +222,32 @@ def test_the_demo_passes_its_cache_to_the_stages_not_through_os_environ(tmp_path
     assert plan_jobs(single, tmp_path / "runs")[0].env()["DEMO_CACHE"] == cache
 
 
+def test_each_demo_plan_records_the_command_that_reruns_it(tmp_path):
+    import dataclasses
+
+    from deepfakemae.commands.demo import cv_setup, demo_plan
+    from deepfakemae.plans import RERUN_KEY
+    from deepfakemae.report import rerun_command
+
+    cases = {(): "deepfakemae demo",
+             ("--folds", "5"): "deepfakemae demo --folds 5",
+             ("--folds", "3", "--fake-source", "pseudo", "--pseudo-methods", "blend_swap"):
+                 "deepfakemae demo --folds 3 --fake-source pseudo --pseudo-methods blend_swap",
+             ("--folds", "5", "--sensitivity"): "deepfakemae demo --folds 5 --sensitivity",
+             ("--folds", "3", "--sensitivity", "--strengths", "3", "--step-scale", "10"):
+                 "deepfakemae demo --folds 3 --sensitivity --strengths 0 3 --step-scale 10",
+             ("--fake-source", "both", "--step-scale", "2"):
+                 "deepfakemae demo --fake-source both --step-scale 2"}
+    for flags, command in cases.items():
+        args = _demo_args(tmp_path, *flags)
+        plan = cv_setup(args)[2] if args.folds else demo_plan(args)
+        assert rerun_command(plan) == command, flags
+        # a plan.json from before the command was recorded: read from the folder's name
+        old = dataclasses.replace(plan, resolved={k: v for k, v in plan.resolved.items()
+                                                  if k != RERUN_KEY})
+        assert rerun_command(old) == command, plan.name
+
+
 def test_detector_results_with_other_test_sets_are_tested_again(tmp_path):
     from deepfakemae.commands.demo import demo_plan, stale_tests
 

@@ -47,6 +47,7 @@ from deepfakemae.plans import (
     BRANCH_STAGES,
     DETECTOR,
     PRETRAIN,
+    RERUN_KEY,
     STAGES,
     Plan,
     StageSpec,
@@ -304,8 +305,29 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                     switch["data"]["init_args"]["pseudo_methods"] = list(args.pseudo_methods)
                 stages[name] = _with_args(stages[name], switch)
     name = run_name(plan.name, args.fake_source, args.pseudo_methods, args.step_scale)
-    return dataclasses.replace(plan, name=name, resolved={**plan.resolved, "name": name},
+    return dataclasses.replace(plan, name=name,
+                               resolved={**plan.resolved, "name": name,
+                                         RERUN_KEY: demo_command(args)},
                                env={**plan.env, "DEMO_CACHE": str(cache)})
+
+
+def demo_command(args: argparse.Namespace, folds: bool = False) -> str:
+    """The ``deepfakemae demo`` line that makes the run folder ``args`` name (the options its
+    name stands for): the single run's, or with ``folds`` the cross-validation's."""
+    parts = ["deepfakemae demo"]
+    if folds:
+        parts.append(f"--folds {args.folds}")
+        if args.sensitivity:
+            parts.append("--sensitivity")
+            if demo_strengths(args) != DEMO_STRENGTHS:
+                parts.append("--strengths " + " ".join(map(str, demo_strengths(args))))
+    if args.fake_source != "dataset":
+        parts.append(f"--fake-source {args.fake_source}")
+        if tuple(args.pseudo_methods) != DEFAULT_PSEUDO:
+            parts.append(f"--pseudo-methods {','.join(args.pseudo_methods)}")
+    if args.step_scale != 1:
+        parts.append(f"--step-scale {args.step_scale}")
+    return " ".join(parts)
 
 
 def detector_test_names(plan: Plan, variant: str) -> list[str]:
@@ -383,7 +405,10 @@ def cv_setup(args: argparse.Namespace) -> tuple[Path, list[Path], Plan]:
     name = cv_name(args)
     root = args.run_root / name
     splits_dirs = [write_fold_splits(f, root / "splits" / f"fold_{i}") for i, f in enumerate(folds)]
-    return root, splits_dirs, fold_plan(demo_plan(args), splits_dirs, name)
+    plan = fold_plan(demo_plan(args), splits_dirs, name)
+    plan = dataclasses.replace(plan, resolved={**plan.resolved,
+                                               RERUN_KEY: demo_command(args, folds=True)})
+    return root, splits_dirs, plan
 
 
 def training_label(args: argparse.Namespace) -> str:

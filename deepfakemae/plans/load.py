@@ -23,6 +23,9 @@ BRANCH_STAGES: tuple[str, ...] = tuple(BRANCHES)
 #: the pipeline, in run order
 STAGES: tuple[str, ...] = (PRETRAIN, *BRANCH_STAGES, DETECTOR)
 PLAN_RECORD = "plan.json"
+#: the key of a resolved plan that holds the command producing its runs, when a command built
+#: the plan (``deepfakemae demo``); a table plan is rerun with ``deepfakemae run <table>``
+RERUN_KEY = "rerun"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMMON_PLAN = "common.yaml"
 
