@@ -274,6 +274,11 @@ class FacialPartMasker:
         self.grid = _grid(img_size, patch_size)
         self.num_patches = self.grid**2
 
+    @classmethod
+    def on_grid_of(cls, mae, strategy: str, ratio: float, variant: str) -> FacialPartMasker:
+        """A masker on ``mae``'s patch grid (its ``img_size`` and ``patch_size``)."""
+        return cls(strategy, ratio, variant, mae.img_size, mae.patch_size)
+
     def part_sets(self, landmarks: torch.Tensor) -> torch.Tensor:
         """(B, 68, 2) → (B, 3, L) bool part sets for this masker's geometry."""
         return part_sets(landmarks, self.img_size, self.patch_size, self.variant, self.dilation)
@@ -297,3 +302,9 @@ class FacialPartMasker:
         k = torch.floor(self.ratio * n.double() + 0.5).long()
         k = torch.minimum(k.clamp(min=1), n)  # (B,)
         return MaskOutput(_mask_k_of(selected, k, generator), part)
+
+
+def stage1_masking(hparams: dict) -> tuple[float, str]:
+    """``(mask_ratio, part_variant)`` a stage-1 run's hyper-parameters record (0.5 and
+    ``algorithm1``, the defaults, for a run that records none)."""
+    return float(hparams.get("mask_ratio", 0.5)), str(hparams.get("part_variant", "algorithm1"))

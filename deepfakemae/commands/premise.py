@@ -24,7 +24,7 @@ from data_modules.datasets import DatasetError, SourceSpec, VideoItem, select_vi
 from deepfakemae.errors import DeepfakeMAEError, reports_errors
 from deepfakemae.faces.cache import CacheError
 from deepfakemae.faces.files import atomic_write
-from deepfakemae.masking import PART_NAMES
+from deepfakemae.masking import PART_NAMES, stage1_masking
 from deepfakemae.modules.checkpoints import check_checkpoint, load_stage1
 from deepfakemae.premise import (
     PremiseRow,
@@ -147,9 +147,8 @@ def run_measurement(checkpoint: Path, cache: Path, dataset: str | None = "ffpp",
 
         def bar(it):
             return tqdm(it, total=len(items), desc="premise", unit="video", disable=None)
-    videos = measure(mae, items, float(hparams.get("mask_ratio", 0.5)),
-                     str(hparams.get("part_variant", "algorithm1")), frames=frames,
-                     device=device, batch_size=batch_size, progress=bar)
+    videos = measure(mae, items, *stage1_masking(hparams), frames=frames, device=device,
+                     batch_size=batch_size, progress=bar)
     return Measurement(videos, checkpoint, hparams, frames, time.time() - start)
 
 
@@ -158,11 +157,11 @@ def header(m: Measurement, n_boot: int, what: str = "") -> str:
     hp = m.hparams
     frames = "every cached frame" if m.frames is None else f"{m.frames} evenly spaced frames"
     pooled = f" {what}" if what else ""
+    ratio, variant = stage1_masking(hp)
     lines = [
         f"Premise{pooled}: masked-reconstruction error of the stage-1 model {m.checkpoint} "
         f"(trained with mask strategy {hp.get('mask_strategy', 'facial_part')}, ratio "
-        f"{hp.get('mask_ratio', 0.5)} of the part, part variant "
-        f"{hp.get('part_variant', 'algorithm1')}) on {frames} per video. Each part is masked "
+        f"{ratio} of the part, part variant {variant}) on {frames} per video. Each part is masked "
         "with that ratio; the patches are fixed per frame (drawn from the real target's "
         "landmarks at that frame, seeded by its key, the frame and the part), so a fake and the "
         "real it was made on get the same mask. Error: MSE on the masked patches in "

@@ -36,6 +36,7 @@ from deepfakemae.faces.files import atomic_write, fs_text
 from deepfakemae.faces.input_files import scan_inputs
 from deepfakemae.faces.landmarks import BACKENDS
 from deepfakemae.faces.pipeline import FaceConfig, FacePipeline
+from deepfakemae.masking import stage1_masking
 from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
 from deepfakemae.modules.detector import DualNetworkDetector
 from deepfakemae.predictions import JSON_NAME, PredictionsFile, print_table, read_predictions
@@ -195,8 +196,7 @@ def load_explain_mae(args: argparse.Namespace, device: torch.device) -> Stage1 |
         print(f"note: cannot use stage-1 checkpoint {path} ({exc}); skipping reconstruction.png",
               file=sys.stderr)
         return None
-    return mae, float(hparams.get("mask_ratio", 0.5)), str(hparams.get("part_variant",
-                                                                        "algorithm1"))
+    return (mae, *stage1_masking(hparams))
 
 
 def _check_writable(option: str, path: Path, kind: str) -> None:

@@ -229,8 +229,8 @@ class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
         if self.hparams.target != "unmasked":
             self._resolve_masking(stage1_hparams or {})
             hp = self.hparams
-            self._masker = FacialPartMasker(hp.mask_strategy, hp.mask_ratio, hp.part_variant,
-                                            mae.img_size, mae.patch_size)
+            self._masker = FacialPartMasker.on_grid_of(mae, hp.mask_strategy, hp.mask_ratio,
+                                                       hp.part_variant)
 
     def _resolve_masking(self, stage1_hparams: dict) -> None:
         """Fill masking hparams left at None from stage 1; error if stage 1 does not say."""

@@ -37,9 +37,8 @@ class MAEPretrainModule(PictureQueue, LightningModule):
         self.model = create_mae(preset, norm_pix_loss=norm_pix_loss)
         if init_weights:  # public MAE weights (encoder + decoder where the file has it)
             load_mae_init(self.model, init_weights)
-        self.masker = FacialPartMasker(strategy=mask_strategy, ratio=mask_ratio,
-                                       variant=part_variant, img_size=self.model.img_size,
-                                       patch_size=self.model.patch_size)
+        self.masker = FacialPartMasker.on_grid_of(self.model, mask_strategy, mask_ratio,
+                                                  part_variant)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor):
         return self.model(images, mask)
