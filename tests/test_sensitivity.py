@@ -128,7 +128,7 @@ def _init(spec) -> dict:
 
 
 def test_sensitivity_plan_trains_on_every_strength_and_tests_each(tmp_path):
-    from deepfakemae.commands.demo import cv_setup, detector_test_names
+    from deepfakemae.commands.demo_plan import cv_setup, detector_test_names
 
     args = _demo_args(tmp_path, "--folds", "5", "--sensitivity")
     root, splits_dirs, plan = cv_setup(args)
@@ -163,7 +163,7 @@ def test_sensitivity_plan_trains_on_every_strength_and_tests_each(tmp_path):
 
 
 def test_reduced_and_scaled_sensitivity_runs_get_folders_of_their_own(tmp_path):
-    from deepfakemae.commands.demo import cv_setup, detector_test_names
+    from deepfakemae.commands.demo_plan import cv_setup, detector_test_names
 
     args = _demo_args(tmp_path, "--folds", "3", "--sensitivity", "--strengths", "3")
     root, _, plan = cv_setup(args)
@@ -185,7 +185,7 @@ def test_reduced_and_scaled_sensitivity_runs_get_folders_of_their_own(tmp_path):
 
 
 def test_single_demo_adds_strength_3_test_sets_and_the_cv_keeps_strength_0(tmp_path):
-    from deepfakemae.commands.demo import cv_setup, demo_plan, detector_test_names
+    from deepfakemae.commands.demo_plan import cv_setup, demo_plan, detector_test_names
 
     single = demo_plan(_demo_args(tmp_path))
     assert single.name == "demo"
@@ -205,7 +205,7 @@ def test_single_demo_adds_strength_3_test_sets_and_the_cv_keeps_strength_0(tmp_p
 def test_the_demo_passes_its_cache_to_the_stages_not_through_os_environ(tmp_path, monkeypatch):
     import os
 
-    from deepfakemae.commands.demo import cv_setup, demo_plan
+    from deepfakemae.commands.demo_plan import cv_setup, demo_plan
     from deepfakemae.plans import plan_jobs
 
     monkeypatch.delenv("DEMO_CACHE", raising=False)
@@ -225,7 +225,7 @@ def test_the_demo_passes_its_cache_to_the_stages_not_through_os_environ(tmp_path
 def test_each_demo_plan_records_the_command_that_reruns_it(tmp_path):
     import dataclasses
 
-    from deepfakemae.commands.demo import cv_setup, demo_plan
+    from deepfakemae.commands.demo_plan import cv_setup, demo_plan
     from deepfakemae.plans import RERUN_KEY
     from deepfakemae.report import rerun_command
 
@@ -249,7 +249,7 @@ def test_each_demo_plan_records_the_command_that_reruns_it(tmp_path):
 
 
 def test_detector_results_with_other_test_sets_are_tested_again(tmp_path):
-    from deepfakemae.commands.demo import demo_plan, stale_tests
+    from deepfakemae.commands.demo_plan import demo_plan, stale_tests
 
     args = _demo_args(tmp_path)
     plan = demo_plan(args)
