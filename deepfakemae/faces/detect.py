@@ -73,7 +73,8 @@ def add_face_detector_argument(parser: argparse.ArgumentParser, default: str | N
     """``--face-detector`` (``args.face_detector``) and its old spelling ``--detector``."""
     parser.add_argument("--face-detector", choices=FACE_DETECTORS, default=default, help=help)
     parser.add_argument("--detector", dest="face_detector", choices=FACE_DETECTORS,
-                        action=_OldDetectorFlag, help=argparse.SUPPRESS)
+                        action=_OldDetectorFlag, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
 
 
 @dataclass
