@@ -18,7 +18,7 @@ For each resolution it prints faces/s, videos/s and face yield (faces / frames s
 * ``ours 1 proc``: :meth:`FacePipeline.process` (PyAV with keyframe seeking and non-reference
   frames skipped, RGB only for sampled frames, detection on a downscaled frame, tracking, MTCNN
   where dlib finds nothing), models loaded once, with 1 decoder thread and with the default (all
-  CPUs); with 1 thread also ``--detector dlib`` (no MTCNN fallback), the cost of the fallback;
+  CPUs); with 1 thread also ``--face-detector dlib`` (no MTCNN fallback), the cost of the fallback;
 * ``run_preprocess w=1 / w=2``: the full command path (cache writes, pool start-up included),
   and the same with the start-up (spawn, imports, model loading) excluded.
 
@@ -267,12 +267,12 @@ def main() -> None:
                 return len(pipeline.process(record_for(path))), args.frames
 
             tallies = {"reference": Tally(), "ours 1 proc, 1 dec thread": Tally(),
-                       "  same, --detector dlib (no MTCNN)": Tally(),
+                       "  same, --face-detector dlib (no MTCNN)": Tally(),
                        f"ours 1 proc, {cpus} dec threads": Tally()}
             for clip in clips:  # alternate so every pipeline sees the same machine load
                 tallies["reference"].add(ref, clip)
                 tallies["ours 1 proc, 1 dec thread"].add(lambda p: run_ours(p, ours[1]), clip)
-                tallies["  same, --detector dlib (no MTCNN)"].add(
+                tallies["  same, --face-detector dlib (no MTCNN)"].add(
                     lambda p: run_ours(p, dlib_only), clip)
                 tallies[f"ours 1 proc, {cpus} dec threads"].add(
                     lambda p: run_ours(p, ours[0]), clip)

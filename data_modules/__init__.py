@@ -19,6 +19,7 @@ _EXPORTS = {
     "SourceSpec": "data_modules.datasets",
     "VideoItem": "data_modules.datasets",
     "DataError": "data_modules.datasets",
+    "DatasetError": "data_modules.datasets",
     "FaceClipDataset": "data_modules.datasets",
     "select_videos": "data_modules.datasets",
     "build_domain_map": "data_modules.datasets",

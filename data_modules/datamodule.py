@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from data_modules.augment import AUGMENT_PROBABILITIES, FaceAugment, build_train_transform
 from data_modules.datasets import (
-    DataError,
+    DatasetError,
     FaceClipDataset,
     SourceSpec,
     VideoItem,
@@ -111,18 +111,18 @@ class DeepfakeDataModule(L.LightningDataModule):
         super().__init__()
         for name, value in (("mode", mode), ("eval_mode", eval_mode or mode)):
             if value not in ("frame", "clip"):
-                raise DataError(f"{name} must be 'frame' or 'clip', got {value!r}")
+                raise DatasetError(f"{name} must be 'frame' or 'clip', got {value!r}")
         if clip_len < 1:
-            raise DataError(f"clip_len must be >= 1, got {clip_len}")
+            raise DatasetError(f"clip_len must be >= 1, got {clip_len}")
         if balanced and real_only:
-            raise DataError("balanced=True needs fake videos but real_only=True keeps only reals")
+            raise DatasetError("balanced=True needs fake videos but real_only=True keeps only reals")
         self.train_sources = list(train or [])
         self.val_sources = list(val or [])
         self.test_sources = list(test or [])
         for stage, sources in (("val", self.val_sources), ("test", self.test_sources)):
             names = [s.name for s in sources]
             if len(set(names)) != len(names):
-                raise DataError(f"{stage} source names must be unique, got {names}")
+                raise DatasetError(f"{stage} source names must be unique, got {names}")
         self.mode = mode
         self.eval_mode = eval_mode or mode
         self.real_only = real_only
@@ -136,29 +136,29 @@ class DeepfakeDataModule(L.LightningDataModule):
         if isinstance(augment, dict):
             unknown = sorted(set(augment) - set(AUGMENT_PROBABILITIES))
             if unknown:
-                raise DataError(f"augment: unknown keys {unknown}; use {list(AUGMENT_PROBABILITIES)}")
+                raise DatasetError(f"augment: unknown keys {unknown}; use {list(AUGMENT_PROBABILITIES)}")
         self.augment = augment
         self.seed = seed
         self.pin_memory = pin_memory
         if samples_per_video < 1:
-            raise DataError(f"samples_per_video must be >= 1, got {samples_per_video}")
+            raise DatasetError(f"samples_per_video must be >= 1, got {samples_per_video}")
         self.samples_per_video = samples_per_video
         self.splits_dir = splits_dir
         if paired and not balanced:
-            raise DataError("paired=True pairs fakes with their real targets inside balanced "
+            raise DatasetError("paired=True pairs fakes with their real targets inside balanced "
                             "batches; set balanced=True too")
         self.paired = paired
         if fake_source not in FAKE_SOURCES:
-            raise DataError(f"fake_source must be one of {list(FAKE_SOURCES)}, got {fake_source!r} "
+            raise DatasetError(f"fake_source must be one of {list(FAKE_SOURCES)}, got {fake_source!r} "
                             "(--data.init_args.fake_source)")
         if real_only and fake_source != "dataset":
-            raise DataError(f"fake_source={fake_source!r} makes training fakes but real_only=True "
+            raise DatasetError(f"fake_source={fake_source!r} makes training fakes but real_only=True "
                             "keeps only reals; use fake_source: dataset for pre-training")
         self.fake_source = fake_source
         self.pseudo_methods = list(pseudo_methods or ["self_blend"])
         unknown = sorted(set(self.pseudo_methods) - set(PSEUDO_METHODS))
         if unknown:
-            raise DataError(f"pseudo_methods: unknown {unknown}; use {list(PSEUDO_METHODS)} "
+            raise DatasetError(f"pseudo_methods: unknown {unknown}; use {list(PSEUDO_METHODS)} "
                             "(--data.init_args.pseudo_methods)")
         self.domain_map: dict[str, int] | None = None
         self.train_dataset: FaceClipDataset | None = None
@@ -181,17 +181,17 @@ class DeepfakeDataModule(L.LightningDataModule):
         if self.real_only:
             videos = [v for v in videos if v.method == REAL_METHOD]
             if not videos:
-                raise DataError(f"real_only=True but the training sources "
+                raise DatasetError(f"real_only=True but the training sources "
                                 f"{[s.name for s in self.train_sources]} select no real video")
         else:
             try:
                 videos = pseudo_fake_videos(videos, self.fake_source, self.pseudo_methods)
             except ValueError as exc:
-                raise DataError(f"training sources {[s.name for s in self.train_sources]}: "
+                raise DatasetError(f"training sources {[s.name for s in self.train_sources]}: "
                                 f"{exc}") from exc
             n_real = sum(v.label == REAL for v in videos)
             if n_real == 0 or n_real == len(videos):
-                raise DataError(
+                raise DatasetError(
                     f"training needs real and fake videos, but the training sources "
                     f"{[s.name for s in self.train_sources]} select {n_real} real and "
                     f"{len(videos) - n_real} fake (fake_source={self.fake_source!r}); add the "
@@ -236,7 +236,7 @@ class DeepfakeDataModule(L.LightningDataModule):
     def train_sampler(self) -> VideoEpochSampler | BalancedRealFakeSampler:
         """The training sampler (DDP-aware; a ``DistributedSampler`` Lightning keeps)."""
         if self.train_dataset is None:
-            raise DataError("no training data: pass `train` sources and call setup('fit')")
+            raise DatasetError("no training data: pass `train` sources and call setup('fit')")
         if self.balanced:
             pairs = self.samples_per_video * int((self.train_dataset.labels == 0).sum())
             return BalancedRealFakeSampler(self.train_dataset, seed=self.seed, num_pairs=pairs,

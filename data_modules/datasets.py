@@ -2,7 +2,7 @@
 
 A *source* (``SourceSpec``) names one face cache root and the videos it contributes (dataset,
 split, methods). ``select_videos`` reads the cache manifest and returns the ``ok`` videos that
-match, or raises a ``DataError`` that names the cache and what to run or change.
+match, or raises a ``DatasetError`` that names the cache and what to run or change.
 
 ``FaceClipDataset`` indexes *windows* of ``clip_len`` consecutive cached frames
 (``clip_len=1``: single frames). Two layouts:
@@ -40,8 +40,9 @@ SPLITS = ("train", "val", "test", "all")
 UNKNOWN_DOMAIN = -1
 
 
-class DataError(ValueError):
-    """A data configuration that cannot work (the message names the path and the fix)."""
+#: the old name of :class:`~data_modules.indexes.common.DatasetError` (one class: a dataset
+#: index, a face cache or a data configuration that cannot be used)
+DataError = DatasetError
 
 
 @dataclass
@@ -99,7 +100,7 @@ def reassign_splits(records: list[dict], splits_dir: str | Path) -> list[dict]:
     try:
         owner = split_owner(load_splits(splits_dir))
     except DatasetError as err:
-        raise DataError(f"splits_dir {splits_dir}: {err}") from err
+        raise DatasetError(f"splits_dir {splits_dir}: {err}") from err
     out = []
     for record in records:
         split = key_split(record["key"], owner) if record.get("dataset") == FFPP else None
@@ -114,25 +115,25 @@ def select_videos(spec: SourceSpec, splits_dir: str | Path | None = None) -> lis
     :func:`reassign_splits`).
     """
     if spec.split not in SPLITS:
-        raise DataError(f"source {spec.name!r}: split must be one of {SPLITS}, got {spec.split!r}")
+        raise DatasetError(f"source {spec.name!r}: split must be one of {SPLITS}, got {spec.split!r}")
     root = Path(spec.cache)
     dataset = spec.dataset or "<dataset>"
     run = (f"run `deepfakemae preprocess --dataset {dataset} --root <{dataset} download folder> "
            f"--output {root}`")
     if not root.is_dir():
-        raise DataError(f"source {spec.name!r}: no face cache at {root}: {run}")
+        raise DatasetError(f"source {spec.name!r}: no face cache at {root}: {run}")
     cache = FaceCache(root)
     records = cache.manifest()
     if records and splits_dir is not None:
         records = reassign_splits(records, splits_dir)
     if not records:
-        raise DataError(f"source {spec.name!r}: face cache {root} is empty "
+        raise DatasetError(f"source {spec.name!r}: face cache {root} is empty "
                         f"({cache.manifest_path} lists no videos): {run}")
     ok = [r for r in records if r.get("status") == "ok"]
     ok_frames = [(r, _num_frames(cache, r)) for r in ok]
     ok_frames = [(r, n) for r, n in ok_frames if n > 0]
     if not ok_frames:
-        raise DataError(f"source {spec.name!r}: face cache {root} has no usable video "
+        raise DatasetError(f"source {spec.name!r}: face cache {root} has no usable video "
                         f"(statuses: {_status_counts(records)}; ok entries with zero faces: "
                         f"{len(ok)}); check the inputs and {run}")
     chosen = ok_frames
@@ -142,7 +143,7 @@ def select_videos(spec: SourceSpec, splits_dir: str | Path | None = None) -> lis
             continue
         kept = [(r, n) for r, n in chosen if r.get(field) == wanted]
         if not kept:
-            raise DataError(f"source {spec.name!r}: no ok video in {root} has {field}={wanted!r}; "
+            raise DatasetError(f"source {spec.name!r}: no ok video in {root} has {field}={wanted!r}; "
                             f"available: {_values([r for r, _ in chosen], field)}")
         chosen = kept
     if spec.methods is not None:
@@ -150,7 +151,7 @@ def select_videos(spec: SourceSpec, splits_dir: str | Path | None = None) -> lis
         available = _values([r for r, _ in chosen], "method")
         missing = sorted(wanted_m - set(available))
         if missing:
-            raise DataError(f"source {spec.name!r}: methods {missing} not found in {root} "
+            raise DatasetError(f"source {spec.name!r}: methods {missing} not found in {root} "
                             f"(dataset={spec.dataset!r}, split={spec.split!r}); available: {available}")
         chosen = [(r, n) for r, n in chosen if r.get("method") in wanted_m]
     items = []
@@ -176,10 +177,10 @@ def build_domain_map(train_methods: list[str], domains: list[str] | None = None)
     fakes = [m for m in (domains if domains is not None
                          else sorted({domain(m) for m in train_methods})) if m != REAL_METHOD]
     if len(set(fakes)) != len(fakes):
-        raise DataError(f"domains lists a method twice: {fakes}")
+        raise DatasetError(f"domains lists a method twice: {fakes}")
     unknown = sorted({domain(m) for m in train_methods} - set(fakes) - {REAL_METHOD})
     if unknown:
-        raise DataError(f"training methods {unknown} are missing from `domains` {fakes}; "
+        raise DatasetError(f"training methods {unknown} are missing from `domains` {fakes}; "
                         "add them or leave `domains` unset")
     ids = {REAL_METHOD: 0, **{m: i + 1 for i, m in enumerate(fakes)}}
     return {**ids, **{m: ids[domain(m)] for m in train_methods}}
@@ -216,7 +217,7 @@ class FaceClipDataset(Dataset):
         test_set_key: bool = False,
     ):
         if not videos:
-            raise DataError("FaceClipDataset needs at least one video")
+            raise DatasetError("FaceClipDataset needs at least one video")
         self.videos = videos
         self.domain_map = domain_map
         self.img_size = img_size
@@ -257,7 +258,7 @@ class FaceClipDataset(Dataset):
         rng = np.random.default_rng(seed + 1)
         donors = [i for i in self.donors if self.videos[i].key != real_key]
         if not donors:
-            raise DataError(f"no other real video to blend into {real_key!r}")
+            raise DatasetError(f"no other real video to blend into {real_key!r}")
         donor = self.videos[donors[int(rng.integers(len(donors)))]]
         start = int(rng.integers(max(donor.num_frames - length, 0) + 1))
         pos = np.minimum(np.arange(start, start + length), donor.num_frames - 1)

@@ -27,7 +27,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data_modules.datasets import DataError, FaceClipDataset
+from data_modules.datasets import DatasetError, FaceClipDataset
 from data_modules.indexes.ffpp import target_real_key
 from deepfakemae.records import REAL
 
@@ -172,7 +172,7 @@ class BalancedRealFakeSampler(_VideoWindowSampler):
         self.real = np.flatnonzero(labels == REAL)
         fakes = np.flatnonzero(labels != REAL)
         if len(self.real) == 0 or len(fakes) == 0:
-            raise DataError(f"balanced sampling needs real and fake videos; the training set has "
+            raise DatasetError(f"balanced sampling needs real and fake videos; the training set has "
                             f"{len(self.real)} real and {len(fakes)} fake")
         methods: dict[str, list[int]] = {}
         for v in fakes:

@@ -21,8 +21,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from deepfakemae.explain import cam_figure
 from deepfakemae.loggers import log_wandb_results
-from deepfakemae.results import RESULTS_FILE, summary_table, write_results, write_scores_csv
-from deepfakemae.runstate import LAST_CHECKPOINT, clear_done, write_done
+from deepfakemae.results import summary_table, write_results, write_scores_csv
+from deepfakemae.rundir import LAST_CHECKPOINT, results_file, scores_file
+from deepfakemae.runstate import clear_done, write_done
 from deepfakemae.visualize import log_image, roc_figure, to_uint8
 
 #: exit codes of an interrupted run: 128 + the signal number, as a shell reports it
@@ -223,8 +224,8 @@ class TestResultFiles(Callback):
         evaluation = getattr(pl_module, "evaluations", {}).get("test")
         if evaluation is None or not evaluation.results or not trainer.is_global_zero:
             return
-        out = Path(trainer.default_root_dir) / RESULTS_FILE
-        write_scores_csv(evaluation.scored, out.with_name("scores_test.csv"))
+        out = results_file(trainer.default_root_dir)
+        write_scores_csv(evaluation.scored, scores_file(trainer.default_root_dir))
         write_results(evaluation.results, out, self.provenance)
         plotted = {f"{s}/{b}": c for s, cs in evaluation.curves.items() for b, c in cs.items()
                    if not math.isnan(c[2])}

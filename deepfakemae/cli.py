@@ -5,8 +5,11 @@ Data tools are plain subcommands (``preprocess``, ``cache verify``, ``demo-data`
 training and evaluation are LightningCLI's ``fit`` / ``validate`` / ``test`` driven by YAML
 configs in ``experiments/``. ``deepfakemae score --video ...`` scores videos end to end
 (``predict --video``, its old spelling, still works with a note; LightningCLI's own predict
-wrote nothing and is not offered). Tools live under ``deepfakemae/commands/``, except ``cache``
-(``faces/verify.py``) and ``demo-data`` (``synth/demo_data.py``) for now.
+wrote nothing and is not offered). Every tool's command is a module of ``deepfakemae/commands/``
+(the checks of ``cache verify`` are ``faces/verify.py``, the builder of ``demo-data`` is
+``synth/demo_data.py``). An error a user can act on
+(:class:`deepfakemae.errors.DeepfakeMAEError`) ends any command with one line on stderr and its
+exit code (2 unless the error says otherwise).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+
+from deepfakemae.errors import reports_errors
 
 #: subcommand -> (module, add-arguments function, run function, help)
 TOOLS = {
@@ -71,35 +76,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = ALIASES.get(args[0], args[0])
     if command != args[0]:
         print(f"note: `deepfakemae {args[0]}` is now `deepfakemae {command}`", file=sys.stderr)
-    if command in TOOLS:
+    if command in TOOLS:  # each tool's run function reports its errors (reports_errors)
         parser, run = _tool_parser(command)
         return int(run(parser.parse_args(args[1:])) or 0)
     if command in LIGHTNING_COMMANDS:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        from data_modules.datasets import DataError
-        from deepfakemae.callbacks import INTERRUPT_EXIT_CODES, LAST_INTERRUPT
-        from deepfakemae.lightning_cli import RunDirError, run_lightning_cli
-        from deepfakemae.models.pretrained import PretrainedWeightsError
-        from deepfakemae.modules.checkpoints import CheckpointError
-        from deepfakemae.runstate import StageLockedError
-
-        try:  # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
-            run_lightning_cli(None if argv is None else args)
-        except (CheckpointError, RunDirError, DataError, StageLockedError,
-                PretrainedWeightsError) as exc:
-            print(f"deepfakemae {command}: error: {exc}", file=sys.stderr)
-            return 2
-        except SIGTERMException:  # Lightning's graceful stop exits 0: say it was interrupted
-            name = LAST_INTERRUPT.get("signal", "SIGTERM")
-            saved = LAST_INTERRUPT.get("checkpoint")
-            print(f"deepfakemae {command}: interrupted by {name}; "
-                  + (f"resume with --ckpt_path={saved}" if saved else "nothing was saved"),
-                  file=sys.stderr)
-            return INTERRUPT_EXIT_CODES.get(name, 143)
-        return 0
+        # argv None: LightningCLI reads sys.argv itself (and names the program correctly)
+        return reports_errors(command)(_lightning)(command, None if argv is None else args)
     print(f"deepfakemae: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2
+
+
+def _lightning(command: str, argv: list[str] | None) -> int:
+    """LightningCLI ``fit`` / ``validate`` / ``test``; a graceful stop on a signal exits 130 /
+    143 naming the checkpoint to resume from."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from deepfakemae.callbacks import INTERRUPT_EXIT_CODES, LAST_INTERRUPT
+    from deepfakemae.lightning_cli import run_lightning_cli
+
+    try:
+        run_lightning_cli(argv)
+    except SIGTERMException:  # Lightning's graceful stop exits 0: say it was interrupted
+        name = LAST_INTERRUPT.get("signal", "SIGTERM")
+        saved = LAST_INTERRUPT.get("checkpoint")
+        print(f"deepfakemae {command}: interrupted by {name}; "
+              + (f"resume with --ckpt_path={saved}" if saved else "nothing was saved"),
+              file=sys.stderr)
+        return INTERRUPT_EXIT_CODES.get(name, 143)
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from deepfakemae.visualize import png_bytes, sensitivity_figure
 
 Pair = tuple[str, str]
 LEVELS = ("video", "frame")
-SCORES_FILE = "scores_test.csv"
 
 
 def make_folds(pairs: list[Pair], k: int) -> list[dict[str, list[Pair]]]:

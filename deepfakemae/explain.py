@@ -135,7 +135,7 @@ def part_reconstructions(mae: MaskedAutoencoderViT, image: Tensor, landmarks: Te
     """
     masks = []
     for part in PART_NAMES:
-        masker = FacialPartMasker(part, ratio, variant, mae.img_size, mae.patch_size)
+        masker = FacialPartMasker.on_grid_of(mae, part, ratio, variant)
         generator = torch.Generator(device=landmarks.device).manual_seed(seed)
         masks.append(masker(landmarks, generator).mask[0])  # (L,)
     mask = torch.stack(masks)  # (3, L)

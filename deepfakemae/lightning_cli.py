@@ -16,9 +16,11 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from deepfakemae.callbacks import TestResultFiles, default_callbacks
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.models.pretrained import check_mae_init
 from deepfakemae.modules.checkpoints import CHECKPOINT_ARGUMENTS, check_checkpoint
+from deepfakemae.rundir import LAST_CHECKPOINT, checkpoints_dir
 from deepfakemae.runinfo import run_info
 from deepfakemae.runstate import (
     acquire_lock,
@@ -29,7 +31,7 @@ from deepfakemae.runstate import (
 from deepfakemae.visualize import local_log_dir
 
 
-class RunDirError(ValueError):
+class RunDirError(DeepfakeMAEError, ValueError):
     """A run that would overwrite a finished one (exit code 2; the message names the fix)."""
 
 
@@ -131,7 +133,7 @@ def place_outputs(run) -> None:
     for callback in _value(trainer, "callbacks") or []:
         init = _value(callback, "init_args")
         if init is not None and "dirpath" in init and init["dirpath"] is None:
-            init["dirpath"] = str(Path(root) / "checkpoints")
+            init["dirpath"] = str(checkpoints_dir(root))
 
 
 #: environment the plan runner sets for a stage: where its results come from
@@ -179,7 +181,7 @@ def check_not_finished(run) -> None:
         return
     for callback in _value(_value(run, "trainer"), "callbacks") or []:
         dirpath = _value(_value(callback, "init_args"), "dirpath")
-        last = Path(dirpath) / "last.ckpt" if dirpath else None
+        last = Path(dirpath) / LAST_CHECKPOINT if dirpath else None
         if last is not None and last.is_file():
             raise RunDirError(
                 f"{last} exists: this run folder already holds a trained model; resume it with "

@@ -180,36 +180,23 @@ def part_sets(
     variant: str = "algorithm1",
     dilation: float | None = None,
 ) -> torch.Tensor:
-    """Partition the patch grid into eyes / cheek & nose / lips. Returns BoolTensor (B, 3, L).
+    """Partition the patch grid into eyes / cheek & nose / lips. landmarks (B, 68, 2) crop px
+    → BoolTensor (B, 3, L), L = (img_size / patch_size)²; how each variant reads the paper's
+    Algorithm 1 is argued in docs/DESIGN.md ("Algorithm 1 bands").
 
-    ``algorithm1`` (paper, Algorithm 1): three horizontal bands in raster order. The paper's
-    boundaries, "the landmark of 17th" and "the 16th", cannot be literal iBUG indices: 1-based 17th
-    / 16th (0-based 16 / 15) are jaw points at ear height, only ~one patch row apart, and 0-based
-    17 / 16 are the outer brow end / jaw end, above or beside the eyes — none yields an eyes band
-    followed by a cheek & nose band and a lips band. We read the boundaries as the rows containing
-    the landmarks that close each part, keeping the band structure the algorithm describes:
-
-    * eyes: rows 0 … ``r_eye`` (inclusive), ``r_eye`` = row of the lowest eye landmark
-      (max y over 36-47, the lower eyelids) — so forehead, brows and both eyes are in it;
-    * cheek & nose: rows ``r_eye + 1`` … ``r_nose``, ``r_nose`` = row of the nose base (point 33);
-    * lips: rows ``r_nose + 1`` … last row (mouth and chin).
-
-    Rows are ``floor(y / patch_size)``; ``r_eye`` is clamped to ``[0, g-3]`` and ``r_nose`` to
-    ``[r_eye+1, g-2]`` so each band keeps at least one full row (deterministic, never empty).
-
-    ``region``: patches overlapping landmark boxes dilated by ``dilation`` pixels (default
-    ``patch_size / 8``): eyes = one box per brow + eye (17-21 ∪ 36-41, 22-26 ∪ 42-47); lips =
-    the mouth box (48-67); cheek & nose = the nose box (27-35) ∪ a cheek box (x from jaw points
-    1-3 to 13-15, y from the lower eyelids to the mouth corners), minus eyes and lips. Sets are
-    disjoint but need not cover the grid (background is in none). A set left empty (face partly
-    outside the crop) takes the ``algorithm1`` band for that part and sample.
-
-    ``literal``: Algorithm 1 word for word, as raster patch indices: eyes = patches 0 … the
-    patch of landmark 16 (the 1-based "17th"), cheek & nose = the next patches up to that of
-    landmark 15 (the "16th"; at least one), lips = the rest (docs/DESIGN.md).
+    * ``algorithm1``: three bands of patch rows (``floor(y / patch_size)``): eyes = rows 0 …
+      row of the lowest eye landmark (max y over 36-47), cheek & nose = … row of the nose base
+      (33), lips = the rest; each band keeps at least one row (never empty).
+    * ``region``: patches overlapping landmark boxes dilated by ``dilation`` px (default
+      ``patch_size / 8``): eyes = brow + eye boxes (17-21 ∪ 36-41, 22-26 ∪ 42-47), lips = the
+      mouth box (48-67), cheek & nose = the nose box (27-35) ∪ a cheek box (jaw points 1-3 to
+      13-15, lower eyelids to mouth corners) minus eyes and lips; disjoint, not covering the
+      grid; a set left empty takes that part's ``algorithm1`` band.
+    * ``literal``: raster patch indices: eyes = 0 … the patch of landmark 16, cheek & nose = …
+      the patch of landmark 15 (at least one), lips = the rest.
 
     Degenerate landmarks (non-finite, or spread smaller than a patch) are replaced by the mean
-    face template for that sample (`sanitize_landmarks`), for both variants.
+    face template for that sample (`sanitize_landmarks`).
     """
     g = _grid(img_size, patch_size)
     lm = sanitize_landmarks(landmarks, img_size, patch_size)
@@ -274,6 +261,11 @@ class FacialPartMasker:
         self.grid = _grid(img_size, patch_size)
         self.num_patches = self.grid**2
 
+    @classmethod
+    def on_grid_of(cls, mae, strategy: str, ratio: float, variant: str) -> FacialPartMasker:
+        """A masker on ``mae``'s patch grid (its ``img_size`` and ``patch_size``)."""
+        return cls(strategy, ratio, variant, mae.img_size, mae.patch_size)
+
     def part_sets(self, landmarks: torch.Tensor) -> torch.Tensor:
         """(B, 68, 2) → (B, 3, L) bool part sets for this masker's geometry."""
         return part_sets(landmarks, self.img_size, self.patch_size, self.variant, self.dilation)
@@ -297,3 +289,9 @@ class FacialPartMasker:
         k = torch.floor(self.ratio * n.double() + 0.5).long()
         k = torch.minimum(k.clamp(min=1), n)  # (B,)
         return MaskOutput(_mask_k_of(selected, k, generator), part)
+
+
+def stage1_masking(hparams: dict) -> tuple[float, str]:
+    """``(mask_ratio, part_variant)`` a stage-1 run's hyper-parameters record (0.5 and
+    ``algorithm1``, the defaults, for a run that records none)."""
+    return float(hparams.get("mask_ratio", 0.5)), str(hparams.get("part_variant", "algorithm1"))

@@ -140,9 +140,7 @@ def measure(mae: MaskedAutoencoderViT, videos: Sequence[VideoItem], mask_ratio: 
     without a target) use their own. Returns one `VideoError` per video and part.
     """
     mae = mae.to(device).eval()
-    maskers = {p: FacialPartMasker(strategy=p, ratio=mask_ratio, variant=part_variant,
-                                   img_size=mae.img_size, patch_size=mae.patch_size)
-               for p in parts}
+    maskers = {p: FacialPartMasker.on_grid_of(mae, p, mask_ratio, part_variant) for p in parts}
     reals = {(v.split, v.key) for v in videos if v.label == REAL}
     ordered = sorted(videos, key=lambda v: (v.label != REAL, v.split, v.key))  # reals first
     target_marks: dict[tuple[str, str], dict[int, torch.Tensor]] = {}

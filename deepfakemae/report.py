@@ -25,6 +25,7 @@ from deepfakemae.branches import BRANCHES, FUSED, ordered_labels
 from deepfakemae.faces.files import atomic_path, atomic_write_text
 from deepfakemae.plans import (
     PLAN_RECORD,
+    RERUN_KEY,
     TABLES_DIR,
     Plan,
     PlanError,
@@ -33,7 +34,8 @@ from deepfakemae.plans import (
     load_plan,
     plan_from_record,
 )
-from deepfakemae.results import RESULTS_FILE, Results, ResultsError, read_results
+from deepfakemae.results import Results, ResultsError, read_results
+from deepfakemae.rundir import results_file
 
 PAPER_RESULTS = experiments_dir() / "paper_results.yaml"
 DEFAULT_METRIC = f"{FUSED}/auc"
@@ -53,6 +55,79 @@ class Row:
     sources: list[str] = field(default_factory=list)  # result file per column ("" if none)
 
 
+@dataclass(frozen=True)
+class CellSpec:
+    """A row or a column of a report block as a plan's ``report:`` writes it: its label and what
+    it fixes of the cells it crosses (variant, test set, metric); a row may also name its row
+    in the paper's table (``paper_row``, default its label) or have no published counterpart
+    (``ours_only``)."""
+
+    label: str
+    variant: str | None = None
+    test_set: str | None = None
+    metric: str | None = None
+    paper_row: str | None = None
+    ours_only: bool = False
+
+    @classmethod
+    def parse(cls, spec: dict) -> CellSpec:
+        """From a plan's mapping (``label`` required; other keys optional)."""
+        def text(key: str) -> str | None:
+            return None if spec.get(key) is None else str(spec[key])
+        return cls(str(spec["label"]), text("variant"), text("test_set"), text("metric"),
+                   text("paper_row"), bool(spec.get("ours_only")))
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block of a report layout: its rows and columns, an ``Avg`` column or not, the block
+    of the paper's table it stands beside and the published methods shown with it."""
+
+    rows: tuple[CellSpec, ...]
+    columns: tuple[CellSpec, ...]
+    average: bool = False
+    paper_block: str | None = None
+    references: tuple[str, ...] = ()
+    title: str = ""
+
+    @classmethod
+    def parse(cls, spec: dict) -> BlockSpec:
+        """From a plan's ``report.blocks`` entry."""
+        paper_block = None if spec.get("paper_block") is None else str(spec["paper_block"])
+        return cls(tuple(CellSpec.parse(r) for r in spec["rows"]),
+                   tuple(CellSpec.parse(c) for c in spec["columns"]), bool(spec.get("average")),
+                   paper_block, tuple(str(r) for r in spec.get("references") or []),
+                   str(spec.get("title") or paper_block or ""))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A table's report layout: its blocks, the header of the row column and the paper's table
+    (``paper_results.yaml``) its numbers stand beside (default: the plan's name)."""
+
+    blocks: tuple[BlockSpec, ...]
+    row_header: str = "Method"
+    paper: str | None = None
+
+    @classmethod
+    def parse(cls, spec: dict) -> Layout:
+        """From a plan's ``report:`` mapping."""
+        return cls(tuple(BlockSpec.parse(b) for b in spec.get("blocks") or []),
+                   str(spec.get("row_header") or "Method"),
+                   None if spec.get("paper") is None else str(spec["paper"]))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Where one of our values comes from: its row and column labels and what they fix."""
+
+    row: str
+    column: str
+    variant: str | None
+    test_set: str | None
+    metric: str
+
+
 @dataclass
 class Block:
     """A block of a table (Table 2 has one per training method)."""
@@ -60,7 +135,7 @@ class Block:
     title: str
     columns: list[str]
     rows: list[Row]
-    cells: list[dict]  # per our value: row, column, variant, test_set, metric
+    cells: list[Cell]  # one per our value
 
 
 @dataclass
@@ -194,72 +269,97 @@ def build_table(plan: Plan, run_root: str | Path, variants: Sequence[str] | None
     paper = load_paper_results() if paper is None else paper
     resolver = Resolver(plan, run_root)
     results = _Results(plan, resolver)
-    spec = plan.report if (plan.report or {}).get("blocks") else default_layout(plan, run_root,
-                                                                                 results)
+    layout = (Layout.parse(plan.report) if (plan.report or {}).get("blocks")
+              else default_layout(plan, run_root, results))
     blocks = []
-    for bspec in spec.get("blocks") or []:
-        columns = [str(c["label"]) for c in bspec["columns"]]
-        average = bool(bspec.get("average"))
-        pblock = _paper_block(paper, str(spec.get("paper") or plan.name), bspec.get("paper_block"))
+    for bspec in layout.blocks:
+        columns = [c.label for c in bspec.columns]
+        average = bspec.average
+        pblock = _paper_block(paper, layout.paper or plan.name, bspec.paper_block)
         prows = {str(k): v for k, v in ((pblock or {}).get("rows") or {}).items()}
         shown = columns + (["Avg"] if average else [])
         rows: list[Row] = []
-        used = {str(r.get("paper_row") or r["label"]) for r in bspec["rows"]}
+        used = {r.paper_row or r.label for r in bspec.rows}
         if not plan.demo:
             rows += [Row(lab, _paper_values(pblock, lab, shown), "baseline", lab)
                      for lab in prows if lab not in used]
-            rows += [_reference_row(paper, name, shown) for name in bspec.get("references") or []]
+            rows += [_reference_row(paper, name, shown) for name in bspec.references]
         cells = []
-        for rspec in bspec["rows"]:
-            label = str(rspec["label"])
+        for rspec in bspec.rows:
+            label = rspec.label
             ours, sources = [], []
-            for cspec in bspec["columns"]:
-                variant = rspec.get("variant") or cspec.get("variant")
-                test_set = rspec.get("test_set") or cspec.get("test_set")
-                metric = cspec.get("metric") or rspec.get("metric") or DEFAULT_METRIC
+            for cspec in bspec.columns:
+                variant = rspec.variant or cspec.variant
+                test_set = rspec.test_set or cspec.test_set
+                metric = cspec.metric or rspec.metric or DEFAULT_METRIC
                 value, source = None, ""
                 if variants is None or variant in variants:
                     owner = resolver.owner(plan.name, variant, "detector")
-                    path = resolver.run_dir(*owner) / "detector" / RESULTS_FILE
+                    path = results_file(resolver.run_dir(*owner) / "detector")
                     value = results.get(path, owner, test_set, metric)
                     source = str(path) if value is not None else ""
                 ours.append(value)
                 sources.append(source)
-                cells.append({"row": label, "column": str(cspec["label"]), "variant": variant,
-                              "test_set": test_set, "metric": metric})
+                cells.append(Cell(label, cspec.label, variant, test_set, metric))
             if average:
                 ours.append(_mean(ours))
                 sources.append("")
             ours = [_round(v) for v in ours]
-            if plan.demo or rspec.get("ours_only"):  # no published counterpart
+            if plan.demo or rspec.ours_only:  # no published counterpart
                 rows.append(Row(f"{label} (ours)", ours, "ours", label, sources))
                 continue
-            published = _paper_values(pblock, str(rspec.get("paper_row") or label), shown)
+            published = _paper_values(pblock, rspec.paper_row or label, shown)
             diff = [None if o is None or p is None else round(o - p, 1)
                     for o, p in zip(ours, published, strict=True)]
             rows += [Row(f"{label} (paper)", published, "paper", label),
                      Row(f"{label} (ours)", ours, "ours", label, sources),
                      Row(f"Δ {label} (ours − paper)", diff, "diff", label)]
-        title = str(bspec.get("title") or bspec.get("paper_block") or "")
-        blocks.append(Block(title if len(spec["blocks"]) > 1 else "", shown, rows, cells))
+        blocks.append(Block(bspec.title if len(layout.blocks) > 1 else "", shown, rows, cells))
     notes = _notes(plan, run_root) + [f"Not used: {p}" for p in results.problems] + results.notes
-    return TableReport(plan.name, plan.title, plan.demo, str(spec.get("row_header") or "Method"),
+    return TableReport(plan.name, plan.title, plan.demo, layout.row_header,
                        run_root / plan.name, blocks, notes, results.problems)
 
 
 def rerun_command(plan: Plan) -> str:
-    """The command that produces a plan's runs: ``deepfakemae demo`` for the demo's own plan,
-    else ``deepfakemae run <table> [--demo]``."""
-    if plan.name == "demo":
-        return "deepfakemae demo"
-    if plan.name.startswith("demo-"):  # the demo with pseudo-fakes (commands/demo.py run_name)
-        source, _, methods = plan.name.removeprefix("demo-").partition("-")
-        pseudo = f" --pseudo-methods {methods.replace('+', ',')}" if methods else ""
-        return f"deepfakemae demo --fake-source {source}{pseudo}"
+    """The command that produces a plan's runs: the one recorded in the plan (``rerun``, set by
+    ``deepfakemae demo``), else ``deepfakemae run <table> [--demo]``; a demo record from before
+    that field gets the options its folder name stands for (:func:`_old_demo_command`)."""
+    recorded = plan.resolved.get(RERUN_KEY)
+    if recorded:
+        return str(recorded)
+    if plan.name == "demo" or plan.name.startswith("demo-"):
+        return _old_demo_command(plan)
     return f"deepfakemae run {plan.name}{' --demo' if plan.demo else ''}"
 
 
-def default_layout(plan: Plan, run_root: Path, reader: _Results | None = None) -> dict:
+def _old_demo_command(plan: Plan) -> str:
+    """``deepfakemae demo`` with the options a demo run folder's name stands for, for a
+    ``plan.json`` written before the command was recorded: ``demo-cv`` / ``demo-sensitivity``
+    (``--folds k``, k its fold variants), ``-s<k+k>``, ``-<source>[-<m1+m2>]``, ``-x<N>``."""
+    parts, rest = ["deepfakemae demo"], plan.name
+    for base, extra in (("demo-sensitivity", ["--sensitivity"]), ("demo-cv", []), ("demo", [])):
+        if rest == base or rest.startswith(base + "-"):
+            rest = rest[len(base):].lstrip("-")
+            if base != "demo":
+                parts += [f"--folds {len(plan.variants)}", *extra]
+            break
+    tokens = [t for t in rest.split("-") if t]
+    if tokens and re.fullmatch(r"x\d+", tokens[-1]):
+        scale = tokens.pop()
+    else:
+        scale = None
+    if tokens and re.fullmatch(r"s[\d+]+", tokens[0]):
+        parts.append("--strengths " + " ".join(tokens.pop(0)[1:].split("+")))
+    if tokens:
+        parts.append(f"--fake-source {tokens.pop(0)}")
+    if tokens:
+        parts.append(f"--pseudo-methods {tokens.pop(0).replace('+', ',')}")
+    if scale:
+        parts.append(f"--step-scale {scale[1:]}")
+    return " ".join(parts)
+
+
+def default_layout(plan: Plan, run_root: Path, reader: _Results | None = None) -> Layout:
     """A report layout for a plan that has none (the demo's): a row per variant and test set
     found in its detector results, columns for the fused detector and both branches."""
     resolver = Resolver(plan, run_root)
@@ -268,15 +368,14 @@ def default_layout(plan: Plan, run_root: Path, reader: _Results | None = None) -
     found = {FUSED, *(kind.label for kind in BRANCHES.values())}
     for variant in plan.variants:
         owner = resolver.owner(plan.name, variant, "detector")
-        loaded = reader.load(resolver.run_dir(*owner) / "detector" / RESULTS_FILE, owner)
+        loaded = reader.load(results_file(resolver.run_dir(*owner) / "detector"), owner)
         results = loaded.sets if loaded else {}
         sets = sorted(results)
         found |= {k.rsplit("/", 1)[0] for m in results.values() for k in m if k.endswith("/auc")}
         label = "" if len(plan.variants) == 1 else f"{variant} "
-        rows += [{"label": f"{label}{name}", "variant": variant, "test_set": name}
-                 for name in sets]
-    columns = [{"label": label, "metric": f"{label}/auc"} for label in ordered_labels(found)]
-    return {"row_header": "test set", "blocks": [{"columns": columns, "rows": rows}]}
+        rows += [CellSpec(f"{label}{name}", variant, name) for name in sets]
+    columns = tuple(CellSpec(label, metric=f"{label}/auc") for label in ordered_labels(found))
+    return Layout((BlockSpec(tuple(rows), columns),), row_header="test set")
 
 
 def _notes(plan: Plan, run_root: Path) -> list[str]:

@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from deepfakemae.branches import ordered_labels
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.files import atomic_path, atomic_write_text
 from deepfakemae.metrics import ScoredSet
+from deepfakemae.rundir import SCORES_FILE
 
 SCORE_COLUMNS = ("test_set", "video_key", "frame_index", "label")
-RESULTS_FILE = "results_test.json"
 #: the key of ``results_test.json`` that holds where the results come from (not a test set)
 PROVENANCE = "_provenance"
 
 
-class ResultsError(ValueError):
+class ResultsError(DeepfakeMAEError, ValueError):
     """A results file that cannot be counted; the message names the file and the fix."""
 
 
@@ -100,7 +101,7 @@ def read_scores_csv(path: str | Path) -> dict[str, ScoredSet]:
         fields = reader.fieldnames or []
         if list(fields[:len(SCORE_COLUMNS)]) != list(SCORE_COLUMNS):
             raise ValueError(f"{path} is not a scores file (columns {fields}); it is written by "
-                             "`deepfakemae test` as <run dir>/scores_test.csv")
+                             f"`deepfakemae test` as <run dir>/{SCORES_FILE}")
         branches = fields[len(SCORE_COLUMNS):]
         rows: dict[str, list[dict]] = defaultdict(list)
         for row in reader:
@@ -124,4 +125,4 @@ def summary_table(results: dict[str, dict[str, float]], path: Path) -> str:
         cells = [f"{metrics.get(f'{b}/auc', float('nan')):.4f}" for b in branches]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {int(metrics.get('num_videos', 0))} |")
     return "\n".join(["", *lines, f"full results (every metric, frame and video level): {path}",
-                      f"per-frame scores: {path.with_name('scores_test.csv')}"])
+                      f"per-frame scores: {path.with_name(SCORES_FILE)}"])

@@ -25,13 +25,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.files import atomic_write_text, pid_alive, tmp_name
-from deepfakemae.results import RESULTS_FILE, ResultsError, read_results
+from deepfakemae.results import ResultsError, read_results
+from deepfakemae.rundir import RESULTS_FILE, last_checkpoint, results_file
 
 DONE_FILE = "done.json"
 LOCK_FILE = ".lock"
-CHECKPOINTS = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
 #: set by the plan runner for its stage processes: they exit when that process is gone
 PARENT_ENV = "DEEPFAKEMAE_PARENT_PID"
 #: seconds between two looks at the parent, and the grace a graceful stop gets before a hard exit
@@ -52,7 +52,7 @@ def resume_checkpoint(stage_dir: Path) -> Path | None:
     """The newest resumable checkpoint of a fit stage: ``checkpoints/last.ckpt`` (also written
     by an interrupted fit) or a SLURM ``hpc_ckpt_*.ckpt`` Lightning saved on ``SIGUSR1``."""
     stage_dir = Path(stage_dir)
-    found = [p for p in [stage_dir / CHECKPOINTS / LAST_CHECKPOINT,
+    found = [p for p in [last_checkpoint(stage_dir),
                          *stage_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
@@ -91,10 +91,10 @@ def stage_state(stage_dir: Path, command: str) -> StageState:
     """The state of the stage in ``stage_dir`` run by ``command`` (``fit`` or ``test``)."""
     stage_dir = Path(stage_dir)
     if command != "fit":
-        if not (stage_dir / RESULTS_FILE).exists():
+        if not (results_file(stage_dir)).exists():
             return StageState("pending", "")
         try:
-            read_results(stage_dir / RESULTS_FILE, fix="the stage will be run again")
+            read_results(results_file(stage_dir), fix="the stage will be run again")
         except ResultsError as exc:
             return StageState("pending", str(exc))
         return StageState("done", f"{RESULTS_FILE} is complete", None)
@@ -109,7 +109,7 @@ def stage_state(stage_dir: Path, command: str) -> StageState:
 
 
 # ------------------------------------------------------------------------------------------ lock
-class StageLockedError(RuntimeError):
+class StageLockedError(DeepfakeMAEError, RuntimeError):
     """Another live trainer holds the stage folder; the message names it and the fix."""
 
 

@@ -216,7 +216,7 @@ def test_demo_fake_source_reaches_both_branches_of_every_fold(tmp_path, source):
     """``deepfakemae demo --folds k --fake-source pseudo``: the switch and the fold's splits
     both reach Finetuning and Mapping; stage 1 and the detector are as before; own run folder."""
     from deepfakemae.cli import _tool_parser
-    from deepfakemae.commands.demo import demo_plan, run_name
+    from deepfakemae.commands.demo_plan import demo_plan, run_name
     from deepfakemae.report import rerun_command
 
     parser = _tool_parser("demo")[0]

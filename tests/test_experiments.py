@@ -14,7 +14,7 @@ from data_modules.datasets import SourceSpec
 from data_modules.indexes.ffpp import DEFAULT_METHODS
 from deepfakemae.branches import BRANCHES
 from deepfakemae.cli import main
-from deepfakemae.commands.demo import PLAN as DEMO_PLAN
+from deepfakemae.commands.demo_plan import PLAN as DEMO_PLAN
 from deepfakemae.plans import (
     STAGES,
     TABLES_DIR,

@@ -18,8 +18,8 @@ PACKAGES = ("deepfakemae", "data_modules")
 
 #: bottom to top; each layer may import its own layer and the ones before it
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("faces", ("deepfakemae.constants", "deepfakemae.records", "deepfakemae.faces",
-               "deepfakemae.synth")),
+    ("faces", ("deepfakemae.constants", "deepfakemae.errors", "deepfakemae.records",
+               "deepfakemae.rundir", "deepfakemae.faces", "deepfakemae.synth")),
     ("data", ("data_modules",)),
     ("models", ("deepfakemae.models", "deepfakemae.masking", "deepfakemae.metalearning",
                 "deepfakemae.metrics", "deepfakemae.visualize", "deepfakemae.loggers",

@@ -1,5 +1,7 @@
-"""``deepfakemae predict --video``: scores, failure reporting, output files and --explain figures,
-with tiny stage-1/stage-2 checkpoints trained through the CLI (``trained`` of test_stage2)."""
+"""``deepfakemae score --video`` (``predict``, its old spelling, in
+:func:`test_predict_is_score_and_its_help_is_short`): scores, failure reporting, output files and
+--explain figures, with tiny stage-1/stage-2 checkpoints trained through the CLI (``trained`` of
+test_stage2)."""
 
 from __future__ import annotations
 
@@ -34,12 +36,12 @@ def _ckpt(root: Path, stage: str) -> Path:
 
 @pytest.fixture(scope="module")
 def predicted(trained, tmp_path_factory):  # noqa: F811
-    """``predict --explain`` over a folder holding one GRID clip and one corrupt "video"."""
+    """``score --explain`` over a folder holding one GRID clip and one corrupt "video"."""
     folder = tmp_path_factory.mktemp("videos")
     (folder / "bbaf2n.mpg").symlink_to(GRID / "bbaf2n.mpg")
     (folder / "broken.mp4").write_text("this is not a video\n")
     out = tmp_path_factory.mktemp("predictions")
-    rc = main(["predict", "--video", str(folder), "--output", str(out), "--frames", FRAMES,
+    rc = main(["score", "--video", str(folder), "--output", str(out), "--frames", FRAMES,
                "--device", "cpu", "--explain"])
     by_key = {p["key"]: p for p in json.loads((out / "predictions.json").read_text())}
     return rc, out, by_key
@@ -123,7 +125,7 @@ def test_window_scores_average_overlapping_clips(trained):  # noqa: F811
 
 def test_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
     missing = tmp_path / "nowhere" / "finetune.ckpt"
-    rc = main(["predict", "--video", str(GRID / "bbaf2n.mpg"), "--finetune-ckpt", str(missing),
+    rc = main(["score", "--video", str(GRID / "bbaf2n.mpg"), "--finetune-ckpt", str(missing),
                "--mapping-ckpt", str(tmp_path / "mapping.ckpt"), "--output", str(tmp_path / "o")])
     assert rc == 2
     err = capsys.readouterr().err
@@ -133,7 +135,7 @@ def test_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
 
 def test_explain_without_stage1_still_scores(trained, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "o"
-    rc = main(["predict", "--input", str(GRID / "lbax4n.mpg"), "--output", str(out),
+    rc = main(["score", "--input", str(GRID / "lbax4n.mpg"), "--output", str(out),
                "--frames", "3", "--device", "cpu", "--explain",
                "--mae-ckpt", str(tmp_path / "no_stage1.ckpt")])
     assert rc == 0

@@ -280,8 +280,33 @@ def test_rerun_keeps_the_detector_a_cache_was_made_with(tmp_path, capsys):
     assert _cli([*args, "--output", str(new)]) == 0
     assert json.loads((new / "cache.json").read_text())["settings"]["detector"].startswith(
         "dlib-hog+mtcnn max_side")
+    assert json.loads((new / "cache.json").read_text())["face_detector"] == "dlib+mtcnn"
     assert _cli([*args, "--output", str(new), "--detector", "dlib"]) == 2  # other settings
     assert "--allow-mixed-settings" in capsys.readouterr().err
+
+
+def test_the_face_detector_is_read_from_its_field_or_an_old_cache_s_setting():
+    from deepfakemae.faces.runner import recorded_face_detector
+
+    for name in ("dlib", "dlib+mtcnn", "mtcnn"):
+        settings = cache_settings(FaceConfig(frames=2, size=64, detector=name))
+        assert recorded_face_detector({"settings": settings, "face_detector": name}) == name
+        assert recorded_face_detector({"settings": settings, "mixed": []}) == name  # old cache
+    assert recorded_face_detector(None) is None and recorded_face_detector({}) is None
+    assert recorded_face_detector({"settings": {"detector": "other max_side=640"}}) is None
+
+
+def test_face_detector_flag_and_its_old_spelling(tmp_path, capsys):
+    parser = add_preprocess_arguments(argparse.ArgumentParser())
+    base = ["--input", str(tmp_path), "--output", str(tmp_path / "c")]
+    assert parser.parse_args([*base, "--face-detector", "mtcnn"]).face_detector == "mtcnn"
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args([*base, "--detector", "dlib"]).face_detector == "dlib"
+    assert capsys.readouterr().err.strip() == (
+        "note: --detector is now --face-detector (the old spelling still works)")
+    assert parser.parse_args(base).face_detector is None
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--detector", "hog"])
 
 
 def test_a_cache_made_with_mirrored_borders_is_not_resumed_silently(tmp_path):

@@ -170,7 +170,7 @@ def test_unknown_directory_is_a_clear_error(tmp_path):
 
 
 def test_report_on_the_demo_runs_shows_every_test_set(tmp_path, monkeypatch, capsys):
-    from deepfakemae.commands.demo import PLAN
+    from deepfakemae.commands.demo_plan import PLAN
 
     monkeypatch.chdir(tmp_path)
     write_plan_record(load_plan(PLAN, demo=True), "runs")

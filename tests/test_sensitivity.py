@@ -128,7 +128,7 @@ def _init(spec) -> dict:
 
 
 def test_sensitivity_plan_trains_on_every_strength_and_tests_each(tmp_path):
-    from deepfakemae.commands.demo import cv_setup, detector_test_names
+    from deepfakemae.commands.demo_plan import cv_setup, detector_test_names
 
     args = _demo_args(tmp_path, "--folds", "5", "--sensitivity")
     root, splits_dirs, plan = cv_setup(args)
@@ -163,7 +163,7 @@ def test_sensitivity_plan_trains_on_every_strength_and_tests_each(tmp_path):
 
 
 def test_reduced_and_scaled_sensitivity_runs_get_folders_of_their_own(tmp_path):
-    from deepfakemae.commands.demo import cv_setup, detector_test_names
+    from deepfakemae.commands.demo_plan import cv_setup, detector_test_names
 
     args = _demo_args(tmp_path, "--folds", "3", "--sensitivity", "--strengths", "3")
     root, _, plan = cv_setup(args)
@@ -185,7 +185,7 @@ def test_reduced_and_scaled_sensitivity_runs_get_folders_of_their_own(tmp_path):
 
 
 def test_single_demo_adds_strength_3_test_sets_and_the_cv_keeps_strength_0(tmp_path):
-    from deepfakemae.commands.demo import cv_setup, demo_plan, detector_test_names
+    from deepfakemae.commands.demo_plan import cv_setup, demo_plan, detector_test_names
 
     single = demo_plan(_demo_args(tmp_path))
     assert single.name == "demo"
@@ -202,8 +202,54 @@ def test_single_demo_adds_strength_3_test_sets_and_the_cv_keeps_strength_0(tmp_p
     assert all("train" not in _init(spec) for spec in cv.variants["fold_0"].values())
 
 
+def test_the_demo_passes_its_cache_to_the_stages_not_through_os_environ(tmp_path, monkeypatch):
+    import os
+
+    from deepfakemae.commands.demo_plan import cv_setup, demo_plan
+    from deepfakemae.plans import plan_jobs
+
+    monkeypatch.delenv("DEMO_CACHE", raising=False)
+    cache = str((tmp_path / "data" / "cache").resolve())
+    single = demo_plan(_demo_args(tmp_path))
+    cv = cv_setup(_demo_args(tmp_path, "--folds", "5"))[2]
+    for plan in (single, cv):
+        assert plan.env == {"DEMO_CACHE": cache}
+        jobs = plan_jobs(plan, tmp_path / "runs")
+        assert jobs and all(job.env()["DEMO_CACHE"] == cache for job in jobs)
+        assert f"DEMO_CACHE={cache}" in jobs[0].shell()
+    assert "DEMO_CACHE" not in os.environ
+    monkeypatch.setenv("DEMO_CACHE", "/elsewhere")  # the command's own value wins
+    assert plan_jobs(single, tmp_path / "runs")[0].env()["DEMO_CACHE"] == cache
+
+
+def test_each_demo_plan_records_the_command_that_reruns_it(tmp_path):
+    import dataclasses
+
+    from deepfakemae.commands.demo_plan import cv_setup, demo_plan
+    from deepfakemae.plans import RERUN_KEY
+    from deepfakemae.report import rerun_command
+
+    cases = {(): "deepfakemae demo",
+             ("--folds", "5"): "deepfakemae demo --folds 5",
+             ("--folds", "3", "--fake-source", "pseudo", "--pseudo-methods", "blend_swap"):
+                 "deepfakemae demo --folds 3 --fake-source pseudo --pseudo-methods blend_swap",
+             ("--folds", "5", "--sensitivity"): "deepfakemae demo --folds 5 --sensitivity",
+             ("--folds", "3", "--sensitivity", "--strengths", "3", "--step-scale", "10"):
+                 "deepfakemae demo --folds 3 --sensitivity --strengths 0 3 --step-scale 10",
+             ("--fake-source", "both", "--step-scale", "2"):
+                 "deepfakemae demo --fake-source both --step-scale 2"}
+    for flags, command in cases.items():
+        args = _demo_args(tmp_path, *flags)
+        plan = cv_setup(args)[2] if args.folds else demo_plan(args)
+        assert rerun_command(plan) == command, flags
+        # a plan.json from before the command was recorded: read from the folder's name
+        old = dataclasses.replace(plan, resolved={k: v for k, v in plan.resolved.items()
+                                                  if k != RERUN_KEY})
+        assert rerun_command(old) == command, plan.name
+
+
 def test_detector_results_with_other_test_sets_are_tested_again(tmp_path):
-    from deepfakemae.commands.demo import demo_plan, stale_tests
+    from deepfakemae.commands.demo_plan import demo_plan, stale_tests
 
     args = _demo_args(tmp_path)
     plan = demo_plan(args)

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.records import VideoRecord
 
 #: suffixes listed as videos and as frame images (kept in step with ``deepfakemae.faces.video``)
@@ -26,8 +27,9 @@ ALL = "all"
 MAX_LISTED = 5
 
 
-class DatasetError(RuntimeError):
-    """A dataset root, list or entry that cannot be indexed.
+class DatasetError(DeepfakeMAEError, ValueError, RuntimeError):
+    """A dataset root, list or entry that cannot be indexed, or a face cache or data
+    configuration that cannot be used (``DataError``, its old name, is the same class).
 
     The message names the path and, when one is known, the fix; both are also kept as
     attributes (``path``, ``fix``) for callers that format errors themselves.
@@ -90,14 +92,6 @@ def safe_join(root: str | os.PathLike, relative: str, what: str = "path") -> Pat
             path=root, fix="remove or correct that entry; names must stay inside the dataset folder")
     parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
     return Path(root).joinpath(*parts)
-
-
-def require_dir(path: Path, what: str, fix: str) -> Path:
-    """Return ``path`` if it is a directory, else raise :class:`DatasetError` naming it."""
-    if not path.is_dir():
-        state = "is not a folder" if path.exists() else "does not exist"
-        raise DatasetError(f"{what} {state}", path=path, fix=fix)
-    return path
 
 
 def child_with(root: Path, marker: str) -> Path | None:

@@ -34,6 +34,7 @@ from data_modules.indexes.common import (
     warn,
     wrong_root,
 )
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.records import FAKE, REAL, REAL_METHOD, VideoRecord
 
 DATASET = "wilddeepfake"
@@ -50,7 +51,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 PARTIAL_SUFFIX = ".partial"
 
 
-class UnsafeMemberError(Exception):
+class UnsafeMemberError(DeepfakeMAEError):
     """An archive member that is not a plain file or folder inside the destination."""
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from deepfakemae.errors import UsageError, reports_errors
 from deepfakemae.faces.verify import verify_cache
 
 
@@ -23,14 +23,14 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+@reports_errors("cache")
 def run_cache_command(args: argparse.Namespace) -> int:
     """``cache verify``: 0 when the cache is sound (or was repaired), 1 when it needs repair,
     2 when the folder is not a face cache."""
     root = Path(args.root)
     if not (root / "entries").is_dir():
-        print(f"deepfakemae cache: error: {root} is not a face cache (no entries/ folder); "
-              "pass the folder given to `deepfakemae preprocess --output`", file=sys.stderr)
-        return 2
+        raise UsageError(f"{root} is not a face cache (no entries/ folder); pass the folder "
+                         "given to `deepfakemae preprocess --output`")
     report = verify_cache(root, repair=args.repair, decode=not args.no_decode)
     print(report.format(root))
     return 0 if report.clean else 1

@@ -5,6 +5,8 @@ both stage-2 branches, tests the fused detector per manipulation method and prin
 then the premise table of its stage 1 on the test speakers (`deepfakemae premise`).
 Every step reuses what an earlier run finished, so a rerun (or a run after an interruption)
 only does what is missing. ``--folds k`` cross-validates instead (see :mod:`deepfakemae.crossval`).
+The plans it runs are built by :mod:`deepfakemae.commands.demo_plan`; this module prepares the
+data, runs them and prints the results.
 
 Artifact strengths (docs/DESIGN.md, "Artifact strengths of the demo set"): the single run
 trains stage 2 on strength 0 and tests every method at strengths 0 and 3 (``<Method>@s3``);
@@ -17,60 +19,50 @@ trains stage 2 on strength 0 and tests every method at strengths 0 and 3 (``<Met
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from data_modules.indexes.ffpp import load_splits
 from data_modules.pseudo import FAKE_SOURCES, PSEUDO_METHODS
 from deepfakemae.branches import BRANCHES
+from deepfakemae.commands.demo_plan import (
+    DEFAULT_PSEUDO,
+    PLAN,
+    cv_setup,
+    demo_plan,
+    demo_strengths,
+    demo_test_sets,
+    detector_test_names,
+    stale_tests,
+    train_strengths,
+)
 from deepfakemae.commands.premise import cv_premise, demo_premise
 from deepfakemae.crossval import (
-    SCORES_FILE,
     fold_markdown,
-    fold_plan,
     log_wandb_summary,
-    make_folds,
     pool_scores,
     results_markdown,
     sensitivity_markdown,
     set_results,
-    write_fold_splits,
     write_results_csv,
     write_sensitivity_csv,
     write_sensitivity_plot,
 )
+from deepfakemae.errors import UsageError, reports_errors
 from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.plans import (
-    BRANCH_STAGES,
     DETECTOR,
-    PRETRAIN,
     STAGES,
     Plan,
-    StageFailed,
-    experiments_dir,
-    load_plan,
-    merge_args,
     run_plan,
 )
-from deepfakemae.plans.load import locate
-from deepfakemae.records import REAL_METHOD
-from deepfakemae.results import ResultsError, read_results
-from deepfakemae.synth.methods import DEMO_METHODS, DEMO_STRENGTHS, strength_methods
+from deepfakemae.rundir import results_file, scores_file
+from deepfakemae.synth.methods import DEMO_METHODS, DEMO_STRENGTHS
 
-PLAN = experiments_dir() / "demo" / "plan.yaml"
-CV_NAME = "demo-cv"
-SENSITIVITY_NAME = "demo-sensitivity"
-#: the single run's test strengths: today's fakes and the strongest level (tested only)
-SINGLE_TEST_STRENGTHS = (0, 3)
 FAKE_SOURCE_LABELS = {"dataset": "the demo methods",
                       "pseudo": "pseudo-fakes only (no demo method seen in training)",
                       "both": "the demo methods and pseudo-fakes"}
-DEFAULT_PSEUDO = ("self_blend",)
+#: side of the demo's cached face crops (the demo presets' input size)
+DEMO_FACE_SIZE = 112
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,33 +139,6 @@ def check_demo_arguments(args: argparse.Namespace) -> str | None:
     return None
 
 
-def demo_strengths(args: argparse.Namespace) -> tuple[int, ...]:
-    """The artifact strengths a run builds and tests, ascending, 0 always included."""
-    if args.strengths:
-        chosen = args.strengths
-    elif args.sensitivity:
-        chosen = DEMO_STRENGTHS
-    else:
-        chosen = (0,) if args.folds else SINGLE_TEST_STRENGTHS
-    return tuple(sorted({0, *chosen}))
-
-
-def train_strengths(args: argparse.Namespace) -> tuple[int, ...]:
-    """The artifact strengths stage 2 trains on: every tested one with --sensitivity, else 0."""
-    return demo_strengths(args) if args.sensitivity else (0,)
-
-
-def demo_test_sets(args: argparse.Namespace) -> list[str]:
-    """The detector's test sets: each demo method at each strength, method-major
-    (``FaceSwapWarp``, ``FaceSwapWarp@s3``, ...; strength 0 keeps the plain name)."""
-    return strength_methods(DEMO_METHODS, demo_strengths(args))
-
-
-def _demo_source(name: str, cache: Path, split: str, methods: list[str]) -> dict:
-    return {"name": name, "cache": str(cache), "dataset": "ffpp", "split": split,
-            "methods": [REAL_METHOD, *methods]}
-
-
 def _pseudo_list(text: str) -> tuple[str, ...]:
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
     unknown = sorted(set(methods) - set(PSEUDO_METHODS))
@@ -185,50 +150,28 @@ def _pseudo_list(text: str) -> tuple[str, ...]:
 def prepare_demo_data(args: argparse.Namespace) -> Path | None:
     """Build the demo videos and cache their faces (reusing finished work); the cache folder,
     or None when preprocessing failed."""
-    from deepfakemae.commands.preprocess import add_preprocess_arguments, run_preprocess_command
-    from deepfakemae.synth.demo_data import DemoDataError, build_demo_dataset
+    from data_modules.indexes import records_for_dataset
+    from deepfakemae.commands.preprocess import face_detector_of
+    from deepfakemae.faces.pipeline import FaceConfig
+    from deepfakemae.faces.runner import run_preprocess
+    from deepfakemae.synth.demo_data import build_demo_dataset
 
     raw, cache = args.data_dir / "raw", args.data_dir / "cache"
     strengths = demo_strengths(args)
     print(f"[1/3] demo dataset (10 GRID speakers, 4 manipulation methods at artifact "
           f"strength {', '.join(map(str, strengths))}) -> {raw}", flush=True)
     clip_frames = None if args.max_steps is None else max(args.frames, 8)
-    try:
-        build_demo_dataset(raw, frames=clip_frames, strengths=strengths)
-    except DemoDataError as exc:
-        print(f"deepfakemae demo: error: {exc}", file=sys.stderr, flush=True)
-        return None
+    build_demo_dataset(raw, frames=clip_frames, strengths=strengths)  # DemoDataError: exit 1
     print(f"[2/3] faces: detect, align, cache -> {cache}", flush=True)
-    preprocess = add_preprocess_arguments(argparse.ArgumentParser())
-    code = run_preprocess_command(preprocess.parse_args([
-        "--dataset", "demo", "--root", str(raw), "--output", str(cache), "--size", "112",
-        "--frames", str(args.frames), "--workers", str(args.workers)]))
-    if code != 0:
+    config = FaceConfig(frames=args.frames, size=DEMO_FACE_SIZE, detector=face_detector_of(cache))
+    summary = run_preprocess(records_for_dataset("demo", raw), cache, config,
+                             workers=args.workers)
+    print(summary.format())
+    print(f"face cache: {cache} (manifest {cache / 'manifest.jsonl'})")
+    if summary.num_unusable:
         print("deepfakemae demo: preprocessing failed; see the manifest above", flush=True)
         return None
     return cache
-
-
-def run_name(base: str, fake_source: str, pseudo_methods: tuple[str, ...] = DEFAULT_PSEUDO,
-             step_scale: int = 1) -> str:
-    """Where a demo run lands under ``--run-root``: ``base``, or ``base-<source>`` for
-    pseudo-fake runs (``base-<source>-<m1+m2>`` for other than self-blended pseudo-fakes), so
-    they never mix with the dataset-fake runs; ``-x<N>`` appended for ``--step-scale N``."""
-    scale = "" if step_scale == 1 else f"-x{step_scale}"
-    if fake_source == "dataset":
-        return base + scale
-    methods = "" if tuple(pseudo_methods) == DEFAULT_PSEUDO else "-" + "+".join(pseudo_methods)
-    return f"{base}-{fake_source}{methods}{scale}"
-
-
-def cv_name(args: argparse.Namespace) -> str:
-    """The cross-validation's folder under ``--run-root``: ``demo-cv[-<source>...]``, or
-    ``demo-sensitivity`` (``-s<k+k>`` for other than all four strengths), ``-x<N>`` last."""
-    if not args.sensitivity:
-        return run_name(CV_NAME, args.fake_source, args.pseudo_methods, args.step_scale)
-    strengths = demo_strengths(args)
-    mark = "" if strengths == DEMO_STRENGTHS else "-s" + "+".join(map(str, strengths))
-    return run_name(SENSITIVITY_NAME + mark, "dataset", step_scale=args.step_scale)
 
 
 def fake_source_label(args: argparse.Namespace) -> str:
@@ -237,96 +180,6 @@ def fake_source_label(args: argparse.Namespace) -> str:
     if args.fake_source == "dataset":
         return label
     return f"{label} ({', '.join(args.pseudo_methods)})"
-
-
-def config_value(configs: tuple[str, ...], *keys: str):
-    """The value at ``keys`` in the last of a stage's config files that sets it (None if none
-    does), read without resolving interpolations."""
-    value = None
-    for config in configs:
-        node = OmegaConf.load(locate(config))
-        for key in keys:
-            node = node.get(key) if hasattr(node, "get") else None
-            if node is None:
-                break
-        if node is not None:
-            value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
-    return value
-
-
-def _scale_steps(spec, scale: int) -> dict:
-    """``trainer.max_steps`` and ``check_val_every_n_epoch`` of a stage times ``scale`` (so it
-    still validates as often per run)."""
-    trainer = {}
-    for key in ("max_steps", "check_val_every_n_epoch"):
-        base = config_value(spec.configs, "trainer", key)
-        if base is not None:
-            trainer[key] = int(base) * scale
-    return {"trainer": trainer}
-
-
-def demo_plan(args: argparse.Namespace) -> Plan:
-    """The demo plan, with ``--max-steps`` / ``--step-scale`` applied to every training stage,
-    ``--fake-source`` to both stage-2 branches (named after it), the strength mix of
-    ``--sensitivity`` to both branches' training sources, and one detector test set per demo
-    method × tested strength (unless only strength 0 is tested: the configs' own sets)."""
-    plan = load_plan(PLAN, demo=True)
-    cache = (args.data_dir / "cache").resolve()
-    strengths, train = demo_strengths(args), train_strengths(args)
-    for stages in plan.variants.values():
-        if args.max_steps is not None:
-            for name in (PRETRAIN, *BRANCH_STAGES):
-                stages[name].args.setdefault("trainer", {})["max_steps"] = args.max_steps
-        if args.step_scale != 1:
-            for name in (PRETRAIN, *BRANCH_STAGES):
-                stages[name] = dataclasses.replace(
-                    stages[name], args=merge_args(stages[name].args,
-                                                  _scale_steps(stages[name], args.step_scale)))
-        if train != (0,):
-            mix = {"data": {"init_args": {"train": [_demo_source(
-                "demo", cache, "train", strength_methods(DEMO_METHODS, train))]}}}
-            for name in BRANCH_STAGES:
-                stages[name] = dataclasses.replace(stages[name],
-                                                   args=merge_args(stages[name].args, mix))
-        if strengths != (0,):
-            tests = {"data": {"init_args": {"test": [
-                _demo_source(name, cache, "test", [name]) for name in demo_test_sets(args)]}}}
-            stages[DETECTOR] = dataclasses.replace(
-                stages[DETECTOR], args=merge_args(stages[DETECTOR].args, tests))
-        if args.fake_source != "dataset":
-            for name in BRANCH_STAGES:
-                switch = {"data": {"init_args": {"fake_source": args.fake_source}}}
-                if tuple(args.pseudo_methods) != DEFAULT_PSEUDO:
-                    switch["data"]["init_args"]["pseudo_methods"] = list(args.pseudo_methods)
-                stages[name] = dataclasses.replace(
-                    stages[name], args=merge_args(stages[name].args, switch))
-    name = run_name(plan.name, args.fake_source, args.pseudo_methods, args.step_scale)
-    return dataclasses.replace(plan, name=name, resolved={**plan.resolved, "name": name})
-
-
-def detector_test_names(plan: Plan, variant: str) -> list[str]:
-    """The names of the test sets a variant's detector stage is configured with."""
-    spec = plan.variants[variant][DETECTOR]
-    sets = (spec.args.get("data", {}).get("init_args", {}).get("test")
-            or config_value(spec.configs, "data", "init_args", "test") or [])
-    return [s["name"] for s in sets]
-
-
-def stale_tests(plan: Plan, run_root: Path) -> list[str]:
-    """Variants whose finished detector results hold other test sets than the plan's (e.g. a
-    ``make demo`` run from before the strength-3 test sets; or results that cannot be read):
-    their detector must run again."""
-    stale = []
-    for variant in plan.variants:
-        path = run_root / plan.name / variant / DETECTOR / "results_test.json"
-        if path.is_file():
-            try:
-                found = set(read_results(path).sets)
-            except ResultsError:
-                found = None
-            if found != set(detector_test_names(plan, variant)):
-                stale.append(variant)
-    return stale
 
 
 def run_demo_plan(plan: Plan, run_root: Path, fresh: bool = False,
@@ -341,12 +194,12 @@ def run_demo_plan(plan: Plan, run_root: Path, fresh: bool = False,
         run_plan(plan, run_root, fresh=True, stages=[DETECTOR], variants=stale)
 
 
+@reports_errors("demo")
 def run_demo_command(args: argparse.Namespace) -> int:
     """Run the demo end to end (one split, or ``--folds`` cross-validation) and print results."""
     problem = check_demo_arguments(args)
     if problem:
-        print(f"deepfakemae demo: error: {problem}", file=sys.stderr, flush=True)
-        return 2
+        raise UsageError(problem)
     start = time.time()
     cache = prepare_demo_data(args)
     if cache is None:
@@ -354,42 +207,20 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.prepare_only:
         print(f"demo set and faces ready: {cache} ({time.time() - start:.0f} s)", flush=True)
         return 0
-    previous = os.environ.get("DEMO_CACHE")
-    os.environ["DEMO_CACHE"] = str(cache.resolve())  # read by the demo configs
-    try:
-        if args.folds:
-            run_cross_validation(args)
-        else:
-            print("[3/3] stage 1, both stage-2 branches, fused detector", flush=True)
-            plan = demo_plan(args)
-            run_demo_plan(plan, args.run_root, fresh=args.fresh)
-            print_results(args.run_root / plan.name / "main", n_boot=args.bootstrap,
-                          strengths=demo_strengths(args))
-            premise = demo_premise(args.run_root / plan.name / "main", cache, args.bootstrap,
-                                   methods=demo_test_sets(args))
-            print(f"\n{premise}", flush=True)
-    except StageFailed as err:  # interrupted or failed: nothing after it ran, a rerun resumes
-        print(f"deepfakemae demo: {err}", flush=True)
-        return err.exit_code
-    finally:
-        if previous is None:
-            os.environ.pop("DEMO_CACHE", None)
-        else:
-            os.environ["DEMO_CACHE"] = previous
+    # StageFailed (interrupted or failed) ends the command: nothing after it ran, a rerun resumes
+    if args.folds:
+        run_cross_validation(args)
+    else:
+        print("[3/3] stage 1, both stage-2 branches, fused detector", flush=True)
+        plan = demo_plan(args)
+        run_demo_plan(plan, args.run_root, fresh=args.fresh)
+        print_results(args.run_root / plan.name / "main", n_boot=args.bootstrap,
+                      strengths=demo_strengths(args))
+        premise = demo_premise(args.run_root / plan.name / "main", cache, args.bootstrap,
+                               methods=demo_test_sets(args))
+        print(f"\n{premise}", flush=True)
     print(f"\ndemo finished in {time.time() - start:.0f} s", flush=True)
     return 0
-
-
-def cv_setup(args: argparse.Namespace) -> tuple[Path, list[Path], Plan]:
-    """The cross-validation's run folder, its folds' split files (written) and its plan (a
-    variant ``fold_i`` per fold), built without running anything."""
-    pairs = load_splits(args.data_dir / "raw" / "splits")
-    all_pairs = [p for split in ("train", "val", "test") for p in pairs[split]]
-    folds = make_folds(all_pairs, args.folds)
-    name = cv_name(args)
-    root = args.run_root / name
-    splits_dirs = [write_fold_splits(f, root / "splits" / f"fold_{i}") for i, f in enumerate(folds)]
-    return root, splits_dirs, fold_plan(demo_plan(args), splits_dirs, name)
 
 
 def training_label(args: argparse.Namespace) -> str:
@@ -421,7 +252,7 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     print(f"[3/3] {args.folds}-fold cross-validation, identity-disjoint "
           f"({len(splits_dirs)} folds): every stage per fold -> {root}", flush=True)
     run_demo_plan(plan, args.run_root, fresh=args.fresh)
-    score_files = [root / f"fold_{i}" / "detector" / SCORES_FILE for i in range(args.folds)]
+    score_files = [scores_file(root / f"fold_{i}" / DETECTOR) for i in range(args.folds)]
     results = set_results(pool_scores(score_files), n_boot=args.bootstrap)
     table = results_markdown(results)
     what = "sensitivity, " if args.sensitivity else ""
@@ -470,7 +301,7 @@ def print_results(run_dir: Path, n_boot: int = 2000, strengths: tuple[int, ...] 
     """Print the detector's results with bootstrap intervals (and, with more than one artifact
     strength tested, the fused video AUC per method × strength), and where the figures and W&B
     runs are."""
-    scores_path = run_dir / "detector" / SCORES_FILE
+    scores_path = scores_file(run_dir / DETECTOR)
     results = set_results(pool_scores([scores_path]), n_boot=n_boot)
     branches = " and ".join(f"{k.title} ({k.label})" for k in BRANCHES.values())
     marked = [k for k in strengths if k]
@@ -486,7 +317,7 @@ def print_results(run_dir: Path, n_boot: int = 2000, strengths: tuple[int, ...] 
     print(results_markdown(results))
     if marked:
         print(f"\nfused video AUC % by artifact strength:\n\n{sensitivity_markdown(results)}")
-    print(f"\nresults: {run_dir / 'detector' / 'results_test.json'}, scores: {scores_path}")
+    print(f"\nresults: {results_file(run_dir / DETECTOR)}, scores: {scores_path}")
     for stage in STAGES:
         figures = run_dir / stage / "figures"
         if figures.exists():

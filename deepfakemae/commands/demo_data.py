@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from deepfakemae.synth.demo_data import ALL_METHODS, DemoDataError, build_demo_dataset
+from deepfakemae.errors import reports_errors
+from deepfakemae.synth.demo_data import ALL_METHODS, build_demo_dataset
 from deepfakemae.synth.methods import DEMO_STRENGTHS
 
 
@@ -28,15 +28,12 @@ def add_demo_data_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     return parser
 
 
+@reports_errors("demo-data")
 def run_demo_data_command(args: argparse.Namespace) -> int:
     """Run ``deepfakemae demo-data`` with parsed ``args``; returns the exit code."""
-    try:
-        root = build_demo_dataset(args.output, seed=args.seed, methods=args.methods,
-                                  frames=args.frames, progress=not args.no_progress,
-                                  strengths=args.strengths)
-    except DemoDataError as exc:
-        print(f"demo-data: error: {exc}", file=sys.stderr)
-        return 1
+    root = build_demo_dataset(args.output, seed=args.seed, methods=args.methods,
+                              frames=args.frames, progress=not args.no_progress,
+                              strengths=args.strengths)
     strengths = ", ".join(map(str, sorted(set(args.strengths))))
     print(f"demo dataset ready: {root} (FF++ layout, {len(args.methods)} methods at strength "
           f"{strengths}, splits in {root / 'splits'})")

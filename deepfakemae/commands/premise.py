@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_modules.datasets import DataError, SourceSpec, VideoItem, select_videos
+from data_modules.datasets import DatasetError, SourceSpec, VideoItem, select_videos
+from deepfakemae.errors import DeepfakeMAEError, reports_errors
 from deepfakemae.faces.cache import CacheError
 from deepfakemae.faces.files import atomic_write
-from deepfakemae.masking import PART_NAMES
-from deepfakemae.modules.checkpoints import CheckpointError, check_checkpoint, load_stage1
+from deepfakemae.masking import PART_NAMES, stage1_masking
+from deepfakemae.modules.checkpoints import check_checkpoint, load_stage1
 from deepfakemae.premise import (
     PremiseRow,
     VideoError,
@@ -35,6 +35,7 @@ from deepfakemae.premise import (
     unpaired_fakes,
 )
 from deepfakemae.records import FAKE, REAL, REAL_METHOD
+from deepfakemae.rundir import last_checkpoint, stage_of_checkpoint
 from deepfakemae.visualize import box_grid, png_bytes
 
 FILES = ("premise.md", "premise.csv", "premise_videos.csv", "premise.png")
@@ -53,7 +54,7 @@ MEANING = ("What these figures can mean: whether this stage-1 model reconstructs
            "well stage 2 detects.")
 
 
-class PremiseError(ValueError):
+class PremiseError(DeepfakeMAEError, ValueError):
     """Inputs the measurement cannot use (the message names the file and the fix)."""
 
 
@@ -104,8 +105,7 @@ def add_premise_arguments(parser: argparse.ArgumentParser) -> None:
 def default_output(checkpoint: Path) -> Path:
     """``<stage dir>/premise`` for ``<stage dir>/checkpoints/x.ckpt``, else ``premise/`` beside
     the file."""
-    parent = checkpoint.parent
-    return (parent.parent if parent.name == "checkpoints" else parent) / "premise"
+    return stage_of_checkpoint(checkpoint) / "premise"
 
 
 def select(cache: Path, dataset: str | None, splits: Sequence[str],
@@ -119,7 +119,7 @@ def select(cache: Path, dataset: str | None, splits: Sequence[str],
         try:
             items = select_videos(SourceSpec(f"premise/{split}", str(cache), dataset, split,
                                              wanted), splits_dir)
-        except (DataError, CacheError) as exc:
+        except (DatasetError, CacheError) as exc:
             raise PremiseError(str(exc)) from exc
         labels = {v.label for v in items}
         if labels != {REAL, FAKE}:
@@ -147,9 +147,8 @@ def run_measurement(checkpoint: Path, cache: Path, dataset: str | None = "ffpp",
 
         def bar(it):
             return tqdm(it, total=len(items), desc="premise", unit="video", disable=None)
-    videos = measure(mae, items, float(hparams.get("mask_ratio", 0.5)),
-                     str(hparams.get("part_variant", "algorithm1")), frames=frames,
-                     device=device, batch_size=batch_size, progress=bar)
+    videos = measure(mae, items, *stage1_masking(hparams), frames=frames, device=device,
+                     batch_size=batch_size, progress=bar)
     return Measurement(videos, checkpoint, hparams, frames, time.time() - start)
 
 
@@ -158,11 +157,11 @@ def header(m: Measurement, n_boot: int, what: str = "") -> str:
     hp = m.hparams
     frames = "every cached frame" if m.frames is None else f"{m.frames} evenly spaced frames"
     pooled = f" {what}" if what else ""
+    ratio, variant = stage1_masking(hp)
     lines = [
         f"Premise{pooled}: masked-reconstruction error of the stage-1 model {m.checkpoint} "
         f"(trained with mask strategy {hp.get('mask_strategy', 'facial_part')}, ratio "
-        f"{hp.get('mask_ratio', 0.5)} of the part, part variant "
-        f"{hp.get('part_variant', 'algorithm1')}) on {frames} per video. Each part is masked "
+        f"{ratio} of the part, part variant {variant}) on {frames} per video. Each part is masked "
         "with that ratio; the patches are fixed per frame (drawn from the real target's "
         "landmarks at that frame, seeded by its key, the frame and the part), so a fake and the "
         "real it was made on get the same mask. Error: MSE on the masked patches in "
@@ -313,22 +312,19 @@ def pool_video_files(paths: Sequence[Path]) -> list[VideoError]:
     return videos
 
 
+@reports_errors("premise")
 def run_premise_command(args: argparse.Namespace) -> int:
     """``deepfakemae premise``: measure, write the files, print the table."""
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",")
                                                  if m.strip()]
     output = args.output or default_output(args.checkpoint)
-    try:
-        m = run_measurement(args.checkpoint, args.cache, args.dataset, splits, args.splits_dir,
-                            methods, args.frames, args.device, args.batch_size)
-        _, text, wandb_dir = write_outputs(
-            m.videos, output, header(m, args.bootstrap), args.bootstrap,
-            config={"checkpoint": str(args.checkpoint), "cache": str(args.cache),
-                    "splits": splits, "frames": args.frames, **_mask_config(m.hparams)})
-    except (PremiseError, CheckpointError, CacheError, DataError) as exc:
-        print(f"deepfakemae premise: error: {exc}", file=sys.stderr)
-        return 2
+    m = run_measurement(args.checkpoint, args.cache, args.dataset, splits, args.splits_dir,
+                        methods, args.frames, args.device, args.batch_size)
+    _, text, wandb_dir = write_outputs(
+        m.videos, output, header(m, args.bootstrap), args.bootstrap,
+        config={"checkpoint": str(args.checkpoint), "cache": str(args.cache),
+                "splits": splits, "frames": args.frames, **_mask_config(m.hparams)})
     print(text)
     print(f"{_timing(m)}\nfiles: {', '.join(str(output / f) for f in FILES)}"
           + _wandb_line(wandb_dir))
@@ -353,7 +349,7 @@ def demo_premise(run_dir: Path, cache: Path, n_boot: int = 2000,
     """The premise table of a demo run (its stage-1 checkpoint, its test speakers; the fakes
     of ``methods``, default every cached method), written to ``<run dir>/premise``; returns the
     text to print."""
-    checkpoint = run_dir / "pretrain" / "checkpoints" / "last.ckpt"
+    checkpoint = last_checkpoint(run_dir / "pretrain")
     m = run_measurement(checkpoint, cache, splits=("test",), methods=methods, progress=False)
     _, text, wandb_dir = write_outputs(m.videos, run_dir / "premise", header(m, n_boot), n_boot,
                                        name=f"{run_dir.parent.name}/premise",
@@ -376,14 +372,14 @@ def cv_premise(root: Path, splits_dirs: Sequence[Path], cache: Path, n_boot: int
     files = []
     for i, splits in enumerate(splits_dirs):
         fold = root / f"fold_{i}"
-        m = run_measurement(fold / "pretrain" / "checkpoints" / "last.ckpt", cache,
+        m = run_measurement(last_checkpoint(fold / "pretrain"), cache,
                             splits=("test",), splits_dir=splits, methods=methods,
                             progress=False)
         write_outputs(m.videos, fold / "premise", header(m, n_boot), n_boot,
                       name=f"{root.name}/fold_{i}/premise", wandb=False)
         files.append(fold / "premise" / "premise_videos.csv")
         seconds, last = seconds + m.seconds, m
-    pooled = Measurement(pool_video_files(files), root / "fold_*/pretrain/checkpoints/last.ckpt",
+    pooled = Measurement(pool_video_files(files), last_checkpoint(root / "fold_*" / "pretrain"),
                          last.hparams, None, seconds)
     what = (f"of {len(files)} identity-disjoint folds pooled (each fold's own stage 1 on its "
             "test speakers; every video tested once; the pooled AUC assumes the folds' error "

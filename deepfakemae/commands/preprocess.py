@@ -7,18 +7,15 @@ import sys
 from pathlib import Path
 
 from data_modules.indexes import DatasetError, list_indexes, records_for_dataset
+from deepfakemae.errors import UsageError, reports_errors
 from deepfakemae.faces.align import DEFAULT_MARGIN
 from deepfakemae.faces.cache import CacheError, FaceCache
-from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
+from deepfakemae.faces.detect import add_face_detector_argument, check_face_detector
 from deepfakemae.faces.input_files import scan_inputs
-from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
+from deepfakemae.faces.landmarks import BACKENDS
 from deepfakemae.faces.pipeline import FaceConfig
-from deepfakemae.faces.runner import detector_setting, run_preprocess
+from deepfakemae.faces.runner import recorded_face_detector, run_preprocess
 from deepfakemae.records import VideoRecord
-
-
-class UsageError(ValueError):
-    """Bad command-line arguments (exit code 2)."""
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -55,10 +52,9 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("--landmarks", choices=BACKENDS, default="dlib",
                         help="landmark backend (fan downloads its weights on first use)")
     parser.add_argument("--device", default="cpu", help="torch device for --landmarks fan")
-    parser.add_argument("--detector", choices=DETECTORS, default=None,
-                        help="face detector: dlib HOG with MTCNN on frames where it finds no "
-                             "face (dlib+mtcnn), dlib alone, or MTCNN alone (default: the one "
-                             "the --output cache was made with, else dlib+mtcnn)")
+    add_face_detector_argument(parser, None, help=(
+        "dlib HOG with MTCNN on frames where it finds no face (dlib+mtcnn), dlib alone, or "
+        "MTCNN alone (default: the one the --output cache was made with, else dlib+mtcnn)"))
     parser.add_argument("--detect-max-side", type=int, default=640,
                         help="longest side frames are downscaled to for face detection")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
@@ -101,62 +97,46 @@ def records_for_args(args: argparse.Namespace) -> list[VideoRecord]:
     return scan.records
 
 
-def recorded_detector(output: Path) -> str:
-    """The ``--detector`` an existing cache at ``output`` was made with (so that a rerun
+def face_detector_of(output: Path) -> str:
+    """The ``--face-detector`` an existing cache at ``output`` was made with (so that a rerun
     resumes it), else the default ``dlib+mtcnn``; raises :class:`UsageError`."""
     try:
-        recorded = FaceCache(output).read_settings() or {}
+        recorded = FaceCache(output).read_settings()
     except CacheError as exc:
         raise UsageError(str(exc)) from exc
-    settings = recorded.get("settings")
-    setting = str(settings.get("detector", "")) if isinstance(settings, dict) else ""
-    for name in ("dlib+mtcnn", "dlib", "mtcnn"):
-        if setting.startswith(detector_setting(FaceConfig(detector=name)).split()[0] + " "):
-            return name
-    return "dlib+mtcnn"
+    return recorded_face_detector(recorded) or "dlib+mtcnn"
 
 
 def config_for_args(args: argparse.Namespace) -> FaceConfig:
     """The :class:`FaceConfig` the arguments describe; raises :class:`UsageError`."""
-    if args.detector is None:
-        args.detector = recorded_detector(args.output)
+    face_detector = args.face_detector or face_detector_of(args.output)
     if args.frames < 1 or args.size < 16 or args.workers < 1:
         raise UsageError("--frames and --workers must be >= 1 and --size >= 16")
     if not 0 <= args.margin < 0.5:
         raise UsageError("--margin must be in [0, 0.5)")
-    try:
-        check_detector(args.detector)
-    except DetectorError as exc:
-        raise UsageError(str(exc)) from exc
+    check_face_detector(face_detector)
     return FaceConfig(frames=args.frames, size=args.size, landmarks=args.landmarks,
                       device=args.device, detect_max_side=args.detect_max_side,
-                      detector=args.detector, margin=args.margin)
+                      detector=face_detector, margin=args.margin)
 
 
+@reports_errors("preprocess")
 def run_preprocess_command(args: argparse.Namespace) -> int:
     """Run ``preprocess``; exit code 0 when the cache holds faces for every input of the shard,
     1 if any input failed (in this run or recorded by an earlier one and kept), 2 on usage."""
-    try:
-        records = records_for_args(args)
-        config = config_for_args(args)
-    except UsageError as exc:
-        print(f"deepfakemae preprocess: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_preprocess(records, args.output, config, workers=args.workers,
-                                 shard=args.shard, progress=not args.no_progress,
-                                 retry_failed=getattr(args, "retry_failed", False),
-                                 allow_mixed=getattr(args, "allow_mixed_settings", False))
-    except (LandmarkError, CacheError) as exc:
-        print(f"deepfakemae preprocess: error: {exc}", file=sys.stderr)
-        return 2
+    records = records_for_args(args)
+    config = config_for_args(args)
+    summary = run_preprocess(records, args.output, config, workers=args.workers,
+                             shard=args.shard, progress=not args.no_progress,
+                             retry_failed=getattr(args, "retry_failed", False),
+                             allow_mixed=getattr(args, "allow_mixed_settings", False))
     print(summary.format())
     print(f"face cache: {args.output} (manifest {Path(args.output) / 'manifest.jsonl'})")
     return 1 if summary.num_unusable else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m deepfakemae.faces.cli --input ... --output ...``."""
+    """Stand-alone entry: ``python -m deepfakemae.commands.preprocess --input ... --output ...``."""
     parser = add_preprocess_arguments(argparse.ArgumentParser(prog="deepfakemae preprocess"))
     return run_preprocess_command(parser.parse_args(argv))
 

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from deepfakemae.plans import PlanError
+from deepfakemae.errors import reports_errors
 from deepfakemae.report import render_markdown, report_tables
 
 
@@ -23,6 +22,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs of `deepfakemae run --demo` without their plan.json")
 
 
+@reports_errors("report")
 def run_report_command(args: argparse.Namespace) -> int:
     """``deepfakemae report``: print each table's Markdown and write Markdown + CSV files.
     Exit code 1 when a results file was malformed or refused (each named on stderr, its cells
@@ -30,11 +30,7 @@ def run_report_command(args: argparse.Namespace) -> int:
     table = args.table
     if table is not None and not table.startswith("table"):
         table = f"table{table}"
-    try:
-        reports = report_tables(args.run_dirs, table, args.output, args.demo)
-    except PlanError as err:
-        print(f"deepfakemae report: {err}", file=sys.stderr)
-        return 2
+    reports = report_tables(args.run_dirs, table, args.output, args.demo)
     for report in reports:
         print(render_markdown(report))
     return 1 if any(report.problems for report in reports) else 0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from deepfakemae.plans import STAGES, PlanError, StageFailed, load_plan, run_plan
+from deepfakemae.errors import reports_errors
+from deepfakemae.plans import STAGES, load_plan, run_plan
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,19 +25,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", help=f"comma-separated stages of {','.join(STAGES)} (default: all)")
 
 
+@reports_errors("run")
 def run_plan_command(args: argparse.Namespace) -> int:
     """``deepfakemae run``: load the plan and run (or print) its pending stages."""
-    try:
-        plan = load_plan(args.plan, demo=args.demo)
-        run_root = args.run_root or Path("runs/demo" if args.demo else "runs")
-        run_plan(plan, run_root, fresh=args.fresh, stages=_comma_list(args.stages),
-                 dry_run=args.dry_run, variants=_comma_list(args.variants))
-    except PlanError as err:
-        print(f"deepfakemae run: {err}", file=sys.stderr)
-        return 2
-    except StageFailed as err:
-        print(f"deepfakemae run: {err}", file=sys.stderr)
-        return err.exit_code
+    plan = load_plan(args.plan, demo=args.demo)
+    run_root = args.run_root or Path("runs/demo" if args.demo else "runs")
+    run_plan(plan, run_root, fresh=args.fresh, stages=_comma_list(args.stages),
+             dry_run=args.dry_run, variants=_comma_list(args.variants))
     return 0
 
 

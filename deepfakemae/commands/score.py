@@ -30,23 +30,21 @@ from pathlib import Path
 import torch
 
 from deepfakemae.branches import BRANCHES, FUSED
-from deepfakemae.faces.detect import DETECTORS, DetectorError, check_detector
+from deepfakemae.errors import UsageError, reports_errors
+from deepfakemae.faces.detect import add_face_detector_argument, check_face_detector
 from deepfakemae.faces.files import atomic_write, fs_text
 from deepfakemae.faces.input_files import scan_inputs
-from deepfakemae.faces.landmarks import BACKENDS, LandmarkError
+from deepfakemae.faces.landmarks import BACKENDS
 from deepfakemae.faces.pipeline import FaceConfig, FacePipeline
+from deepfakemae.masking import stage1_masking
 from deepfakemae.modules.checkpoints import CheckpointError, load_stage1_mae
 from deepfakemae.modules.detector import DualNetworkDetector
 from deepfakemae.predictions import JSON_NAME, PredictionsFile, print_table, read_predictions
 from deepfakemae.records import VideoRecord
+from deepfakemae.rundir import last_checkpoint
 from deepfakemae.runinfo import run_info
 from deepfakemae.score_report import EXPLAIN_DIR, figure_paths, save_face_strip, write_report
 from deepfakemae.scoring import Stage1, VideoPrediction, VideoScorer, explainer, iter_scores
-
-
-class UsageError(ValueError):
-    """Bad arguments or missing checkpoints (exit code 2)."""
-
 
 #: where ``make demo`` / ``deepfakemae demo`` leave the demo's models
 DEMO_RUN_DIR = Path("runs") / "demo" / "main"
@@ -75,12 +73,12 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     for name, kind in BRANCHES.items():
         parser.add_argument(f"--{name}-ckpt", type=Path,
                             help=f"{kind.title} checkpoint "
-                                 f"(default {runs}/{name}/checkpoints/last.ckpt)")
+                                 f"(default {last_checkpoint(f'{runs}/{name}')})")
     parser.add_argument("--branch", action="append", default=[], metavar="NAME=CKPT",
                         help="one more detector branch (any stage-2 checkpoint); repeatable")
     parser.add_argument("--mae-ckpt", type=Path,
                         help=f"stage-1 MAE checkpoint, for --explain reconstructions "
-                             f"(default {runs}/pretrain/checkpoints/last.ckpt)")
+                             f"(default {last_checkpoint(f'{runs}/pretrain')})")
     parser.add_argument("--output", type=Path, default=Path("predictions"),
                         help="folder for predictions.json/.csv and explain/ (default predictions)")
     parser.add_argument("--frames", type=int, default=32, help="frames sampled per video")
@@ -89,9 +87,9 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "(default: the model's input size; use the preprocess --size the "
                              "training cache was built with to mirror training exactly)")
     parser.add_argument("--landmarks", choices=BACKENDS, default="dlib", help="landmark backend")
-    parser.add_argument("--detector", choices=DETECTORS, default="dlib+mtcnn",
-                        help="face detector: dlib HOG with MTCNN on frames where it finds no "
-                             "face (default), dlib alone, or MTCNN alone")
+    add_face_detector_argument(parser, "dlib+mtcnn", help=(
+        "dlib HOG with MTCNN on frames where it finds no face (default), dlib alone, or MTCNN "
+        "alone"))
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--batch-size", type=int, default=8, help="5-frame clips per forward pass")
     parser.add_argument("--threshold", type=float, default=0.5,
@@ -127,12 +125,12 @@ def _checkpoint(args: argparse.Namespace, given: Path | None, stage: str, what: 
                 fix: str) -> Path:
     """The checkpoint file to load for ``stage``; :class:`UsageError` naming it otherwise (and
     the ``--run-dir`` of the demo's models when they exist and were not asked for)."""
-    path = given if given is not None else run_dir(args) / stage / "checkpoints" / "last.ckpt"
+    path = given if given is not None else last_checkpoint(run_dir(args) / stage)
     if path.is_dir():
         raise UsageError(f"{what} checkpoint {path} is a folder, not a checkpoint file; pass "
-                         f"the .ckpt file inside it (e.g. {path}/checkpoints/last.ckpt)")
+                         f"the .ckpt file inside it (e.g. {last_checkpoint(path)})")
     if not path.is_file():
-        demo = DEMO_RUN_DIR / stage / "checkpoints" / "last.ckpt"
+        demo = last_checkpoint(DEMO_RUN_DIR / stage)
         if given is None and run_dir(args) != DEMO_RUN_DIR and demo.is_file():
             fix = (f"to score with the demo's models: `deepfakemae score --video {args.video} "
                    f"--run-dir {DEMO_RUN_DIR}`; otherwise {fix}")
@@ -183,7 +181,7 @@ def load_explain_mae(args: argparse.Namespace, device: torch.device) -> Stage1 |
     """``(mae, ratio, variant)`` for the reconstruction figure, or ``None`` with a note printed
     when the stage-1 checkpoint is missing or unusable (the cam figure is still drawn)."""
     path = args.mae_ckpt if args.mae_ckpt is not None else (
-        run_dir(args) / "pretrain" / "checkpoints" / "last.ckpt")
+        last_checkpoint(run_dir(args) / "pretrain"))
     if not Path(path).is_file():
         print(f"note: stage-1 checkpoint {path} not found; skipping reconstruction.png "
               "(pass --mae-ckpt, or train stage 1 with `deepfakemae fit -c experiments/"
@@ -198,8 +196,7 @@ def load_explain_mae(args: argparse.Namespace, device: torch.device) -> Stage1 |
         print(f"note: cannot use stage-1 checkpoint {path} ({exc}); skipping reconstruction.png",
               file=sys.stderr)
         return None
-    return mae, float(hparams.get("mask_ratio", 0.5)), str(hparams.get("part_variant",
-                                                                        "algorithm1"))
+    return (mae, *stage1_masking(hparams))
 
 
 def _check_writable(option: str, path: Path, kind: str) -> None:
@@ -250,7 +247,7 @@ def score_settings(args: argparse.Namespace, detector: DualNetworkDetector,
         checkpoints[name] = {"path": os.path.abspath(path), "bytes": st.st_size,
                              "mtime_ns": st.st_mtime_ns}
     return {"checkpoints": checkpoints, "frames": args.frames, "crop_size": size,
-            "landmarks": args.landmarks, "detector": args.detector}
+            "landmarks": args.landmarks, "detector": args.face_detector}
 
 
 def earlier_predictions(output: Path, settings: dict, rescore: bool
@@ -328,41 +325,35 @@ def report_skipped(skipped: list[tuple[Path, str]], shown: int = 10) -> None:
         print(f"  ... and {len(skipped) - shown} more", file=sys.stderr)
 
 
+@reports_errors("score")
 def run_score_command(args: argparse.Namespace) -> int:
     """Run ``score --video``: 0 when every video was scored, 1 if some were not, 2 on usage,
     130 when interrupted (the finished videos are kept; a rerun goes on from there)."""
+    if args.frames < 1 or args.batch_size < 1:
+        raise UsageError("--frames and --batch-size must be >= 1")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError("--threshold must be in [0, 1]")
+    device = resolve_device(args.device)
+    extra_branches(args.branch)
+    check_output(args.output)
+    check_report(args.report)
     try:
-        if args.frames < 1 or args.batch_size < 1:
-            raise UsageError("--frames and --batch-size must be >= 1")
-        if not 0.0 <= args.threshold <= 1.0:
-            raise UsageError("--threshold must be in [0, 1]")
-        device = resolve_device(args.device)
-        extra_branches(args.branch)
-        check_output(args.output)
-        check_report(args.report)
-        try:
-            scan = scan_inputs(args.video, exclude=[args.output, *filter(None, [args.report])])
-        except (FileNotFoundError, ValueError) as exc:
-            raise UsageError(str(exc)) from exc
-        try:
-            check_detector(args.detector)
-        except DetectorError as exc:
-            raise UsageError(str(exc)) from exc
-        scorer = VideoScorer(load_detector(args), device, args.batch_size)
-        size = args.crop_size or scorer.img_size
-        if size < 16:
-            raise UsageError("--crop-size must be >= 16")
-        pipeline = FacePipeline(FaceConfig(frames=args.frames, size=size,
-                                           landmarks=args.landmarks, device=str(device),
-                                           detector=args.detector))
-        settings = score_settings(args, scorer.detector, size)
-        with locked(args.output):
-            earlier = earlier_predictions(args.output, settings, args.rescore)
-            return _score(args, scan.records, scan.skipped, scorer, pipeline, settings, earlier,
-                          device)
-    except (UsageError, LandmarkError) as exc:
-        print(f"deepfakemae score: error: {exc}", file=sys.stderr)
-        return 2
+        scan = scan_inputs(args.video, exclude=[args.output, *filter(None, [args.report])])
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    check_face_detector(args.face_detector)
+    scorer = VideoScorer(load_detector(args), device, args.batch_size)
+    size = args.crop_size or scorer.img_size
+    if size < 16:
+        raise UsageError("--crop-size must be >= 16")
+    pipeline = FacePipeline(FaceConfig(frames=args.frames, size=size,
+                                       landmarks=args.landmarks, device=str(device),
+                                       detector=args.face_detector))
+    settings = score_settings(args, scorer.detector, size)
+    with locked(args.output):
+        earlier = earlier_predictions(args.output, settings, args.rescore)
+        return _score(args, scan.records, scan.skipped, scorer, pipeline, settings, earlier,
+                      device)
 
 
 def _score(args: argparse.Namespace, records: list[VideoRecord], skipped: list[tuple[Path, str]],

@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.files import TMP_PREFIX, atomic_write, is_stale_tmp
 from deepfakemae.faces.ibug68 import NUM_POINTS
 
@@ -58,7 +59,7 @@ ENTRY_ARRAYS = {
 }
 
 
-class CacheError(RuntimeError):
+class CacheError(DeepfakeMAEError, RuntimeError):
     """A cache root or entry that cannot be used (the message names the path and the fix)."""
 
 

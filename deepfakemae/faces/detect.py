@@ -20,31 +20,61 @@ The HOG detector's smallest window is about 80 x 80 px, and its cost grows with 
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-#: ``--detector`` choices: dlib alone, dlib with MTCNN when it finds nothing, MTCNN alone
-DETECTORS = ("dlib+mtcnn", "dlib", "mtcnn")
+from deepfakemae.errors import DeepfakeMAEError
+
+#: ``--face-detector`` choices: dlib alone, dlib with MTCNN when it finds nothing, MTCNN alone
+FACE_DETECTORS = ("dlib+mtcnn", "dlib", "mtcnn")
+DETECTORS = FACE_DETECTORS  # its old name
 FACENET_INSTALL = "pip install --no-deps facenet-pytorch==2.6.0"
 
 
-class DetectorError(RuntimeError):
-    """A detector backend that cannot be built (the message names the cause and the fix)."""
+class FaceDetectorError(DeepfakeMAEError, RuntimeError):
+    """A face detector backend that cannot be built (the message names the cause and the fix)."""
 
 
-def check_detector(backend: str) -> None:
-    """Raise :class:`DetectorError` naming the fix when ``backend`` cannot be built here."""
+DetectorError = FaceDetectorError  # its old name
+
+
+def check_face_detector(backend: str) -> None:
+    """Raise :class:`FaceDetectorError` naming the fix when ``backend`` cannot be built here."""
     import importlib.util
 
-    if backend not in DETECTORS:
-        raise DetectorError(f"unknown face detector {backend!r}; choose one of {DETECTORS}")
+    if backend not in FACE_DETECTORS:
+        raise FaceDetectorError(f"unknown face detector {backend!r}; choose one of "
+                                f"{FACE_DETECTORS}")
     if "mtcnn" in backend and importlib.util.find_spec("facenet_pytorch") is None:
-        raise DetectorError(
-            f"--detector {backend} needs facenet-pytorch, which is not installed; install it "
-            f"with `{FACENET_INSTALL}` (its pinned dependencies are not needed) or pass "
-            "`--detector dlib`")
+        raise FaceDetectorError(
+            f"--face-detector {backend} needs facenet-pytorch, which is not installed; install "
+            f"it with `{FACENET_INSTALL}` (its pinned dependencies are not needed) or pass "
+            "`--face-detector dlib`")
+
+
+check_detector = check_face_detector  # its old name
+
+
+class _OldDetectorFlag(argparse.Action):
+    """``--detector``, the old spelling of ``--face-detector``: stores the value, notes the name."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print("note: --detector is now --face-detector (the old spelling still works)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_face_detector_argument(parser: argparse.ArgumentParser, default: str | None,
+                               help: str) -> None:
+    """``--face-detector`` (``args.face_detector``) and its old spelling ``--detector``."""
+    parser.add_argument("--face-detector", choices=FACE_DETECTORS, default=default, help=help)
+    parser.add_argument("--detector", dest="face_detector", choices=FACE_DETECTORS,
+                        action=_OldDetectorFlag, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
 
 
 @dataclass
@@ -120,7 +150,7 @@ class MtcnnDetector:
             raise DetectorError(
                 f"the MTCNN face detector needs facenet-pytorch ({exc}); install it with "
                 f"`{FACENET_INSTALL}` (its pinned dependencies are not needed), or pass "
-                "`--detector dlib`") from exc
+                "`--face-detector dlib`") from exc
         self.max_side = max_side
         self.threshold = threshold
         self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face, device=device)

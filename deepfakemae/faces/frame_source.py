@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfakemae.errors import DeepfakeMAEError
 
-class VideoError(RuntimeError):
+
+class VideoError(DeepfakeMAEError, RuntimeError):
     """An input that yields no frames; ``status`` is ``unreadable`` or ``empty``."""
 
     def __init__(self, status: str, message: str):

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.ibug68 import NUM_POINTS
 
 BACKENDS = ("dlib", "fan")
 
 
-class LandmarkError(RuntimeError):
+class LandmarkError(DeepfakeMAEError, RuntimeError):
     """A landmark backend that cannot be built (the message names the cause and the fix)."""
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.align import (
     DEFAULT_MARGIN,
     align_face,
@@ -31,7 +32,7 @@ from deepfakemae.faces.video import (
 from deepfakemae.records import VideoRecord
 
 
-class FaceError(RuntimeError):
+class FaceError(DeepfakeMAEError, RuntimeError):
     """A video that yields no usable face; ``status`` is a cache failure status."""
 
     def __init__(self, status: str, message: str):

@@ -117,10 +117,29 @@ def input_signature(path: str | os.PathLike) -> list[int] | None:
     return [int(size), int(st.st_mtime_ns)]
 
 
+#: a face detector's name in the ``detector`` setting (dlib alone keeps its earlier wording)
+SETTING_NAMES = {"dlib": "dlib-hog", "dlib+mtcnn": "dlib-hog+mtcnn", "mtcnn": "mtcnn"}
+#: the ``cache.json`` field that names the face detector (a ``--face-detector`` choice)
+FACE_DETECTOR_FIELD = "face_detector"
+
+
 def detector_setting(config: FaceConfig) -> str:
-    """The detector as ``cache.json`` records it (dlib alone keeps its earlier wording)."""
-    name = {"dlib": "dlib-hog", "dlib+mtcnn": "dlib-hog+mtcnn", "mtcnn": "mtcnn"}[config.detector]
-    return f"{name} max_side={config.detect_max_side} track={config.track}"
+    """The detector as ``cache.json``'s settings record it: name, ``max_side`` and ``track``."""
+    return (f"{SETTING_NAMES[config.detector]} max_side={config.detect_max_side} "
+            f"track={config.track}")
+
+
+def recorded_face_detector(recorded: dict | None) -> str | None:
+    """The ``--face-detector`` a ``cache.json`` record's first settings were made with: its
+    ``face_detector`` field, else (a cache from before the field) the name that opens its
+    ``detector`` setting; ``None`` when the record names neither."""
+    recorded = recorded or {}
+    if recorded.get(FACE_DETECTOR_FIELD) in SETTING_NAMES:
+        return recorded[FACE_DETECTOR_FIELD]
+    settings = recorded.get("settings")
+    setting = str(settings.get("detector", "")) if isinstance(settings, dict) else ""
+    return next((name for name, spelt in SETTING_NAMES.items()
+                 if setting.split(" ")[0] == spelt), None)
 
 
 def cache_settings(config: FaceConfig) -> dict:
@@ -158,6 +177,7 @@ def check_settings(cache: FaceCache, config: FaceConfig, allow_mixed: bool = Fal
                 "or pass --allow-mixed-settings to add this run's entries anyway (the record "
                 "then says the earlier ones have unrecorded settings)")
         cache.write_settings({"settings": wanted, "mixed": [],
+                              FACE_DETECTOR_FIELD: config.detector,
                               **({"unrecorded": True} if entries else {})})
         return
     first = recorded["settings"]

@@ -14,13 +14,14 @@ import timm
 import torch
 from torch import nn
 
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.models.mae import MaskedAutoencoderViT
 
 #: the command-line switch that trains from a random init instead of ImageNet weights
 RANDOM_INIT_SWITCH = "--model.init_args.pretrained_backbone false"
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(DeepfakeMAEError, RuntimeError):
     """Public weights (timm's ImageNet ResNet-18, MAE's ViT) could not be obtained or fit."""
 
 

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from deepfakemae.branches import BRANCHES
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.models.mae import MaskedAutoencoderViT, create_mae
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DeepfakeMAEError, RuntimeError):
     """A checkpoint that is missing, unreadable, or not the kind the caller needs."""
 
 

@@ -12,7 +12,7 @@ from deepfakemae.models.classifier import FinetuneClassifier, Pooling
 from deepfakemae.models.mae import create_mae
 from deepfakemae.modules.checkpoints import load_stage1_mae
 from deepfakemae.modules.evaluation import BranchEvaluation
-from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
+from deepfakemae.modules.optim import decay_param_groups, scheduled
 
 DECODER_PARTS = ("decoder_embed", "decoder_blocks", "decoder_norm", "decoder_pred", "mask_token")
 
@@ -82,7 +82,4 @@ class FinetuneModule(BranchEvaluation, LightningModule):
         hp = self.hparams
         optimizer = torch.optim.AdamW(decay_param_groups(self.classifier, hp.weight_decay),
                                       lr=hp.lr)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = warmup_cosine(optimizer, int(hp.warmup_fraction * total), total)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled(self, optimizer, hp.warmup_fraction)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, get_args
 
 import numpy as np
@@ -25,7 +26,7 @@ from deepfakemae.models.mae import MaskedAutoencoderViT
 from deepfakemae.models.mapping_network import ClassifierInput, MappingNetwork
 from deepfakemae.modules.checkpoints import load_stage1
 from deepfakemae.modules.evaluation import BranchEvaluation
-from deepfakemae.modules.optim import warmup_cosine
+from deepfakemae.modules.optim import scheduled
 from deepfakemae.visualize import PictureQueue, to_uint8
 
 #: what the Mapping Network learns to reproduce (docs/DESIGN.md, "Mapping target"):
@@ -45,6 +46,27 @@ class MetaSplit(NamedTuple):
     ref: dict  # T_ref: scores each inner step (meta-test domain by default)
     mix: dict  # "another batch in the Meta-train domain", mixed into the meta-test term
     test: dict  # meta-test samples (the held-out fake domain, and reals)
+
+
+@dataclass
+class _SplitIndices:
+    """Sample indices of the parts of a meta split, one array per class (fake, real); ``ref``
+    and ``mix`` are None once given up (a class had nothing to spare for them)."""
+
+    train: list[np.ndarray] = field(default_factory=list)
+    ref: list[np.ndarray] | None = field(default_factory=list)
+    mix: list[np.ndarray] | None = field(default_factory=list)
+    test: list[np.ndarray] = field(default_factory=list)
+
+
+def _given_back(part: list[np.ndarray], homes: list[list[np.ndarray]]) -> list[np.ndarray] | None:
+    """``part`` when every class has samples in it; else None, each class's samples appended to
+    ``homes[c][c]`` (the side they came from)."""
+    if all(len(p) for p in part):
+        return part
+    for c, taken in enumerate(part):
+        homes[c][c] = np.concatenate([homes[c][c], taken])
+    return None
 
 
 def _video_groups(indices: np.ndarray, keys: list[str], rng: np.random.Generator
@@ -113,34 +135,31 @@ def meta_split(batch: dict, rng: np.random.Generator, ref_fraction: float = 0.5,
         fake_train, fake_test = _split_groups(fakes, rng, 0.8)
     share = _count(fake_train) / _count(fakes)
     real_train, real_test = _split_groups(reals, rng, min(max(share, 0.1), 0.9))
-    parts: dict[str, list[np.ndarray] | None] = {"train": [], "ref": [], "mix": [], "test": []}
-    ref_home: list[str] = []  # per class, the side T_ref was cut from
+    parts = _SplitIndices()
+    ref_home: list[list[np.ndarray]] = []  # per class, the side T_ref was cut from
     for train_side, test_side in ((fake_train, fake_test), (real_train, real_test)):
         side, tside = list(train_side), list(test_side)
-        ref, home = np.zeros(0, dtype=np.int64), "train"
+        ref, home = np.zeros(0, dtype=np.int64), parts.train
         if ref_source == "meta_test":
-            ref, home = _take(tside, round(ref_fraction * _count(tside)), keep=1), "test"
-        parts["test"].append(np.concatenate(tside))
-        parts["mix"].append(_take(side, _count(tside), keep=2))
+            ref, home = _take(tside, round(ref_fraction * _count(tside)), keep=1), parts.test
+        parts.test.append(np.concatenate(tside))
+        parts.mix.append(_take(side, _count(tside), keep=2))
         if len(ref) == 0:  # meta_train source, or a meta-test side of one video
-            ref, home = _take(side, round(ref_fraction * _count(side)), keep=1), "train"
-        parts["ref"].append(ref)
+            ref, home = _take(side, round(ref_fraction * _count(side)), keep=1), parts.train
+        parts.ref.append(ref)
         ref_home.append(home)
-        parts["train"].append(np.concatenate(side))
-    for name in ("ref", "mix"):  # a class with nothing to spare gives the part up
-        if any(len(p) == 0 for p in parts[name]):
-            for c, taken in enumerate(parts[name]):  # samples go back to the side they came from
-                home = ref_home[c] if name == "ref" else "train"
-                parts[home][c] = np.concatenate([parts[home][c], taken])
-            parts[name] = None
+        parts.train.append(np.concatenate(side))
+    # a class with nothing to spare gives the part up: its samples go back where they came from
+    parts.ref = _given_back(parts.ref, ref_home)
+    parts.mix = _given_back(parts.mix, [parts.train] * len(parts.mix))
 
     def rows(groups: list[np.ndarray]) -> dict:
         return select_batch(batch, np.concatenate(groups).tolist())
 
-    train, test = rows(parts["train"]), rows(parts["test"])
+    train, test = rows(parts.train), rows(parts.test)
     fallback_ref = test if ref_source == "meta_test" else train
-    return MetaSplit(train=train, ref=fallback_ref if parts["ref"] is None else rows(parts["ref"]),
-                     mix=train if parts["mix"] is None else rows(parts["mix"]), test=test)
+    return MetaSplit(train=train, ref=fallback_ref if parts.ref is None else rows(parts.ref),
+                     mix=train if parts.mix is None else rows(parts.mix), test=test)
 
 
 class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
@@ -210,8 +229,8 @@ class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
         if self.hparams.target != "unmasked":
             self._resolve_masking(stage1_hparams or {})
             hp = self.hparams
-            self._masker = FacialPartMasker(hp.mask_strategy, hp.mask_ratio, hp.part_variant,
-                                            mae.img_size, mae.patch_size)
+            self._masker = FacialPartMasker.on_grid_of(mae, hp.mask_strategy, hp.mask_ratio,
+                                                       hp.part_variant)
 
     def _resolve_masking(self, stage1_hparams: dict) -> None:
         """Fill masking hparams left at None from stage 1; error if stage 1 does not say."""
@@ -321,7 +340,4 @@ class MappingModule(BranchEvaluation, PictureQueue, LightningModule):
         hp = self.hparams
         optimizer = torch.optim.SGD(self.net.parameters(), lr=hp.lr, momentum=hp.momentum,
                                     weight_decay=hp.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = warmup_cosine(optimizer, 0, total)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled(self, optimizer)  # no warmup

@@ -35,3 +35,13 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def scheduled(module, optimizer: torch.optim.Optimizer, warmup_fraction: float = 0.0,
+              min_ratio: float = 0.0) -> dict:
+    """What ``module.configure_optimizers`` returns: ``optimizer`` with :func:`warmup_cosine`
+    over the run's estimated optimiser steps (``warmup_fraction`` of them warming up), stepped
+    every step."""
+    total = int(module.trainer.estimated_stepping_batches)
+    scheduler = warmup_cosine(optimizer, int(warmup_fraction * total), total, min_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -9,7 +9,7 @@ from deepfakemae.masking import FacialPartMasker, MaskStrategy, PartVariant
 from deepfakemae.models.mae import create_mae
 from deepfakemae.models.pretrained import load_mae_init
 from deepfakemae.modules.checkpoints import tag_checkpoint
-from deepfakemae.modules.optim import decay_param_groups, warmup_cosine
+from deepfakemae.modules.optim import decay_param_groups, scheduled
 from deepfakemae.visualize import PictureQueue, reconstruction_grid
 
 
@@ -37,9 +37,8 @@ class MAEPretrainModule(PictureQueue, LightningModule):
         self.model = create_mae(preset, norm_pix_loss=norm_pix_loss)
         if init_weights:  # public MAE weights (encoder + decoder where the file has it)
             load_mae_init(self.model, init_weights)
-        self.masker = FacialPartMasker(strategy=mask_strategy, ratio=mask_ratio,
-                                       variant=part_variant, img_size=self.model.img_size,
-                                       patch_size=self.model.patch_size)
+        self.masker = FacialPartMasker.on_grid_of(self.model, mask_strategy, mask_ratio,
+                                                  part_variant)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor):
         return self.model(images, mask)
@@ -83,8 +82,4 @@ class MAEPretrainModule(PictureQueue, LightningModule):
         hp = self.hparams
         optimizer = torch.optim.AdamW(decay_param_groups(self.model, hp.weight_decay), lr=hp.lr,
                                       betas=tuple(hp.betas))
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = warmup_cosine(optimizer, int(hp.warmup_fraction * total), total,
-                                  hp.min_lr_ratio)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled(self, optimizer, hp.warmup_fraction, hp.min_lr_ratio)

@@ -22,6 +22,7 @@ from deepfakemae.plans.load import (
     DETECTOR,
     PLAN_RECORD,
     PRETRAIN,
+    RERUN_KEY,
     STAGES,
     TABLES_DIR,
     Plan,
@@ -36,7 +37,7 @@ from deepfakemae.plans.load import (
 )
 from deepfakemae.plans.runner import StageFailed, run_plan, write_plan_record
 
-__all__ = ["BRANCH_STAGES", "DETECTOR", "PRETRAIN", "PLAN_RECORD", "STAGES", "STAGE_COMMAND", "STAGE_INPUTS", "TABLES_DIR", "Job", "Plan",
+__all__ = ["BRANCH_STAGES", "DETECTOR", "PRETRAIN", "PLAN_RECORD", "RERUN_KEY", "STAGES", "STAGE_COMMAND", "STAGE_INPUTS", "TABLES_DIR", "Job", "Plan",
            "PlanError", "Resolver", "StageSpec", "experiments_dir", "flag_list", "load_plan",
            "locate", "merge_args", "plan_from_record", "plan_jobs", "run_plan", "StageFailed",
            "stage_output", "stage_state_of", "stage_status", "write_plan_record"]

@@ -14,7 +14,7 @@ import hashlib
 import os
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepfakemae.plans.load import (
@@ -28,6 +28,7 @@ from deepfakemae.plans.load import (
     load_plan,
     locate,
 )
+from deepfakemae.rundir import last_checkpoint, results_file
 from deepfakemae.runstate import StageState, stage_state
 
 #: LightningCLI subcommand of each stage: the detector is only tested
@@ -58,6 +59,7 @@ class Job:
     status: str  # "done" | "pending" | "resume"
     inputs: list[Path]
     reason: str = ""  # why the status (e.g. the malformed results file)
+    config_env: dict[str, str] = field(default_factory=dict)  # the plan's ``env``
 
     @property
     def stage_dir(self) -> Path:
@@ -83,10 +85,12 @@ class Job:
         return f"{self.table}/{self.variant} {self.stage}"
 
     def env(self) -> dict[str, str]:
-        """Variables to set for this run (``RUN_DIR``, the data roots in use, and the W&B run's
-        name, group, job type and tags, read by :class:`deepfakemae.loggers.AutoWandbLogger`)."""
+        """Variables to set for this run (``RUN_DIR``, the data roots in use: the plan's own
+        ``env`` over those passed through, and the W&B run's name, group, job type and tags,
+        read by :class:`deepfakemae.loggers.AutoWandbLogger`)."""
         env = {"RUN_DIR": str(self.run_dir)}
         env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+        env.update(self.config_env)
         env.update(self.wandb_env())
         env.update(self.provenance_env())
         return env
@@ -122,8 +126,8 @@ def stage_output(run_dir: Path, stage: str) -> Path:
     """The file a finished ``stage`` of ``run_dir`` leaves for its consumers: the final
     ``last.ckpt`` of a fit stage, ``results_test.json`` of the detector."""
     if STAGE_COMMAND[stage] == "fit":
-        return run_dir / stage / "checkpoints" / "last.ckpt"
-    return run_dir / stage / "results_test.json"
+        return last_checkpoint(run_dir / stage)
+    return results_file(run_dir / stage)
 
 
 def stage_state_of(run_dir: Path, stage: str) -> StageState:
@@ -194,7 +198,7 @@ class Resolver:
         if STAGE_COMMAND[stage] == "fit":
             args.append(RESUME_FLAG)
         return Job(table, variant, stage, run_dir, args, stage_output(run_dir, stage),
-                   state.status, inputs, state.reason)
+                   state.status, inputs, state.reason, dict(self.plan(table).env))
 
 
 def plan_jobs(plan: Plan, run_root: str | Path, variants: Sequence[str] | None = None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from deepfakemae.branches import BRANCHES
+from deepfakemae.errors import DeepfakeMAEError
 
 #: stage 1, one stage per detector branch (the registry's names), the fused detector's test
 PRETRAIN, DETECTOR = "pretrain", "detector"
@@ -22,6 +23,9 @@ BRANCH_STAGES: tuple[str, ...] = tuple(BRANCHES)
 #: the pipeline, in run order
 STAGES: tuple[str, ...] = (PRETRAIN, *BRANCH_STAGES, DETECTOR)
 PLAN_RECORD = "plan.json"
+#: the key of a resolved plan that holds the command producing its runs, when a command built
+#: the plan (``deepfakemae demo``); a table plan is rerun with ``deepfakemae run <table>``
+RERUN_KEY = "rerun"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMMON_PLAN = "common.yaml"
 
@@ -45,7 +49,7 @@ def locate(path: str | Path) -> Path:
 TABLES_DIR = experiments_dir() / "tables"
 
 
-class PlanError(ValueError):
+class PlanError(DeepfakeMAEError, ValueError):
     """A plan file that cannot be used; the message names the file and the fix."""
 
 
@@ -71,6 +75,9 @@ class Plan:
     variants: dict[str, dict[str, StageSpec]]
     report: dict
     resolved: dict  # the whole resolved plan (written to <run root>/<table>/plan.json)
+    #: variables the stage configs read (``${oc.env:...}``), given by the command that built the
+    #: plan (``deepfakemae demo``: ``DEMO_CACHE``); every stage process gets them
+    env: dict[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------ loading

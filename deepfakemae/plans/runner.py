@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.files import atomic_write_text
 from deepfakemae.plans.jobs import STAGE_INPUTS, Job, plan_jobs, stage_state_of
 from deepfakemae.plans.load import PLAN_RECORD, Plan, PlanError
@@ -29,7 +30,7 @@ from deepfakemae.runstate import PARENT_ENV, describe, lock_holder
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 
-class StageFailed(RuntimeError):
+class StageFailed(DeepfakeMAEError, RuntimeError):
     """A stage process failed or was interrupted; ``exit_code`` is what ``deepfakemae run``
     (and ``demo``) exits with: 130 / 143 after SIGINT / SIGTERM, else 1."""
 
@@ -120,8 +121,8 @@ def run_plan(plan: Plan, run_root: str | Path, fresh: bool = False,
              variants: Sequence[str] | None = None) -> list[Job]:
     """Run the plan's pending stages in order (in this process) and return the jobs run.
 
-    Each stage runs with ``RUN_DIR=<run root>/<table>/<variant>``; ``CACHE_DIR`` / ``DEMO_CACHE``
-    pass through. Done stages are skipped unless ``fresh``. ``dry_run`` prints the shell line of
+    Each stage runs with ``RUN_DIR=<run root>/<table>/<variant>`` and the plan's ``env``;
+    ``CACHE_DIR`` / ``DEMO_CACHE`` of this process pass through where the plan sets neither. Done stages are skipped unless ``fresh``. ``dry_run`` prints the shell line of
     every pending stage (one per line, ready to submit as a job) and runs nothing.
     """
     jobs = plan_jobs(plan, run_root, variants, stages, fresh)

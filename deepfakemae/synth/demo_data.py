@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfakemae.errors import DeepfakeMAEError
 from deepfakemae.faces.files import atomic_path, atomic_write
 from deepfakemae.faces.landmarks import DlibLandmarks
 from deepfakemae.faces.video import VideoError, open_video
@@ -97,8 +98,10 @@ METHODS: dict[str, DemoMethod] = {name: DemoMethod(name, region)
 ALL_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
-class DemoDataError(RuntimeError):
-    """The demo dataset cannot be built (the message names the cause and the fix)."""
+class DemoDataError(DeepfakeMAEError, RuntimeError):
+    """The demo dataset cannot be built (the message names the cause and the fix; exit code 1)."""
+
+    exit_code = 1
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -1,0 +1,216 @@
+"""The plans of ``deepfakemae demo``: the single run's (:func:`demo_plan`) and the
+cross-validation's (:func:`cv_setup`), their run folders' names, the command that reruns each
+(recorded in the plan) and which finished detector results must be tested again. Builds plans
+only; :mod:`deepfakemae.commands.demo` runs them and prints the results."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from data_modules.indexes.ffpp import load_splits
+from deepfakemae.crossval import fold_plan, make_folds, write_fold_splits
+from deepfakemae.plans import (
+    BRANCH_STAGES,
+    DETECTOR,
+    PRETRAIN,
+    RERUN_KEY,
+    Plan,
+    StageSpec,
+    experiments_dir,
+    load_plan,
+    merge_args,
+)
+from deepfakemae.plans.load import locate
+from deepfakemae.records import REAL_METHOD
+from deepfakemae.results import ResultsError, read_results
+from deepfakemae.rundir import results_file
+from deepfakemae.synth.methods import DEMO_METHODS, DEMO_STRENGTHS, strength_methods
+
+PLAN = experiments_dir() / "demo" / "plan.yaml"
+CV_NAME = "demo-cv"
+SENSITIVITY_NAME = "demo-sensitivity"
+#: the single run's test strengths: today's fakes and the strongest level (tested only)
+SINGLE_TEST_STRENGTHS = (0, 3)
+DEFAULT_PSEUDO = ("self_blend",)
+
+
+def demo_strengths(args: argparse.Namespace) -> tuple[int, ...]:
+    """The artifact strengths a run builds and tests, ascending, 0 always included."""
+    if args.strengths:
+        chosen = args.strengths
+    elif args.sensitivity:
+        chosen = DEMO_STRENGTHS
+    else:
+        chosen = (0,) if args.folds else SINGLE_TEST_STRENGTHS
+    return tuple(sorted({0, *chosen}))
+
+
+def train_strengths(args: argparse.Namespace) -> tuple[int, ...]:
+    """The artifact strengths stage 2 trains on: every tested one with --sensitivity, else 0."""
+    return demo_strengths(args) if args.sensitivity else (0,)
+
+
+def demo_test_sets(args: argparse.Namespace) -> list[str]:
+    """The detector's test sets: each demo method at each strength, method-major
+    (``FaceSwapWarp``, ``FaceSwapWarp@s3``, ...; strength 0 keeps the plain name)."""
+    return strength_methods(DEMO_METHODS, demo_strengths(args))
+
+
+def _demo_source(name: str, cache: Path, split: str, methods: list[str]) -> dict:
+    return {"name": name, "cache": str(cache), "dataset": "ffpp", "split": split,
+            "methods": [REAL_METHOD, *methods]}
+
+
+def run_name(base: str, fake_source: str, pseudo_methods: tuple[str, ...] = DEFAULT_PSEUDO,
+             step_scale: int = 1) -> str:
+    """Where a demo run lands under ``--run-root``: ``base``, or ``base-<source>`` for
+    pseudo-fake runs (``base-<source>-<m1+m2>`` for other than self-blended pseudo-fakes), so
+    they never mix with the dataset-fake runs; ``-x<N>`` appended for ``--step-scale N``."""
+    scale = "" if step_scale == 1 else f"-x{step_scale}"
+    if fake_source == "dataset":
+        return base + scale
+    methods = "" if tuple(pseudo_methods) == DEFAULT_PSEUDO else "-" + "+".join(pseudo_methods)
+    return f"{base}-{fake_source}{methods}{scale}"
+
+
+def cv_name(args: argparse.Namespace) -> str:
+    """The cross-validation's folder under ``--run-root``: ``demo-cv[-<source>...]``, or
+    ``demo-sensitivity`` (``-s<k+k>`` for other than all four strengths), ``-x<N>`` last."""
+    if not args.sensitivity:
+        return run_name(CV_NAME, args.fake_source, args.pseudo_methods, args.step_scale)
+    strengths = demo_strengths(args)
+    mark = "" if strengths == DEMO_STRENGTHS else "-s" + "+".join(map(str, strengths))
+    return run_name(SENSITIVITY_NAME + mark, "dataset", step_scale=args.step_scale)
+
+
+def config_value(configs: tuple[str, ...], *keys: str):
+    """The value at ``keys`` in the last of a stage's config files that sets it (None if none
+    does), read without resolving interpolations."""
+    value = None
+    for config in configs:
+        node = OmegaConf.load(locate(config))
+        for key in keys:
+            node = node.get(key) if hasattr(node, "get") else None
+            if node is None:
+                break
+        if node is not None:
+            value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+    return value
+
+
+def _scale_steps(spec, scale: int) -> dict:
+    """``trainer.max_steps`` and ``check_val_every_n_epoch`` of a stage times ``scale`` (so it
+    still validates as often per run)."""
+    trainer = {}
+    for key in ("max_steps", "check_val_every_n_epoch"):
+        base = config_value(spec.configs, "trainer", key)
+        if base is not None:
+            trainer[key] = int(base) * scale
+    return {"trainer": trainer}
+
+
+def _with_args(spec: StageSpec, args: dict) -> StageSpec:
+    """A new ``spec`` with ``args`` merged over its own (the plan's specs are not changed)."""
+    return dataclasses.replace(spec, args=merge_args(spec.args, args))
+
+
+def demo_plan(args: argparse.Namespace) -> Plan:
+    """The demo plan, with ``--max-steps`` / ``--step-scale`` applied to every training stage,
+    ``--fake-source`` to both stage-2 branches (named after it), the strength mix of
+    ``--sensitivity`` to both branches' training sources, and one detector test set per demo
+    method × tested strength (unless only strength 0 is tested: the configs' own sets). Its
+    ``env`` gives the stages ``DEMO_CACHE``, the face cache under ``--data-dir``."""
+    plan = load_plan(PLAN, demo=True)
+    cache = (args.data_dir / "cache").resolve()
+    strengths, train = demo_strengths(args), train_strengths(args)
+    for stages in plan.variants.values():
+        if args.max_steps is not None:
+            for name in (PRETRAIN, *BRANCH_STAGES):
+                stages[name] = _with_args(stages[name], {"trainer": {"max_steps": args.max_steps}})
+        if args.step_scale != 1:
+            for name in (PRETRAIN, *BRANCH_STAGES):
+                stages[name] = _with_args(stages[name],
+                                          _scale_steps(stages[name], args.step_scale))
+        if train != (0,):
+            mix = {"data": {"init_args": {"train": [_demo_source(
+                "demo", cache, "train", strength_methods(DEMO_METHODS, train))]}}}
+            for name in BRANCH_STAGES:
+                stages[name] = _with_args(stages[name], mix)
+        if strengths != (0,):
+            tests = {"data": {"init_args": {"test": [
+                _demo_source(name, cache, "test", [name]) for name in demo_test_sets(args)]}}}
+            stages[DETECTOR] = _with_args(stages[DETECTOR], tests)
+        if args.fake_source != "dataset":
+            for name in BRANCH_STAGES:
+                switch = {"data": {"init_args": {"fake_source": args.fake_source}}}
+                if tuple(args.pseudo_methods) != DEFAULT_PSEUDO:
+                    switch["data"]["init_args"]["pseudo_methods"] = list(args.pseudo_methods)
+                stages[name] = _with_args(stages[name], switch)
+    name = run_name(plan.name, args.fake_source, args.pseudo_methods, args.step_scale)
+    return dataclasses.replace(plan, name=name,
+                               resolved={**plan.resolved, "name": name,
+                                         RERUN_KEY: demo_command(args)},
+                               env={**plan.env, "DEMO_CACHE": str(cache)})
+
+
+def demo_command(args: argparse.Namespace, folds: bool = False) -> str:
+    """The ``deepfakemae demo`` line that makes the run folder ``args`` name (the options its
+    name stands for): the single run's, or with ``folds`` the cross-validation's."""
+    parts = ["deepfakemae demo"]
+    if folds:
+        parts.append(f"--folds {args.folds}")
+        if args.sensitivity:
+            parts.append("--sensitivity")
+            if demo_strengths(args) != DEMO_STRENGTHS:
+                parts.append("--strengths " + " ".join(map(str, demo_strengths(args))))
+    if args.fake_source != "dataset":
+        parts.append(f"--fake-source {args.fake_source}")
+        if tuple(args.pseudo_methods) != DEFAULT_PSEUDO:
+            parts.append(f"--pseudo-methods {','.join(args.pseudo_methods)}")
+    if args.step_scale != 1:
+        parts.append(f"--step-scale {args.step_scale}")
+    return " ".join(parts)
+
+
+def detector_test_names(plan: Plan, variant: str) -> list[str]:
+    """The names of the test sets a variant's detector stage is configured with."""
+    spec = plan.variants[variant][DETECTOR]
+    sets = (spec.args.get("data", {}).get("init_args", {}).get("test")
+            or config_value(spec.configs, "data", "init_args", "test") or [])
+    return [s["name"] for s in sets]
+
+
+def stale_tests(plan: Plan, run_root: Path) -> list[str]:
+    """Variants whose finished detector results hold other test sets than the plan's (e.g. a
+    ``make demo`` run from before the strength-3 test sets; or results that cannot be read):
+    their detector must run again."""
+    stale = []
+    for variant in plan.variants:
+        path = results_file(run_root / plan.name / variant / DETECTOR)
+        if path.is_file():
+            try:
+                found = set(read_results(path).sets)
+            except ResultsError:
+                found = None
+            if found != set(detector_test_names(plan, variant)):
+                stale.append(variant)
+    return stale
+
+
+def cv_setup(args: argparse.Namespace) -> tuple[Path, list[Path], Plan]:
+    """The cross-validation's run folder, its folds' split files (written) and its plan (a
+    variant ``fold_i`` per fold), built without running anything."""
+    pairs = load_splits(args.data_dir / "raw" / "splits")
+    all_pairs = [p for split in ("train", "val", "test") for p in pairs[split]]
+    folds = make_folds(all_pairs, args.folds)
+    name = cv_name(args)
+    root = args.run_root / name
+    splits_dirs = [write_fold_splits(f, root / "splits" / f"fold_{i}") for i, f in enumerate(folds)]
+    plan = fold_plan(demo_plan(args), splits_dirs, name)
+    plan = dataclasses.replace(plan, resolved={**plan.resolved,
+                                               RERUN_KEY: demo_command(args, folds=True)})
+    return root, splits_dirs, plan
