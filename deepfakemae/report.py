@@ -335,7 +335,8 @@ def rerun_command(plan: Plan) -> str:
 def _old_demo_command(plan: Plan) -> str:
     """``deepfakemae demo`` with the options a demo run folder's name stands for, for a
     ``plan.json`` written before the command was recorded: ``demo-cv`` / ``demo-sensitivity``
-    (``--folds k``, k its fold variants), ``-s<k+k>``, ``-<source>[-<m1+m2>]``, ``-x<N>``."""
+    (``--folds k``, k its fold variants), ``-s<k+k>``, ``-t<k+k>``, ``-<source>[-<m1+m2>]``,
+    ``-x<N>``."""
     parts, rest = ["deepfakemae demo"], plan.name
     for base, extra in (("demo-sensitivity", ["--sensitivity"]), ("demo-cv", []), ("demo", [])):
         if rest == base or rest.startswith(base + "-"):
@@ -350,6 +351,8 @@ def _old_demo_command(plan: Plan) -> str:
         scale = None
     if tokens and re.fullmatch(r"s[\d+]+", tokens[0]):
         parts.append("--strengths " + " ".join(tokens.pop(0)[1:].split("+")))
+    if tokens and re.fullmatch(r"t[\d+]+", tokens[0]):
+        parts.append("--train-strengths " + " ".join(tokens.pop(0)[1:].split("+")))
     if tokens:
         parts.append(f"--fake-source {tokens.pop(0)}")
     if tokens:

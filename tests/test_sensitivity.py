@@ -127,7 +127,7 @@ def _init(spec) -> dict:
     return spec.args.get("data", {}).get("init_args", {})
 
 
-def test_sensitivity_plan_trains_on_every_strength_and_tests_each(tmp_path):
+def test_sensitivity_plan_trains_on_the_strongest_level_and_tests_each(tmp_path):
     from deepfakemae.commands.demo_plan import cv_setup, detector_test_names
 
     args = _demo_args(tmp_path, "--folds", "5", "--sensitivity")
@@ -150,9 +150,13 @@ def test_sensitivity_plan_trains_on_every_strength_and_tests_each(tmp_path):
         for branch in ("finetune", "mapping"):
             (train,) = _init(stages[branch])["train"]
             assert train == {"name": "demo", "cache": cache, "dataset": "ffpp", "split": "train",
-                             "methods": ["real", *every]}
+                             "methods": ["real", "FaceSwapWarp@s3", "LipsSwap@s3", "EyesSwap@s3",
+                                         "SelfBlend@s3"]}
             assert "val" not in _init(stages[branch])  # validation: the overlays' strength 0
         assert "train" not in _init(stages["pretrain"])  # stage 1: real faces only, as before
+        assert stages["finetune"].args["trainer"] == {"max_steps": 960,  # SENSITIVITY_STEPS
+                                                      "check_val_every_n_epoch": 40}
+        assert "trainer" not in stages["mapping"].args and "trainer" not in stages["pretrain"].args
         assert detector_test_names(plan, variant) == every
         assert _init(stages["detector"])["test"][5] == {
             "name": "LipsSwap@s1", "cache": cache, "dataset": "ffpp", "split": "test",
@@ -160,6 +164,25 @@ def test_sensitivity_plan_trains_on_every_strength_and_tests_each(tmp_path):
     assert sorted(map(tuple, tested)) == sorted(tuple(p) for p in
                                                 [[f"{2 * i:03d}", f"{2 * i + 1:03d}"]
                                                  for i in range(5)])
+
+
+def test_another_training_mix_gets_a_folder_of_its_own(tmp_path):
+    from deepfakemae.commands.demo_plan import cv_setup, detector_test_names
+
+    args = _demo_args(tmp_path, "--folds", "5", "--sensitivity", "--train-strengths", "3", "0",
+                      "1", "2")
+    _, _, plan = cv_setup(args)
+    assert plan.name == "demo-sensitivity-t0+1+2+3"
+    every = strength_methods(DEMO_METHODS, [0, 1, 2, 3])
+    for branch in ("finetune", "mapping"):
+        assert _init(plan.variants["fold_1"][branch])["train"][0]["methods"] == ["real", *every]
+    assert detector_test_names(plan, "fold_1") == every  # the same test sets whatever the mix
+    same = cv_setup(_demo_args(tmp_path, "--folds", "5", "--sensitivity",
+                               "--train-strengths", "3"))[2]
+    assert same.name == "demo-sensitivity"  # the default spelled out: the default's folder
+    reduced = cv_setup(_demo_args(tmp_path, "--folds", "3", "--sensitivity", "--strengths", "2",
+                                  "--train-strengths", "0", "2"))[2]
+    assert reduced.name == "demo-sensitivity-s0+2-t0+2"
 
 
 def test_reduced_and_scaled_sensitivity_runs_get_folders_of_their_own(tmp_path):
@@ -170,7 +193,7 @@ def test_reduced_and_scaled_sensitivity_runs_get_folders_of_their_own(tmp_path):
     assert plan.name == "demo-sensitivity-s0+3"  # 0 always included
     stages = plan.variants["fold_0"]
     assert _init(stages["mapping"])["train"][0]["methods"] == [
-        "real", *strength_methods(DEMO_METHODS, [0, 3])]
+        "real", *strength_methods(DEMO_METHODS, [3])]  # the strongest tested level
     assert detector_test_names(plan, "fold_0") == strength_methods(DEMO_METHODS, [0, 3])
 
     scaled = cv_setup(_demo_args(tmp_path, "--folds", "5", "--sensitivity",
@@ -179,7 +202,7 @@ def test_reduced_and_scaled_sensitivity_runs_get_folders_of_their_own(tmp_path):
     budgets = {s: scaled.variants["fold_2"][s].args["trainer"] for s in
                ("pretrain", "finetune", "mapping")}
     assert budgets == {"pretrain": {"max_steps": 4000, "check_val_every_n_epoch": 100},
-                       "finetune": {"max_steps": 4800, "check_val_every_n_epoch": 200},
+                       "finetune": {"max_steps": 9600, "check_val_every_n_epoch": 400},  # x2
                        "mapping": {"max_steps": 1500, "check_val_every_n_epoch": 100}}
     assert "trainer" not in scaled.variants["fold_2"]["detector"].args
 
@@ -236,6 +259,8 @@ def test_each_demo_plan_records_the_command_that_reruns_it(tmp_path):
              ("--folds", "5", "--sensitivity"): "deepfakemae demo --folds 5 --sensitivity",
              ("--folds", "3", "--sensitivity", "--strengths", "3", "--step-scale", "10"):
                  "deepfakemae demo --folds 3 --sensitivity --strengths 0 3 --step-scale 10",
+             ("--folds", "5", "--sensitivity", "--train-strengths", "3", "2"):
+                 "deepfakemae demo --folds 5 --sensitivity --train-strengths 2 3",
              ("--fake-source", "both", "--step-scale", "2"):
                  "deepfakemae demo --fake-source both --step-scale 2"}
     for flags, command in cases.items():
@@ -269,6 +294,9 @@ def test_detector_results_with_other_test_sets_are_tested_again(tmp_path):
     (["--sensitivity"], "add --folds 5"),
     (["--folds", "3", "--sensitivity", "--fake-source", "pseudo"], "drop --fake-source"),
     (["--step-scale", "10", "--max-steps", "2"], "not both"),
+    (["--train-strengths", "3"], "add --folds 5 --sensitivity"),
+    (["--folds", "3", "--sensitivity", "--strengths", "3", "--train-strengths", "2"],
+     "add it to --strengths"),
     (["--folds", "3", "--fold", "3"], "0 <= fold < k"),
     (["--fold", "0"], "--fold needs --folds"),
 ])

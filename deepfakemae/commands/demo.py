@@ -11,8 +11,8 @@ data, runs them and prints the results.
 Artifact strengths (docs/DESIGN.md, "Artifact strengths of the demo set"): the single run
 trains stage 2 on strength 0 and tests every method at strengths 0 and 3 (``<Method>@s3``);
 ``--folds k`` alone keeps strength 0 only (the cross-validated baseline); ``--folds k
---sensitivity`` trains stage 2 on every method at every strength of ``--strengths`` (default
-0-3) and tests each method × strength, pooled over folds, into a curve
+--sensitivity`` trains stage 2 on every method at ``--train-strengths`` (default: the strongest
+of ``--strengths``, default 0-3) and tests each method × strength, pooled over folds, into a curve
 (``sensitivity.{md,csv,png}``) under ``<run-root>/demo-sensitivity``.
 """
 
@@ -93,8 +93,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              "region of another training speaker, blended in); other than the "
                              "default, the run folder gets -<methods> appended")
     parser.add_argument("--sensitivity", action="store_true",
-                        help="with --folds: stage 2 trains on every demo method at every "
-                             "artifact strength of --strengths, and each method x strength is a "
+                        help="with --folds: stage 2 trains on every demo method at "
+                             "--train-strengths, and each method x strength of --strengths is a "
                              "test set of its own; pooled over folds into a curve of AUC against "
                              "strength (sensitivity.{md,csv,png}); runs land in "
                              "<run-root>/demo-sensitivity")
@@ -102,9 +102,15 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="K",
                         help="artifact strengths built and tested (0 is always included). "
                              "Default: 0 3 for the single run (training on 0 only), 0 for "
-                             "--folds, 0 1 2 3 for --sensitivity (training on all of them); "
+                             "--folds, 0 1 2 3 for --sensitivity (see --train-strengths); "
                              "non-default strengths with --sensitivity get -s<k+k> appended to "
                              "the run folder")
+    parser.add_argument("--train-strengths", nargs="+", type=int, choices=DEMO_STRENGTHS,
+                        default=None, metavar="K",
+                        help="with --sensitivity: the artifact strengths stage 2 trains on, each "
+                             "one of --strengths (default: the strongest, 3; a mix of all four "
+                             "left stage 2 at chance on validation speakers, docs/DESIGN.md); "
+                             "other than the default, the run folder gets -t<k+k> appended")
     parser.add_argument("--step-scale", type=_positive_int, default=1,
                         help="multiply every training stage's step budget and validation "
                              "interval by this (e.g. 10 on a GPU); the run folder gets -x<N> "
@@ -132,6 +138,12 @@ def check_demo_arguments(args: argparse.Namespace) -> str | None:
     if args.sensitivity and args.fake_source != "dataset":
         return ("--sensitivity trains stage 2 on the demo methods at every strength; drop "
                 "--fake-source")
+    if args.train_strengths and not args.sensitivity:
+        return "--train-strengths chooses the training mix of --sensitivity: add --folds 5 --sensitivity"
+    missing = sorted(set(args.train_strengths or ()) - set(demo_strengths(args)))
+    if missing:
+        return (f"--train-strengths {' '.join(map(str, missing))} is not built: add it to "
+                f"--strengths (now {' '.join(map(str, demo_strengths(args)))})")
     if args.step_scale != 1 and args.max_steps is not None:
         return "give --max-steps or --step-scale, not both"
     if args.fold is not None and not (args.folds and 0 <= args.fold < args.folds):

@@ -36,6 +36,10 @@ SENSITIVITY_NAME = "demo-sensitivity"
 #: the single run's test strengths: today's fakes and the strongest level (tested only)
 SINGLE_TEST_STRENGTHS = (0, 3)
 DEFAULT_PSEUDO = ("self_blend",)
+#: --sensitivity: stage budgets times this (the overlays' budgets are `make demo`'s): the
+#: Finetuning Network trained on strength 3 leaves its chance plateau after 250-450 of the
+#: overlay's 480 steps on validation speakers (docs/DESIGN.md, "Artifact strengths")
+SENSITIVITY_STEPS = {"finetune": 2}
 
 
 def demo_strengths(args: argparse.Namespace) -> tuple[int, ...]:
@@ -49,9 +53,18 @@ def demo_strengths(args: argparse.Namespace) -> tuple[int, ...]:
     return tuple(sorted({0, *chosen}))
 
 
+def default_train_strengths(args: argparse.Namespace) -> tuple[int, ...]:
+    """What stage 2 trains on when ``--train-strengths`` is not given: with --sensitivity the
+    strongest tested level (a mix of all four kept stage 2 at the constant-prediction plateau:
+    docs/DESIGN.md, "Artifact strengths of the demo set"), else strength 0."""
+    return (max(demo_strengths(args)),) if args.sensitivity else (0,)
+
+
 def train_strengths(args: argparse.Namespace) -> tuple[int, ...]:
-    """The artifact strengths stage 2 trains on: every tested one with --sensitivity, else 0."""
-    return demo_strengths(args) if args.sensitivity else (0,)
+    """The artifact strengths stage 2 trains on, ascending: ``--train-strengths`` (with
+    --sensitivity), else :func:`default_train_strengths`."""
+    chosen = getattr(args, "train_strengths", None)
+    return tuple(sorted(set(chosen))) if chosen else default_train_strengths(args)
 
 
 def demo_test_sets(args: argparse.Namespace) -> list[str]:
@@ -79,11 +92,14 @@ def run_name(base: str, fake_source: str, pseudo_methods: tuple[str, ...] = DEFA
 
 def cv_name(args: argparse.Namespace) -> str:
     """The cross-validation's folder under ``--run-root``: ``demo-cv[-<source>...]``, or
-    ``demo-sensitivity`` (``-s<k+k>`` for other than all four strengths), ``-x<N>`` last."""
+    ``demo-sensitivity`` (``-s<k+k>`` for other than all four strengths, ``-t<k+k>`` for other
+    than the default training strengths), ``-x<N>`` last."""
     if not args.sensitivity:
         return run_name(CV_NAME, args.fake_source, args.pseudo_methods, args.step_scale)
-    strengths = demo_strengths(args)
+    strengths, trained = demo_strengths(args), train_strengths(args)
     mark = "" if strengths == DEMO_STRENGTHS else "-s" + "+".join(map(str, strengths))
+    if trained != default_train_strengths(args):
+        mark += "-t" + "+".join(map(str, trained))
     return run_name(SENSITIVITY_NAME + mark, "dataset", step_scale=args.step_scale)
 
 
@@ -131,10 +147,11 @@ def demo_plan(args: argparse.Namespace) -> Plan:
         if args.max_steps is not None:
             for name in (PRETRAIN, *BRANCH_STAGES):
                 stages[name] = _with_args(stages[name], {"trainer": {"max_steps": args.max_steps}})
-        if args.step_scale != 1:
+        if args.max_steps is None:
             for name in (PRETRAIN, *BRANCH_STAGES):
-                stages[name] = _with_args(stages[name],
-                                          _scale_steps(stages[name], args.step_scale))
+                scale = args.step_scale * (SENSITIVITY_STEPS.get(name, 1) if args.sensitivity else 1)
+                if scale != 1:
+                    stages[name] = _with_args(stages[name], _scale_steps(stages[name], scale))
         if train != (0,):
             mix = {"data": {"init_args": {"train": [_demo_source(
                 "demo", cache, "train", strength_methods(DEMO_METHODS, train))]}}}
@@ -167,6 +184,8 @@ def demo_command(args: argparse.Namespace, folds: bool = False) -> str:
             parts.append("--sensitivity")
             if demo_strengths(args) != DEMO_STRENGTHS:
                 parts.append("--strengths " + " ".join(map(str, demo_strengths(args))))
+            if train_strengths(args) != default_train_strengths(args):
+                parts.append("--train-strengths " + " ".join(map(str, train_strengths(args))))
     if args.fake_source != "dataset":
         parts.append(f"--fake-source {args.fake_source}")
         if tuple(args.pseudo_methods) != DEFAULT_PSEUDO:
