@@ -80,7 +80,7 @@ demo-cv: setup
 demo-cv-pseudo: setup
 	$(DFM) demo --folds 5 --fake-source pseudo --data-dir $(DEMO_DIR) --run-root $(RUNS)
 
-## demo-sensitivity: 5-fold CV, stage 2 on every demo method at artifact strengths 0-3, AUC against strength per method
+## demo-sensitivity: 5-fold CV, stage 2 on every demo method at artifact strength 3, tested at strengths 0-3: AUC against strength per method
 demo-sensitivity: setup
 	$(DFM) demo --folds 5 --sensitivity --data-dir $(SENSITIVITY_DIR) --run-root $(RUNS)
 

@@ -4,7 +4,7 @@
 #      bf16 matmul peak (bench/pretrain.py);
 #   2. Finetuning (ViT-B/16) and Mapping Network steps/s and peak memory (bench/stage2.py);
 #   3. the sensitivity cross-validation with a 10x step budget (`deepfakemae demo --folds 5
-#      --sensitivity --step-scale 10`: 4,000 / 4,800 / 1,500 steps for stage 1 / Finetuning /
+#      --sensitivity --step-scale 10`: 4,000 / 9,600 / 1,500 steps for stage 1 / Finetuning /
 #      Mapping), its five folds as parallel processes on the one GPU, then pooled.
 # The demo set and its faces are built beforehand on a CPU (the face pipeline is CPU work):
 #

@@ -162,6 +162,42 @@ def fold_markdown(score_files: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def _video_means(rows: ScoredSet, branch: str) -> tuple[dict[str, float], dict[str, int]]:
+    """Mean frame score and label of each video of a set."""
+    keys = np.asarray(rows.keys)
+    order = list(dict.fromkeys(rows.keys))
+    means = {k: float(np.mean(rows.scores[branch][keys == k])) for k in order}
+    labels = dict(zip(rows.keys, rows.labels.tolist(), strict=True))
+    return means, labels
+
+
+def paired_markdown(scored: dict[str, ScoredSet]) -> str:
+    """Markdown table, per pooled test set and branch: how many fake videos score above their
+    own target real (FF++ pairing, :func:`~data_modules.indexes.ffpp.target_real_key`; video
+    means), the mean of fake minus own real, and the range of the real videos' scores.
+
+    Read beside the pooled AUC: fakes above their own real with a low pooled AUC mean the
+    branch sees the manipulation but the real videos of different speakers sit at different
+    levels (an identity or brightness offset, not a missed artifact)."""
+    from data_modules.indexes.ffpp import target_real_key
+
+    head = ["test set", "branch", "fakes above own real", "mean fake − own real",
+            "real video scores"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rows in scored.items():
+        for branch in ordered_labels(rows.scores):
+            means, labels = _video_means(rows, branch)
+            reals = [v for k, v in means.items() if labels[k] == 0]
+            margins = [v - means[t] for k, v in means.items()
+                       if labels[k] == 1 and (t := target_real_key(k)) in means]
+            if not reals or not margins:
+                continue
+            above = sum(m > 0 for m in margins)
+            lines.append(f"| {name} | {branch} | {above}/{len(margins)} | {np.mean(margins):+.2f} "
+                         f"| {min(reals):.2f}–{max(reals):.2f} |")
+    return "\n".join(lines)
+
+
 def write_results_csv(results: list[SetResult], path: Path) -> Path:
     """Long-format CSV: test set, branch, level, auc, ci_low, ci_high, videos per class
     (written atomically)."""

@@ -14,6 +14,7 @@ from deepfakemae.crossval import (
     fold_markdown,
     fold_plan,
     make_folds,
+    paired_markdown,
     pool_scores,
     results_markdown,
     set_results,
@@ -145,6 +146,23 @@ def _fixed_scores() -> ScoredSet:
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     scores = np.array([0.1, 0.3, 0.6, 0.8, 0.4, 0.6, 0.9, 0.7])
     return ScoredSet(keys=keys, frames=np.arange(8), labels=labels, scores={"fused": scores})
+
+
+def test_each_fake_is_set_beside_its_own_real():
+    """A branch that scores every fake above its own real but gives one speaker's real videos a
+    high offset: all fakes above their real, the offset visible in the real range."""
+    key = "ffpp/c23/{}/{}".format
+    keys = [key("real", "000"), key("real", "001"), key("FaceSwapWarp@s3", "000_001"),
+            key("FaceSwapWarp@s3", "001_000"), key("FaceSwapWarp@s3", "002_003")]  # no real 002
+    video = {"F": [0.2, 0.8, 0.3, 0.9, 0.1], "M": [0.5, 0.5, 0.4, 0.6, 0.7]}
+    rows = ScoredSet(keys=[k for k in keys for _ in range(2)], frames=np.tile([0, 1], 5),
+                     labels=np.repeat([0, 0, 1, 1, 1], 2),
+                     scores={b: np.repeat(v, 2) + np.tile([-0.05, 0.05], 5)
+                             for b, v in video.items()})
+    lines = paired_markdown({"FaceSwapWarp@s3": rows}).splitlines()
+    assert lines[2] == "| FaceSwapWarp@s3 | F | 2/2 | +0.10 | 0.20–0.80 |"  # 002_003 unpaired
+    assert lines[3] == "| FaceSwapWarp@s3 | M | 1/2 | +0.00 | 0.50–0.50 |"
+    assert len(lines) == 4
 
 
 def test_bootstrap_interval_matches_a_hand_computation():

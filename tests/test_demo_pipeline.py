@@ -131,6 +131,7 @@ def test_reduced_sensitivity_run_pools_every_method_and_strength(tmp_path, monke
     assert (cv / "sensitivity.png").stat().st_size > 0
     assert "sensitivity, 3-fold identity-disjoint cross-validation" in out
     assert "artifact strength 3 (4 fake methods" in out  # the default mix: the strongest
+    assert re.search(r"\| FaceSwapWarp@s3 \| fused \| \d+/10 \| [+-][0-9.]+ \| [0-9.]+–[0-9.]+ \|", out)
     assert re.search(r"\| FaceSwapWarp \| [0-9.]+ \[[0-9.]+, [0-9.]+\] \| [0-9.]+ \[", out)
     assert list(cv.glob("wandb/offline-run-*"))
     with open(cv / "premise.csv", encoding="utf-8") as f:  # one row set per method x strength

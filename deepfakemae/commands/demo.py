@@ -39,6 +39,7 @@ from deepfakemae.commands.premise import cv_premise, demo_premise
 from deepfakemae.crossval import (
     fold_markdown,
     log_wandb_summary,
+    paired_markdown,
     pool_scores,
     results_markdown,
     sensitivity_markdown,
@@ -136,7 +137,7 @@ def check_demo_arguments(args: argparse.Namespace) -> str | None:
     if args.sensitivity and not args.folds:
         return "--sensitivity is a cross-validation: add --folds 5"
     if args.sensitivity and args.fake_source != "dataset":
-        return ("--sensitivity trains stage 2 on the demo methods at every strength; drop "
+        return ("--sensitivity trains stage 2 on the demo methods (--train-strengths); drop "
                 "--fake-source")
     if args.train_strengths and not args.sensitivity:
         return "--train-strengths chooses the training mix of --sensitivity: add --folds 5 --sensitivity"
@@ -265,7 +266,8 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
           f"({len(splits_dirs)} folds): every stage per fold -> {root}", flush=True)
     run_demo_plan(plan, args.run_root, fresh=args.fresh)
     score_files = [scores_file(root / f"fold_{i}" / DETECTOR) for i in range(args.folds)]
-    results = set_results(pool_scores(score_files), n_boot=args.bootstrap)
+    pooled = pool_scores(score_files)
+    results = set_results(pooled, n_boot=args.bootstrap)
     table = results_markdown(results)
     what = "sensitivity, " if args.sensitivity else ""
     sets = "test sets: each method x artifact strength; " if len(demo_strengths(args)) > 1 else ""
@@ -275,6 +277,8 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     folds_table = fold_markdown(score_files)
     folds_header = ("Each fold on its own: frame AUC % of its test speakers (2 real + 2 fake "
                     "videos per set, no interval: too few to give one)")
+    folds_table += ("\n\nEach fake beside its own real (the target video it was made on; "
+                    "video means, all folds):\n\n" + paired_markdown(pooled))
     curve = ""
     images = {}
     if args.sensitivity:
