@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deepfakemae.faces.ibug68 import FLIP_PERMUTATION, NUM_POINTS  # noqa: E402
@@ -38,8 +39,11 @@ class LandmarkHorizontalFlip(A.HorizontalFlip):
         return faces[:, FLIP_PERMUTATION].reshape(n, -1)
 
 
-#: the probabilities ``build_train_transform`` takes (the datamodule's ``augment`` mapping keys)
-AUGMENT_PROBABILITIES = ("flip_p", "affine_p", "color_p", "jpeg_p", "noise_p", "blur_p")
+#: the probabilities ``build_train_transform`` takes
+AUGMENT_PROBABILITIES = ("flip_p", "affine_p", "color_p", "jpeg_p", "noise_p", "blur_p",
+                         "downscale_p")
+#: every key of the datamodule's ``augment`` mapping: the probabilities and the ranges
+AUGMENT_KEYS = (*AUGMENT_PROBABILITIES, "color_range", "downscale_min")
 
 
 def build_train_transform(
@@ -49,19 +53,39 @@ def build_train_transform(
     jpeg_p: float = 0.3,
     noise_p: float = 0.2,
     blur_p: float = 0.1,
+    downscale_p: float = 0.0,
+    color_range: float = 0.2,
+    downscale_min: float = 0.5,
 ) -> A.Compose:
-    """The training pipeline: flip + mild affine (move landmarks), colour, JPEG, noise, blur."""
+    """The training pipeline: flip + mild affine (move landmarks), colour, JPEG, noise, blur,
+    and (off by default) a resolution jitter of the whole crop.
+
+    ``color_range``: brightness, contrast and saturation change by up to this fraction either
+    way (hue by up to 0.15 of it). ``downscale_p``: the whole crop shrunk to a random
+    ``downscale_min``..1 of its side and enlarged back (bilinear), the face and its surround
+    alike, so a face rendered at a lower resolution than its frame stays the softer of the two.
+    """
+    if not 0.0 <= color_range < 1.0:
+        raise ValueError(f"augment color_range must be in [0, 1), got {color_range}")
+    if not 0.0 < downscale_min <= 1.0:
+        raise ValueError(f"augment downscale_min must be in (0, 1], got {downscale_min}")
+    lo, hi = 1.0 - color_range, 1.0 + color_range
     return A.Compose(
         [
             LandmarkHorizontalFlip(p=flip_p),
             A.Affine(scale=(0.95, 1.05), translate_percent=(-0.03, 0.03), rotate=(-8, 8),
                      border_mode=0, fill=0, p=affine_p),
             A.OneOf([
-                A.ColorJitter(brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=(0.8, 1.2),
-                              hue=(-0.03, 0.03), p=1.0),
-                A.RandomBrightnessContrast(brightness_limit=(-0.2, 0.2),
-                                           contrast_limit=(-0.2, 0.2), p=1.0),
+                A.ColorJitter(brightness=(lo, hi), contrast=(lo, hi), saturation=(lo, hi),
+                              hue=(-0.15 * color_range, 0.15 * color_range), p=1.0),
+                A.RandomBrightnessContrast(brightness_limit=(-color_range, color_range),
+                                           contrast_limit=(-color_range, color_range), p=1.0),
             ], p=color_p),
+            # only when asked for: an extra transform would shift the random draws of the rest
+            *([A.Downscale(scale_range=(downscale_min, 1.0),
+                           interpolation_pair={"downscale": cv2.INTER_AREA,
+                                               "upscale": cv2.INTER_LINEAR}, p=downscale_p)]
+              if downscale_p > 0 else []),
             A.ImageCompression(quality_range=(60, 100), p=jpeg_p),
             A.GaussNoise(std_range=(0.01, 0.05), p=noise_p),
             A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.3, 1.5), p=blur_p),

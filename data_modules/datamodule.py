@@ -22,7 +22,7 @@ from typing import Literal
 import lightning as L
 from torch.utils.data import DataLoader
 
-from data_modules.augment import AUGMENT_PROBABILITIES, FaceAugment, build_train_transform
+from data_modules.augment import AUGMENT_KEYS, FaceAugment, build_train_transform
 from data_modules.datasets import (
     DatasetError,
     FaceClipDataset,
@@ -67,7 +67,8 @@ class DeepfakeDataModule(L.LightningDataModule):
             fake methods. Evaluation methods outside the map get domain -1.
         augment: training augmentation (flip, affine, colour, JPEG, noise, blur): ``True`` for the
             default probabilities, ``False`` for none, or a mapping of
-            ``build_train_transform`` probabilities (``{flip_p: 0.5, jpeg_p: 0.0, ...}``).
+            ``build_train_transform`` arguments (probabilities and ranges:
+            ``{flip_p: 0.5, jpeg_p: 0.0, color_range: 0.2, ...}``).
         seed: seed of the training frame / video choice.
         samples_per_video: training draws per video per epoch (each with its own random
             frame or clip); with ``balanced`` the epoch holds this many pairs per real video.
@@ -76,6 +77,9 @@ class DeepfakeDataModule(L.LightningDataModule):
             protocols); ``None`` keeps the recorded splits.
         paired: with ``balanced``, draw each fake together with its own target real video at
             the same position (see ``BalancedRealFakeSampler``).
+        pair_augment: with ``paired``, ``"own"`` (each sample its own augmentation draw) or
+            ``"shared"`` (a fake and its paired real get the same one, so they differ only
+            where the fake was manipulated).
         fake_source: training fakes: ``"dataset"`` (the sources' fake videos), ``"pseudo"``
             (only pseudo-fakes made on the fly from the real training videos; the dataset fakes
             are left out) or ``"both"``. Evaluation sets are unchanged.
@@ -105,6 +109,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         samples_per_video: int = 1,
         splits_dir: str | None = None,
         paired: bool = False,
+        pair_augment: Literal["own", "shared"] = "own",
         fake_source: FakeSource = "dataset",
         pseudo_methods: list[PseudoMethod] | None = None,
     ):
@@ -134,9 +139,9 @@ class DeepfakeDataModule(L.LightningDataModule):
         self.balanced = balanced
         self.domains = domains
         if isinstance(augment, dict):
-            unknown = sorted(set(augment) - set(AUGMENT_PROBABILITIES))
+            unknown = sorted(set(augment) - set(AUGMENT_KEYS))
             if unknown:
-                raise DatasetError(f"augment: unknown keys {unknown}; use {list(AUGMENT_PROBABILITIES)}")
+                raise DatasetError(f"augment: unknown keys {unknown}; use {list(AUGMENT_KEYS)}")
         self.augment = augment
         self.seed = seed
         self.pin_memory = pin_memory
@@ -148,6 +153,12 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise DatasetError("paired=True pairs fakes with their real targets inside balanced "
                             "batches; set balanced=True too")
         self.paired = paired
+        if pair_augment not in ("own", "shared"):
+            raise DatasetError(f"pair_augment must be 'own' or 'shared', got {pair_augment!r}")
+        if pair_augment == "shared" and not paired:
+            raise DatasetError("pair_augment='shared' gives a fake and its paired real the same "
+                               "augmentation; set paired=True too")
+        self.pair_augment = pair_augment
         if fake_source not in FAKE_SOURCES:
             raise DatasetError(f"fake_source must be one of {list(FAKE_SOURCES)}, got {fake_source!r} "
                             "(--data.init_args.fake_source)")
@@ -240,7 +251,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         if self.balanced:
             pairs = self.samples_per_video * int((self.train_dataset.labels == 0).sum())
             return BalancedRealFakeSampler(self.train_dataset, seed=self.seed, num_pairs=pairs,
-                                           paired=self.paired)
+                                           paired=self.paired,
+                                           pair_seeds=self.pair_augment == "shared")
         return VideoEpochSampler(self.train_dataset, seed=self.seed,
                                  samples_per_video=self.samples_per_video)
 

@@ -95,12 +95,16 @@ class _VideoWindowSampler(DistributedSampler):
         """Start the next pass over ``epoch`` at this rank's ``position``-th index (once)."""
         self._resume = (int(epoch), int(position))
 
+    def _position_seeds(self) -> np.ndarray:
+        """(total_size,) the seed of every position of this epoch's global order."""
+        return np.random.default_rng([self.seed, self.epoch, 1]).integers(
+            0, 2**31 - 1, size=self.total_size)
+
     def _seeded(self, indices: np.ndarray, start: int, stride: int = 1
                 ) -> Iterator[SampleIndex]:
         """This rank's ``indices`` (which begin at ``start`` of the epoch's global order) with
         their per-position seeds, from the resume position when one was set for this epoch."""
-        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(
-            0, 2**31 - 1, size=self.total_size)
+        seeds = self._position_seeds()
         positions = start + np.arange(len(indices)) * stride
         skip = 0
         if self._resume is not None and self._resume[0] == self.epoch:
@@ -161,13 +165,16 @@ class BalancedRealFakeSampler(_VideoWindowSampler):
     sides of every manipulation and identity alone cannot separate them. Fakes whose target is
     not among the training videos get a random real, as without pairing. A pseudo-fake twin
     (``data_modules.pseudo``) is paired with the real video it renders, at the same frame.
+    ``pair_seeds=True``: both members of a pair carry the same seed, so they get the same
+    augmentation (flip, affine, colour, ...) and differ only where the fake was manipulated.
     """
 
     def __init__(self, dataset: FaceClipDataset, num_replicas: int | None = None,
                  rank: int | None = None, seed: int = 0, num_pairs: int | None = None,
-                 paired: bool = False):
+                 paired: bool = False, pair_seeds: bool = False):
         super().__init__(dataset, num_replicas, rank, seed)
         self.paired = paired
+        self.pair_seeds = pair_seeds
         labels = dataset.labels
         self.real = np.flatnonzero(labels == REAL)
         fakes = np.flatnonzero(labels != REAL)
@@ -214,6 +221,12 @@ class BalancedRealFakeSampler(_VideoWindowSampler):
         # deal whole pairs: rank r gets pairs r, r+R, ... -> rows (P_r, 2) flattened
         per_rank = pairs.reshape(self.pairs_per_rank, self.num_replicas, 2).transpose(1, 0, 2)
         return per_rank.reshape(-1)  # rank-major: rank r's block is contiguous
+
+    def _position_seeds(self) -> np.ndarray:
+        seeds = super()._position_seeds()
+        if self.pair_seeds:  # pairs sit at global positions (2j, 2j+1): the second takes the first's
+            seeds[1::2] = seeds[0::2]
+        return seeds
 
     def _align_pairs(self, videos: np.ndarray, windows: np.ndarray) -> np.ndarray:
         """Move each paired real's window to its fake's relative position (members of a pair

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from data_modules import BalancedRealFakeSampler, DeepfakeDataModule, SourceSpec, select_videos
 from data_modules.indexes.ffpp import key_split, split_owner, target_real_key
@@ -112,6 +113,40 @@ def test_paired_sampler_puts_each_fake_beside_its_target_at_the_same_frame(pair_
         assert (r_pos == f_pos).all()
     with pytest.raises(Exception, match="balanced=True"):
         DeepfakeDataModule(train=[SourceSpec("t", str(pair_cache))], paired=True)
+
+
+@pytest.mark.parametrize("pair_augment", ["own", "shared"])
+def test_shared_pair_augmentation_flips_a_fake_and_its_real_together(pair_cache, pair_augment):
+    flip_only = {"flip_p": 0.5, "affine_p": 0.0, "color_p": 0.0, "jpeg_p": 0.0, "noise_p": 0.0,
+                 "blur_p": 0.0}
+
+    def module(augment):
+        return DeepfakeDataModule(train=[SourceSpec("t", str(pair_cache), "ffpp", "train")],
+                                  balanced=True, paired=True, pair_augment=pair_augment,
+                                  samples_per_video=3, img_size=32, augment=augment, batch_size=4)
+
+    plain, flipped = module(False), module(flip_only)
+    plain.setup("fit")
+    flipped.setup("fit")
+    order = list(flipped.train_sampler())
+    assert [int(i) for i in order] == [int(i) for i in plain.train_sampler()]
+    status = []
+    for index in order:
+        raw, out = plain.train_dataset[index]["image"], flipped.train_dataset[index]["image"]
+        mirrored = torch.equal(out, raw.flip(-1))
+        assert mirrored or torch.equal(out, raw)  # a flip or nothing, the image not symmetric
+        assert not torch.equal(raw, raw.flip(-1))
+        status.append(mirrored)
+    pairs = np.asarray(status).reshape(-1, 2)  # (pairs, member): True = mirrored
+    together = pairs[:, 0] == pairs[:, 1]
+    assert pairs.any() and not pairs.all()
+    if pair_augment == "shared":
+        assert together.all()
+    else:
+        assert not together.all()  # each sample draws its own flip
+    with pytest.raises(Exception, match="paired=True"):
+        DeepfakeDataModule(train=[SourceSpec("t", str(pair_cache))], balanced=True,
+                           pair_augment="shared")
 
 
 def _pairwise_auc(pos: list[float], neg: list[float]) -> float:

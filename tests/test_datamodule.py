@@ -268,6 +268,50 @@ def test_full_augmentation_is_shared_across_clip_frames(astronaut_face_session):
     assert not np.array_equal(other[0], out[0])
 
 
+def test_resolution_jitter_softens_the_whole_crop_and_is_off_by_default(astronaut_face_session):
+    from conftest import face_crop
+
+    crop, lms = face_crop(astronaut_face_session, 96)
+    none = {"flip_p": 0.0, "affine_p": 0.0, "color_p": 0.0, "jpeg_p": 0.0, "noise_p": 0.0,
+            "blur_p": 0.0}
+
+    def energy(img: np.ndarray) -> float:  # high-frequency energy: variance of the Laplacian
+        g = img.astype(np.float64).mean(-1)
+        return float((4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2]
+                      - g[1:-1, 2:]).var())
+
+    soft = FaceAugment(build_train_transform(**none, downscale_p=1.0, downscale_min=0.5))
+    ratios = [energy(soft(crop[None], lms[None], seed=s)[0][0]) / energy(crop) for s in range(6)]
+    assert max(ratios) < 1.0 and np.mean(ratios) < 0.8, ratios
+    assert len({round(r, 4) for r in ratios}) > 1  # a random side in [0.5, 1], not one fixed
+    # off by default, and the default ranges are the explicit 0.2: the same pixels as before
+    full = {"flip_p": 0.5, "affine_p": 1.0, "color_p": 1.0, "jpeg_p": 1.0, "noise_p": 1.0,
+            "blur_p": 1.0}
+    a = FaceAugment(build_train_transform(**full))(crop[None], lms[None], seed=3)[0]
+    b = FaceAugment(build_train_transform(**full, color_range=0.2, downscale_p=0.0))(
+        crop[None], lms[None], seed=3)[0]
+    np.testing.assert_array_equal(a, b)
+    assert not any(type(t).__name__ == "Downscale" for t in build_train_transform())
+    for bad in ({"color_range": 1.0}, {"downscale_min": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            build_train_transform(**bad)
+
+
+def test_wider_colour_range_moves_brightness_further(astronaut_face_session):
+    from conftest import face_crop
+
+    crop, lms = face_crop(astronaut_face_session, 96)
+    none = {"flip_p": 0.0, "affine_p": 0.0, "jpeg_p": 0.0, "noise_p": 0.0, "blur_p": 0.0}
+
+    def spread(color_range: float) -> float:  # the largest change of mean brightness over seeds
+        aug = FaceAugment(build_train_transform(**none, color_p=1.0, color_range=color_range))
+        return max(abs(float(aug(crop[None], lms[None], seed=s)[0].mean()) - float(crop.mean()))
+                   for s in range(24))
+
+    narrow, wide = spread(0.2), spread(0.4)
+    assert 0 < narrow < wide
+
+
 def test_augment_mapping_sets_the_pipeline_probabilities(ffpp_cache, celebdf_cache):
     flip_only = {"flip_p": 1.0, "affine_p": 0.0, "color_p": 0.0, "jpeg_p": 0.0, "noise_p": 0.0,
                  "blur_p": 0.0}
