@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -360,3 +361,30 @@ def test_evaluation_keeps_the_training_runs_records(trained, monkeypatch):
     assert {name: (stage / name).read_bytes() for name in before} == before
     assert "validate" in (stage / "run_info_validate.json").read_text()
     assert "FinetuneModule" in (stage / "config_validate.yaml").read_text()
+
+
+def test_finetune_ensemble_members_learn_from_their_own_slice_and_average():
+    torch.manual_seed(0)
+    module = FinetuneModule(mae_checkpoint=None, preset="mae_vit_micro", ensemble=3)
+    module.log = lambda *a, **k: None  # no trainer attached
+    assert len(module.members) == 3 and len(list(module.extra_members)) == 2
+    # every member starts from the same encoder weights, in its own copy, with its own head
+    enc = [dict(m.encoder.named_parameters()) for m in module.members]
+    assert all(torch.equal(enc[0][n], e[n]) for e in enc[1:] for n in enc[0])
+    assert all(enc[0][n] is not enc[1][n] for n in enc[0])
+    assert not torch.equal(module.members[0].head[-1].weight, module.members[1].head[-1].weight)
+    clips = torch.randn(6, 2, 3, 64, 64)
+    labels = torch.tensor([0, 1, 1, 0, 0, 1])
+    alone = copy.deepcopy(module.members[1])
+    module.training_step({"image": clips, "label": labels}, 0).backward()
+    torch.nn.functional.cross_entropy(alone(clips[2:4]), labels[2:4]).backward()
+    for (name, p), q in zip(module.members[1].named_parameters(), alone.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)  # member 1 saw slice 1 only
+    with torch.no_grad():
+        expected = torch.stack([m(clips).softmax(-1)[:, 1] for m in module.members]).mean(0)
+        torch.testing.assert_close(module.fake_probability(clips), expected)
+    # the paper's single network keeps its checkpoint layout
+    single = FinetuneModule(mae_checkpoint=None, preset="mae_vit_micro")
+    assert not any(k.startswith("extra_members") for k in single.state_dict())
+    with pytest.raises(ValueError, match="ensemble"):
+        FinetuneModule(mae_checkpoint=None, preset="mae_vit_micro", ensemble=0)
