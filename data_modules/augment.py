@@ -41,9 +41,9 @@ class LandmarkHorizontalFlip(A.HorizontalFlip):
 
 #: the probabilities ``build_train_transform`` takes
 AUGMENT_PROBABILITIES = ("flip_p", "affine_p", "color_p", "jpeg_p", "noise_p", "blur_p",
-                         "downscale_p")
+                         "downscale_p", "grid_shuffle_p")
 #: every key of the datamodule's ``augment`` mapping: the probabilities and the ranges
-AUGMENT_KEYS = (*AUGMENT_PROBABILITIES, "color_range", "downscale_min")
+AUGMENT_KEYS = (*AUGMENT_PROBABILITIES, "color_range", "downscale_min", "grid_shuffle")
 
 
 def build_train_transform(
@@ -56,6 +56,8 @@ def build_train_transform(
     downscale_p: float = 0.0,
     color_range: float = 0.2,
     downscale_min: float = 0.5,
+    grid_shuffle_p: float = 0.0,
+    grid_shuffle: int = 4,
 ) -> A.Compose:
     """The training pipeline: flip + mild affine (move landmarks), colour, JPEG, noise, blur,
     and (off by default) a resolution jitter of the whole crop.
@@ -64,6 +66,9 @@ def build_train_transform(
     way (hue by up to 0.15 of it). ``downscale_p``: the whole crop shrunk to a random
     ``downscale_min``..1 of its side and enlarged back (bilinear), the face and its surround
     alike, so a face rendered at a lower resolution than its frame stays the softer of the two.
+    ``grid_shuffle_p``: the crop cut into ``grid_shuffle`` × ``grid_shuffle`` tiles put back in a
+    random order (off by default): the face's layout, and with it who it is, is gone, while
+    what lies inside a tile (blur, a hard edge, a colour step) stays.
     """
     if not 0.0 <= color_range < 1.0:
         raise ValueError(f"augment color_range must be in [0, 1), got {color_range}")
@@ -86,6 +91,8 @@ def build_train_transform(
                            interpolation_pair={"downscale": cv2.INTER_AREA,
                                                "upscale": cv2.INTER_LINEAR}, p=downscale_p)]
               if downscale_p > 0 else []),
+            *([A.RandomGridShuffle(grid=(grid_shuffle, grid_shuffle), p=grid_shuffle_p)]
+              if grid_shuffle_p > 0 else []),
             A.ImageCompression(quality_range=(60, 100), p=jpeg_p),
             A.GaussNoise(std_range=(0.01, 0.05), p=noise_p),
             A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.3, 1.5), p=blur_p),

@@ -297,6 +297,23 @@ def test_resolution_jitter_softens_the_whole_crop_and_is_off_by_default(astronau
             build_train_transform(**bad)
 
 
+def test_grid_shuffle_moves_whole_tiles_and_keeps_their_pixels(astronaut_face_session):
+    from conftest import face_crop
+
+    crop, lms = face_crop(astronaut_face_session, 96)
+    none = {"flip_p": 0.0, "affine_p": 0.0, "color_p": 0.0, "jpeg_p": 0.0, "noise_p": 0.0,
+            "blur_p": 0.0}
+    out = FaceAugment(build_train_transform(**none, grid_shuffle_p=1.0, grid_shuffle=4))(
+        crop[None], lms[None], seed=5)[0][0]
+    tiles = lambda img: [img[i:i + 24, j:j + 24] for i in range(0, 96, 24)  # noqa: E731
+                         for j in range(0, 96, 24)]
+    before, after = tiles(crop), tiles(out)
+    # every output tile is one input tile, each used once, and the order changed
+    match = [next(k for k, t in enumerate(before) if np.array_equal(t, a)) for a in after]
+    assert sorted(match) == list(range(16)) and match != list(range(16))
+    assert not any(type(t).__name__ == "RandomGridShuffle" for t in build_train_transform())
+
+
 def test_wider_colour_range_moves_brightness_further(astronaut_face_session):
     from conftest import face_crop
 
