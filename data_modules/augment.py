@@ -60,7 +60,7 @@ def build_train_transform(
     grid_shuffle: int = 4,
 ) -> A.Compose:
     """The training pipeline: flip + mild affine (move landmarks), colour, JPEG, noise, blur,
-    and (off by default) a resolution jitter of the whole crop.
+    and (off by default) a resolution jitter and a tile shuffle of the whole crop.
 
     ``color_range``: brightness, contrast and saturation change by up to this fraction either
     way (hue by up to 0.15 of it). ``downscale_p``: the whole crop shrunk to a random
@@ -74,6 +74,8 @@ def build_train_transform(
         raise ValueError(f"augment color_range must be in [0, 1), got {color_range}")
     if not 0.0 < downscale_min <= 1.0:
         raise ValueError(f"augment downscale_min must be in (0, 1], got {downscale_min}")
+    if grid_shuffle < 2:
+        raise ValueError(f"augment grid_shuffle (tiles per side) must be >= 2, got {grid_shuffle}")
     lo, hi = 1.0 - color_range, 1.0 + color_range
     return A.Compose(
         [

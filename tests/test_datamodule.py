@@ -292,7 +292,7 @@ def test_resolution_jitter_softens_the_whole_crop_and_is_off_by_default(astronau
         crop[None], lms[None], seed=3)[0]
     np.testing.assert_array_equal(a, b)
     assert not any(type(t).__name__ == "Downscale" for t in build_train_transform())
-    for bad in ({"color_range": 1.0}, {"downscale_min": 0.0}):
+    for bad in ({"color_range": 1.0}, {"downscale_min": 0.0}, {"grid_shuffle": 1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             build_train_transform(**bad)
 

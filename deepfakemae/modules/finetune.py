@@ -44,9 +44,8 @@ class FinetuneModule(BranchEvaluation, LightningModule):
     copy of the stage-1 encoder and its own head, trained side by side: a training batch of B
     clips is cut into K consecutive slices of B/K (member k learns from slice k only, so the
     members see different samples and augmentations), and a clip's fake probability is the
-    members' mean. K > 1 is the demo sensitivity recipe's (docs/DESIGN.md): on six training
-    identities one member's scores of unseen real speakers vary from run to run by more than
-    a strong fake's margin. ``classifier`` is member 0, ``extra_members`` the rest.
+    members' mean. No config uses K > 1: measured and not adopted (docs/EVIDENCE.md, "What the
+    per-speaker offset is"). ``classifier`` is member 0, ``extra_members`` the rest.
     """
 
     primary_branch = BRANCHES["finetune"].label
