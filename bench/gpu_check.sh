@@ -4,7 +4,7 @@
 #      bf16 matmul peak (bench/pretrain.py);
 #   2. Finetuning (ViT-B/16) and Mapping Network steps/s and peak memory (bench/stage2.py);
 #   3. the sensitivity cross-validation with a 10x step budget (`deepfakemae demo --folds 5
-#      --sensitivity --step-scale 10`: 4,000 / 9,600 / 1,500 steps for stage 1 / Finetuning /
+#      --sensitivity --step-scale 10`: 4,000 / 9,600 / 6,000 steps for stage 1 / Finetuning /
 #      Mapping), its five folds as parallel processes on the one GPU, then pooled.
 # The demo set and its faces are built beforehand on a CPU (the face pipeline is CPU work):
 #
@@ -15,7 +15,7 @@
 # Every step runs under `timeout` (60 s + 60 s + 270 s for the folds at once + 120 s for pooling,
 # premise and W&B: 8.5 min at worst), so the check ends inside its budget and says which part did
 # not finish in time. Not yet run on a GPU: whether five 10x folds fit 270 s is the open question
-# (per fold 4,000 + 9,600 + 1,500 steps of tiny models, loader- and launch-bound, then 64 videos
+# (per fold 4,000 + 9,600 + 6,000 steps of tiny models, loader- and launch-bound, then 64 videos
 # of test; it writes every stage's "done in N s" to times.txt either way). Figures go to $OUT_DIR (default runs/gpu_check): gpu.txt, pretrain.txt,
 # stage2.txt, fold_<i>.log, cv.log, times.txt; the CV itself to runs/demo-sensitivity-x10.
 # Environment: PY (default .venv/bin/python, else python3), DATA (data/demo-sensitivity), RUNS

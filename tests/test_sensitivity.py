@@ -156,7 +156,9 @@ def test_sensitivity_plan_trains_on_the_strongest_level_and_tests_each(tmp_path)
         assert "train" not in _init(stages["pretrain"])  # stage 1: real faces only, as before
         assert stages["finetune"].args["trainer"] == {"max_steps": 960,  # SENSITIVITY_STEPS
                                                       "check_val_every_n_epoch": 40}
-        assert "trainer" not in stages["mapping"].args and "trainer" not in stages["pretrain"].args
+        assert stages["mapping"].args["trainer"] == {"max_steps": 600,
+                                                     "check_val_every_n_epoch": 40}
+        assert "trainer" not in stages["pretrain"].args
         assert detector_test_names(plan, variant) == every
         assert _init(stages["detector"])["test"][5] == {
             "name": "LipsSwap@s1", "cache": cache, "dataset": "ffpp", "split": "test",
@@ -203,7 +205,7 @@ def test_reduced_and_scaled_sensitivity_runs_get_folders_of_their_own(tmp_path):
                ("pretrain", "finetune", "mapping")}
     assert budgets == {"pretrain": {"max_steps": 4000, "check_val_every_n_epoch": 100},
                        "finetune": {"max_steps": 9600, "check_val_every_n_epoch": 400},  # x2
-                       "mapping": {"max_steps": 1500, "check_val_every_n_epoch": 100}}
+                       "mapping": {"max_steps": 6000, "check_val_every_n_epoch": 400}}  # x4
     assert "trainer" not in scaled.variants["fold_2"]["detector"].args
 
 

@@ -38,8 +38,9 @@ SINGLE_TEST_STRENGTHS = (0, 3)
 DEFAULT_PSEUDO = ("self_blend",)
 #: --sensitivity: stage budgets times this (the overlays' budgets are `make demo`'s): the
 #: Finetuning Network trained on strength 3 leaves its chance plateau after 250-450 of the
-#: overlay's 480 steps on validation speakers (docs/DESIGN.md, "Artifact strengths")
-SENSITIVITY_STEPS = {"finetune": 2}
+#: overlay's 480 steps on validation speakers, the Mapping Network's training BCE near step 330
+#: of 600 (at the overlay's 150 every validation video scores 0.37-0.61; docs/EVIDENCE.md)
+SENSITIVITY_STEPS = {"finetune": 2, "mapping": 4}
 
 
 def demo_strengths(args: argparse.Namespace) -> tuple[int, ...]:
