@@ -23,7 +23,7 @@ from deepfakemae.explain import cam_figure
 from deepfakemae.loggers import log_wandb_results
 from deepfakemae.results import summary_table, write_results, write_scores_csv
 from deepfakemae.rundir import LAST_CHECKPOINT, results_file, scores_file
-from deepfakemae.runstate import clear_done, write_done
+from deepfakemae.runstate import SETTINGS_ENV, clear_done, write_done
 from deepfakemae.visualize import log_image, roc_figure, to_uint8
 
 #: exit codes of an interrupted run: 128 + the signal number, as a shell reports it
@@ -64,7 +64,8 @@ def finished_schedule(trainer: Trainer) -> bool:
 class CompletionRecord(Callback):
     """``<trainer.default_root_dir>/done.json`` when a fit ran its whole schedule
     (:func:`finished_schedule`): global step, epoch, ``max_steps`` / ``max_epochs`` and the final
-    checkpoint (path relative to the stage folder, and its size). Written atomically in
+    checkpoint (path relative to the stage folder, and its size), and the plan's settings hash
+    of the run (``DEEPFAKEMAE_SETTINGS_HASH``; None for a hand-run fit). Written atomically in
     ``on_fit_end``, after every ``on_train_end`` (the final ``last.ckpt`` save); a new fit in
     the folder removes an old record first. :func:`deepfakemae.runstate.stage_state` reads it."""
 
@@ -90,6 +91,7 @@ class CompletionRecord(Callback):
                                "max_steps": trainer.max_steps, "max_epochs": trainer.max_epochs,
                                "checkpoint": str(named),
                                "checkpoint_bytes": checkpoint.stat().st_size,
+                               "settings_hash": os.environ.get(SETTINGS_ENV),
                                "finished": time.time()})
 
 

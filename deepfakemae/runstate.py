@@ -32,6 +32,9 @@ from deepfakemae.rundir import RESULTS_FILE, last_checkpoint, results_file
 
 DONE_FILE = "done.json"
 LOCK_FILE = ".lock"
+#: set by the plan runner for its fit stages: the settings hash their ``done.json`` records
+#: (:meth:`deepfakemae.plans.Job.settings_hash`), so that a later plan can tell its own settings
+SETTINGS_ENV = "DEEPFAKEMAE_SETTINGS_HASH"
 #: set by the plan runner for its stage processes: they exit when that process is gone
 PARENT_ENV = "DEEPFAKEMAE_PARENT_PID"
 #: seconds between two looks at the parent, and the grace a graceful stop gets before a hard exit
@@ -62,6 +65,31 @@ def write_done(stage_dir: Path, record: dict) -> Path:
     path = Path(stage_dir) / DONE_FILE
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
     return path
+
+
+def read_done(stage_dir: Path) -> dict:
+    """The completion record of a done fit stage (``{}`` when absent or unreadable: such a
+    stage is not done, :func:`stage_state` says why)."""
+    try:
+        record = json.loads((Path(stage_dir) / DONE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def finished_at(stage_dir: Path, command: str) -> float | None:
+    """When a done stage finished (seconds since the epoch): its ``done.json``'s ``finished``
+    (else the file's own time), or its results file's time for a ``test`` stage."""
+    stage_dir = Path(stage_dir)
+    path = results_file(stage_dir) if command != "fit" else stage_dir / DONE_FILE
+    if command == "fit":
+        finished = read_done(stage_dir).get("finished")
+        if isinstance(finished, (int, float)):
+            return float(finished)
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def clear_done(stage_dir: Path) -> None:

@@ -104,7 +104,8 @@ def test_table4_dry_run_commands(tmp_path, capsys):
            "WANDB_JOB_TYPE=pretrain WANDB_TAGS=table4,ratio_25,pretrain")
     job = by_key["table4", "ratio_25", "pretrain"]
     provenance = (f"DEEPFAKEMAE_PLAN=table4 DEEPFAKEMAE_VARIANT=ratio_25 "
-                  f"DEEPFAKEMAE_CONFIG_HASH={job.config_hash()}")
+                  f"DEEPFAKEMAE_CONFIG_HASH={job.config_hash()} "
+                  f"DEEPFAKEMAE_SETTINGS_HASH={job.settings_hash()}")
     assert (f"RUN_DIR={tmp_path}/table4/ratio_25 {w25} {provenance} deepfakemae fit -c "
             f"experiments/pretrain.yaml --model.init_args.mask_ratio=0.25") in out
     w75 = ("WANDB_NAME=table4/ratio_75/detector WANDB_RUN_GROUP=table4/ratio_75 "
@@ -219,8 +220,10 @@ def test_skip_done_stage_and_fresh_reruns(tmp_path):
     assert [j.stage for j in pending_stages(plan, tmp_path, variants=["ratio_25"])] == list(STAGES)
     _finish(run / "pretrain")
     _finish(run / "detector")
-    pending = [j.stage for j in pending_stages(plan, tmp_path, variants=["ratio_25"])]
-    assert pending == ["finetune", "mapping"]
+    pending = {j.stage: j for j in pending_stages(plan, tmp_path, variants=["ratio_25"])}
+    # the detector's results cannot stand for branches that are still to be trained
+    assert list(pending) == ["finetune", "mapping", "detector"]
+    assert "its input table4/ratio_25 finetune runs again first" in pending["detector"].reason
     fresh = pending_stages(plan, tmp_path, variants=["ratio_25"], fresh=True)
     assert [j.stage for j in fresh] == list(STAGES)
     # stage filter: only the detector (its inputs must then exist or be produced)

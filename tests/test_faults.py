@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -94,12 +95,12 @@ def fault_plan(tmp_path_factory, ffpp_cache) -> dict:
     return {"root": root, "plan": plan, "env": env}
 
 
-def _run(fault_plan: dict, run_root: Path, faults: str = "", timeout: float = 600
-         ) -> subprocess.CompletedProcess:
+def _run(fault_plan: dict, run_root: Path, faults: str = "", timeout: float = 600,
+         plan: Path | None = None) -> subprocess.CompletedProcess:
     env = {**fault_plan["env"], "FAULTS": faults, "FAULT_DIR": str(run_root)}
     run_root.mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-m", "deepfakemae.cli", "run",
-                           str(fault_plan["plan"]), "--run-root", str(run_root)],
+                           str(plan or fault_plan["plan"]), "--run-root", str(run_root)],
                           env=env, cwd=fault_plan["root"], capture_output=True, text=True,
                           timeout=timeout)
 
@@ -245,3 +246,37 @@ def test_slurm_requeue_signal_then_sigterm_resumes_exactly(fault_plan, monkeypat
     got = _weights(stage / "checkpoints" / "last.ckpt")
     want = _weights(tmp_path / "reference" / "pretrain" / "checkpoints" / "last.ckpt")
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.slow
+def test_a_changed_plan_retrains_the_changed_stage_and_what_reads_it(fault_plan, reference,
+                                                                     tmp_path):
+    """A finished run, then the plan gives the Finetuning Network another budget: the next
+    `deepfakemae run` trains that stage anew (the old one set aside, not resumed over) and tests
+    the detector again; stage 1 and the Mapping Network stay done; a third run does nothing."""
+    run_root = tmp_path / "runs"
+    shutil.copytree(reference.parent.parent, run_root)  # copy2: the stages' times are kept
+    changed = json.loads(Path(fault_plan["plan"]).read_text())
+    changed["variants"]["main"]["finetune"] = {"args": {"trainer": {"max_steps": STEPS + 2}}}
+    plan_path = tmp_path / "faults.yaml"
+    plan_path.write_text(json.dumps(changed))
+    run_dir = run_root / "faults" / "main"
+    pretrain_ckpt = run_dir / "pretrain" / "checkpoints" / "last.ckpt"
+    before = pretrain_ckpt.stat().st_mtime_ns
+    out = _run(fault_plan, run_root, plan=plan_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "faults: 2 of 4 stage runs to do" in out.stdout, out.stdout
+    for stage in ("pretrain", "mapping"):
+        assert f"skip faults/main {stage}: done" in out.stdout
+    assert "run faults/main finetune" in out.stdout and "run faults/main detector" in out.stdout
+    assert sorted(p.name.split("-")[0] for p in (run_dir / ".previous").iterdir()) == \
+        ["detector", "finetune"]
+    record = json.loads((run_dir / "finetune" / "done.json").read_text())
+    jobs = {j.stage: j for j in plan_jobs(load_plan(plan_path), run_root)}
+    assert record["global_step"] == STEPS + 2
+    assert record["settings_hash"] == jobs["finetune"].settings_hash()
+    assert pretrain_ckpt.stat().st_mtime_ns == before
+    assert {j.status for j in jobs.values()} == {"done"}
+    again = _run(fault_plan, run_root, plan=plan_path)
+    assert again.returncode == 0 and "faults: 0 of 4 stage runs to do" in again.stdout, \
+        again.stdout

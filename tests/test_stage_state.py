@@ -88,6 +88,104 @@ def test_dry_run_names_a_malformed_results_file(tmp_path, capsys):
     assert [j.status for j in plan_jobs(plan, tmp_path, variants=["main"])] == ["done"] * 4
 
 
+def _finish_as_planned(plan, run_root: Path, **record) -> dict[str, object]:
+    """Every stage of ``plan``'s ``main`` variant done, each fit's record carrying the settings
+    hash its plan job gives (what a run of that plan writes); ``record`` overrides keys."""
+    jobs = {j.stage: j for j in plan_jobs(plan, run_root, variants=["main"])}
+    for stage in ("pretrain", "finetune", "mapping"):
+        _fit_stage(jobs[stage].stage_dir, done=False)
+        write_done(jobs[stage].stage_dir, {"global_step": 400, "checkpoint": "checkpoints/last.ckpt",
+                                           "checkpoint_bytes": 10, "finished": time.time(),
+                                           "settings_hash": jobs[stage].settings_hash(),
+                                           **record})
+    results = jobs["detector"].stage_dir / "results_test.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(GOOD))
+    return jobs
+
+
+def _states(plan, run_root: Path) -> dict[str, tuple[str, str]]:
+    return {j.stage: (j.status, j.reason) for j in plan_jobs(plan, run_root, variants=["main"])}
+
+
+def test_a_fit_done_with_other_settings_runs_again_and_so_does_what_reads_it(tmp_path, capsys):
+    plan = load_plan("table1", demo=True)
+    jobs = _finish_as_planned(plan, tmp_path)
+    assert {s: st for s, (st, _) in _states(plan, tmp_path).items()} == dict.fromkeys(jobs, "done")
+    record = json.loads((jobs["finetune"].stage_dir / "done.json").read_text())
+    write_done(jobs["finetune"].stage_dir, {**record, "settings_hash": "0123456789abcdef"})
+    states = _states(plan, tmp_path)
+    assert states["pretrain"][0] == states["mapping"][0] == "done"
+    assert states["finetune"][0] == "pending"
+    assert "stale: it finished with other settings (settings hash 0123456789abcdef" in \
+        states["finetune"][1]
+    assert states["detector"] == ("pending", states["detector"][1])
+    assert "its input table1/main finetune runs again first" in states["detector"][1]
+    finetune = next(j for j in plan_jobs(plan, tmp_path, variants=["main"])
+                    if j.stage == "finetune")
+    assert finetune.restart and "--fresh" in finetune.args  # not a resume of the old run
+    assert not any(a.startswith("--ckpt_path=") for a in finetune.args)
+    run_plan(plan, tmp_path, variants=["main"], dry_run=True)
+    out = capsys.readouterr().out
+    assert "# table1 (demo): 2 of 4 stage runs pending" in out
+    assert "# pending: table1/main finetune: stale: it finished with other settings" in out
+
+
+def test_a_record_without_a_settings_hash_is_stale_on_another_schedule(tmp_path):
+    plan = load_plan("table1", demo=True)
+    jobs = _finish_as_planned(plan, tmp_path, settings_hash=None)
+    planned = jobs["mapping"].schedule["max_steps"]
+    assert isinstance(planned, int) and planned > 0  # the demo overlay's own budget
+    record = json.loads((jobs["mapping"].stage_dir / "done.json").read_text())
+    write_done(jobs["mapping"].stage_dir, {**record, "max_steps": planned})
+    assert {st for st, _ in _states(plan, tmp_path).values()} == {"done"}
+    write_done(jobs["mapping"].stage_dir, {**record, "max_steps": planned * 4})
+    states = _states(plan, tmp_path)
+    assert states["mapping"][0] == "pending"
+    assert f"it finished a max_steps={planned * 4} schedule; the plan now gives {planned}" in \
+        states["mapping"][1]
+    assert states["finetune"][0] == "done" and states["detector"][0] == "pending"
+
+
+def test_a_stage_whose_input_was_rewritten_after_it_finished_is_stale(tmp_path):
+    plan = load_plan("table1", demo=True)
+    jobs = _finish_as_planned(plan, tmp_path)
+    pretrain = jobs["pretrain"].stage_dir / "checkpoints" / "last.ckpt"
+    later = time.time() + 60  # stage 1 trained again (by hand) after the branches finished
+    os.utime(pretrain, (later, later))
+    (jobs["pretrain"].stage_dir / "done.json").touch()
+    os.utime(jobs["pretrain"].stage_dir / "done.json", (later, later))
+    states = _states(plan, tmp_path)
+    assert states["pretrain"][0] == "done"
+    for stage in ("finetune", "mapping"):
+        assert states[stage][0] == "pending"
+        assert f"its input {pretrain} was rewritten after it finished" in states[stage][1]
+    assert states["detector"][0] == "pending"
+    only = plan_jobs(plan, tmp_path, variants=["main"], stages=["detector"])
+    assert [j.status for j in only] == ["done"]  # the branches' checkpoints predate its results
+
+
+def test_settings_hash_follows_values_not_comments(tmp_path):
+    from deepfakemae.plans import Job
+
+    config = tmp_path / "stage.yaml"
+    config.write_text("trainer:\n  max_steps: 150  # the demo budget\n")
+
+    def job() -> Job:
+        return Job("t", "v", "finetune", tmp_path, ["fit", "-c", str(config), "--ckpt_path=last"],
+                   tmp_path / "x", "pending", [])
+
+    settings, text = job().settings_hash(), job().config_hash()
+    config.write_text("# a new comment\ntrainer:\n  max_steps: 150\n")
+    assert job().settings_hash() == settings
+    assert job().config_hash() != text  # results keep the hash of the exact text
+    config.write_text("trainer:\n  max_steps: 600\n")
+    assert job().settings_hash() != settings
+    resumed = Job("t", "v", "finetune", tmp_path, ["fit", "-c", str(config), "--fresh"],
+                  tmp_path / "x", "pending", [])
+    assert resumed.settings_hash() == job().settings_hash()  # resume switches do not count
+
+
 def test_results_are_replaced_whole_while_a_reader_reads(tmp_path):
     path = tmp_path / "results_test.json"
     big = {f"set{i}": {f"m{j}": j / 7 for j in range(50)} for i in range(40)}

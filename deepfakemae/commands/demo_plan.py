@@ -9,8 +9,6 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from data_modules.indexes.ffpp import load_splits
 from deepfakemae.crossval import fold_plan, make_folds, write_fold_splits
 from deepfakemae.plans import (
@@ -24,7 +22,7 @@ from deepfakemae.plans import (
     load_plan,
     merge_args,
 )
-from deepfakemae.plans.load import locate
+from deepfakemae.plans.load import config_value
 from deepfakemae.records import REAL_METHOD
 from deepfakemae.results import ResultsError, read_results
 from deepfakemae.rundir import results_file
@@ -102,21 +100,6 @@ def cv_name(args: argparse.Namespace) -> str:
     if trained != default_train_strengths(args):
         mark += "-t" + "+".join(map(str, trained))
     return run_name(SENSITIVITY_NAME + mark, "dataset", step_scale=args.step_scale)
-
-
-def config_value(configs: tuple[str, ...], *keys: str):
-    """The value at ``keys`` in the last of a stage's config files that sets it (None if none
-    does), read without resolving interpolations."""
-    value = None
-    for config in configs:
-        node = OmegaConf.load(locate(config))
-        for key in keys:
-            node = node.get(key) if hasattr(node, "get") else None
-            if node is None:
-                break
-        if node is not None:
-            value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
-    return value
 
 
 def _scale_steps(spec, scale: int) -> dict:

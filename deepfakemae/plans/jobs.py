@@ -6,16 +6,25 @@ runner, ``deepfakemae demo``, the ``--dry-run`` lines and hand-written job scrip
 stage is done only when its own run wrote ``done.json`` at the end of its whole schedule, a test
 stage when its ``results_test.json`` is complete. Every fit line carries ``--ckpt_path=last``:
 the same line starts the stage, and after an interruption (or a SLURM requeue) resumes it.
+
+A done stage is *stale*, and runs again from scratch (its folder set aside under
+``<RUN_DIR>/.previous/``), when the plan no longer gives what made it (:func:`stale_reason`):
+a fit whose record carries another settings hash (:meth:`Job.settings_hash`; a record from
+before hashes were kept: another ``max_steps`` / ``max_epochs``), or any stage whose input is
+run again in this selection or was rewritten after the stage finished.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from deepfakemae.plans.load import (
     BRANCH_STAGES,
@@ -24,12 +33,20 @@ from deepfakemae.plans.load import (
     STAGES,
     Plan,
     PlanError,
+    config_value,
     flag_list,
     load_plan,
     locate,
 )
 from deepfakemae.rundir import last_checkpoint, results_file
-from deepfakemae.runstate import StageState, stage_state
+from deepfakemae.runstate import (
+    SETTINGS_ENV,
+    StageState,
+    finished_at,
+    read_done,
+    resume_checkpoint,
+    stage_state,
+)
 
 #: LightningCLI subcommand of each stage: the detector is only tested
 STAGE_COMMAND = {stage: "test" if stage == DETECTOR else "fit" for stage in STAGES}
@@ -60,23 +77,47 @@ class Job:
     inputs: list[Path]
     reason: str = ""  # why the status (e.g. the malformed results file)
     config_env: dict[str, str] = field(default_factory=dict)  # the plan's ``env``
+    #: the schedule the plan gives a fit ({"max_steps": .., "max_epochs": ..}, None where unset)
+    schedule: dict = field(default_factory=dict)
+    #: run from scratch, the old stage folder set aside first (``--fresh`` or a stale stage)
+    restart: bool = False
 
     @property
     def stage_dir(self) -> Path:
         """``<RUN_DIR>/<stage>``: the stage's folder (its lock, record and outputs)."""
         return self.run_dir / self.stage
 
-    def config_hash(self) -> str:
-        """SHA-256 (16 hex digits) of the stage's command without its resume switches and of
-        the text of every config file it reads: recorded in the stage's results."""
+    def _command_digest(self):
+        """SHA-256 over the stage's command without its resume switches."""
         digest = hashlib.sha256()
         for arg in self.args:
             if arg in (RESUME_FLAG, "--fresh") or arg.startswith("--ckpt_path="):
                 continue
             digest.update(arg.encode("utf-8") + b"\0")
-        for i, arg in enumerate(self.args[:-1]):
-            if arg == "-c" and Path(self.args[i + 1]).is_file():
-                digest.update(Path(self.args[i + 1]).read_bytes())
+        return digest
+
+    def _config_files(self) -> list[Path]:
+        return [Path(self.args[i + 1]) for i, arg in enumerate(self.args[:-1])
+                if arg == "-c" and Path(self.args[i + 1]).is_file()]
+
+    def config_hash(self) -> str:
+        """SHA-256 (16 hex digits) of the stage's command without its resume switches and of
+        the text of every config file it reads: recorded in the stage's results."""
+        digest = self._command_digest()
+        for path in self._config_files():
+            digest.update(path.read_bytes())
+        return digest.hexdigest()[:16]
+
+    def settings_hash(self) -> str:
+        """SHA-256 (16 hex digits) of what a fit's weights follow from: the stage's command
+        without its resume switches, the *parsed* content of every config file it reads (a
+        comment or a layout change does not count) and the plan's ``env``. A fit's
+        ``done.json`` records it; a different one makes the done stage stale."""
+        digest = self._command_digest()
+        for path in self._config_files():
+            content = OmegaConf.to_container(OmegaConf.load(path))  # interpolations unresolved
+            digest.update(json.dumps(content, sort_keys=True, default=str).encode("utf-8"))
+        digest.update(json.dumps(self.config_env, sort_keys=True).encode("utf-8"))
         return digest.hexdigest()[:16]
 
     @property
@@ -93,7 +134,17 @@ class Job:
         env.update(self.config_env)
         env.update(self.wandb_env())
         env.update(self.provenance_env())
+        if self.args[0] == "fit":
+            env[SETTINGS_ENV] = self.settings_hash()
         return env
+
+    def start_over(self, reason: str) -> None:
+        """Mark the job to run from scratch: pending, without resuming (a fit gets ``--fresh``),
+        its old folder set aside by the runner first."""
+        self.status, self.reason, self.restart = "pending", reason, True
+        self.args = [a for a in self.args if not a.startswith("--ckpt_path=")]
+        if self.args[0] == "fit" and "--fresh" not in self.args:
+            self.args.append("--fresh")
 
     def provenance_env(self) -> dict[str, str]:
         """The plan, variant and config hash the stage's results carry
@@ -195,10 +246,62 @@ class Resolver:
         for config in spec.configs:
             args += ["-c", _config_path(config)]
         args += flag_list(spec.args) + [f"--{k}={v}" for k, v in extra.items()]
+        schedule = {}
         if STAGE_COMMAND[stage] == "fit":
             args.append(RESUME_FLAG)
+            given = spec.args.get("trainer") or {}
+            for key in ("max_steps", "max_epochs"):
+                schedule[key] = given[key] if key in given else config_value(
+                    spec.configs, "trainer", key)
         return Job(table, variant, stage, run_dir, args, stage_output(run_dir, stage),
-                   state.status, inputs, state.reason, dict(self.plan(table).env))
+                   state.status, inputs, state.reason, dict(self.plan(table).env), schedule)
+
+
+def _as_int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):  # unset, or an interpolation only the stage resolves
+        return None
+
+
+def stale_reason(job: Job, input_jobs: Sequence[Job | None]) -> str:
+    """Why the done (or resumable) ``job`` no longer stands for what the plan gives ('' when
+    it does).
+
+    ``input_jobs``: the jobs producing ``job.inputs``, in order (None where the producer is
+    not in the selection: then the input file's time is compared with the stage's own). A
+    resumable fit is only checked against its inputs (its settings are recorded at the end).
+    """
+    if job.status == "pending":
+        return ""
+    if job.status == "done" and STAGE_COMMAND[job.stage] == "fit":
+        record = read_done(job.stage_dir)
+        made = record.get("settings_hash")
+        if made:
+            now = job.settings_hash()
+            if made != now:
+                return (f"it finished with other settings (settings hash {made}; the plan now "
+                        f"gives {now})")
+        else:  # a record from before settings hashes were kept
+            for key, planned in job.schedule.items():
+                done, want = _as_int(record.get(key)), _as_int(planned)
+                if done is not None and want is not None and done != want:
+                    return f"it finished a {key}={done} schedule; the plan now gives {want}"
+    if job.status == "done":
+        finished = finished_at(job.stage_dir, STAGE_COMMAND[job.stage])
+    else:
+        partial = resume_checkpoint(job.stage_dir)
+        finished = partial.stat().st_mtime if partial is not None else None
+    for path, producer in zip(job.inputs, input_jobs, strict=True):
+        if producer is not None and producer.status != "done":
+            return f"its input {producer.label} runs again first"
+        try:
+            written = path.stat().st_mtime
+        except OSError:
+            continue
+        if finished is not None and written > finished:
+            return f"its input {path} was rewritten after it finished"
+    return ""
 
 
 def plan_jobs(plan: Plan, run_root: str | Path, variants: Sequence[str] | None = None,
@@ -220,25 +323,25 @@ def plan_jobs(plan: Plan, run_root: str | Path, variants: Sequence[str] | None =
             raise PlanError(f"unknown stage {s!r}; stages are {list(STAGES)}")
     resolver = Resolver(plan, Path(run_root))
     order: list[Job] = []
-    seen: set[tuple[str, str, str]] = set()
+    seen: dict[tuple[str, str, str], Job | None] = {}
 
-    def visit(table: str, variant: str, stage: str) -> None:
+    def visit(table: str, variant: str, stage: str) -> Job | None:
         table, variant = resolver.owner(table, variant, stage)
         if (table, variant, stage) in seen:
-            return
-        seen.add((table, variant, stage))
-        for _, producer in STAGE_INPUTS[stage]:
-            visit(table, variant, producer)
+            return seen[table, variant, stage]
+        seen[table, variant, stage] = None
+        producers = [visit(table, variant, producer) for _, producer in STAGE_INPUTS[stage]]
         if stage not in stages:
-            return
+            return None
         job = resolver.job(table, variant, stage)
         if fresh and table == plan.name:
-            job.status = "pending"
-            job.reason = "--fresh"
-            job.args = [a for a in job.args if not a.startswith("--ckpt_path=")]
-            if job.args[0] == "fit":
-                job.args.append("--fresh")
+            job.start_over("--fresh")
+        elif why := stale_reason(job, producers):
+            job.start_over(f"stale: {why}; it runs again (the old run is set aside under "
+                           f"{job.run_dir / '.previous'})")
+        seen[table, variant, stage] = job
         order.append(job)
+        return job
 
     for variant in variants:
         for stage in STAGES:

@@ -186,6 +186,21 @@ def _as_arg_list(args, path: Path, where: str) -> list[dict]:
     return items
 
 
+def config_value(configs: tuple[str, ...], *keys: str):
+    """The value at ``keys`` in the last of a stage's config files that sets it (None if none
+    does), read without resolving interpolations."""
+    value = None
+    for config in configs:
+        node = OmegaConf.load(locate(config))
+        for key in keys:
+            node = node.get(key) if hasattr(node, "get") else None
+            if node is None:
+                break
+        if node is not None:
+            value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+    return value
+
+
 def merge_args(*layers: dict) -> dict:
     """Deep merge of nested flag mappings; later layers win, lists are replaced whole."""
     out: dict = {}

@@ -122,7 +122,10 @@ def run_plan(plan: Plan, run_root: str | Path, fresh: bool = False,
     """Run the plan's pending stages in order (in this process) and return the jobs run.
 
     Each stage runs with ``RUN_DIR=<run root>/<table>/<variant>`` and the plan's ``env``;
-    ``CACHE_DIR`` / ``DEMO_CACHE`` of this process pass through where the plan sets neither. Done stages are skipped unless ``fresh``. ``dry_run`` prints the shell line of
+    ``CACHE_DIR`` / ``DEMO_CACHE`` of this process pass through where the plan sets neither.
+    Done stages are skipped unless ``fresh`` or stale (:func:`deepfakemae.plans.jobs.
+    stale_reason`: the plan gives other settings, or an input runs again); a restarted stage's
+    old folder is moved to ``<RUN_DIR>/.previous/`` first. ``dry_run`` prints the shell line of
     every pending stage (one per line, ready to submit as a job) and runs nothing.
     """
     jobs = plan_jobs(plan, run_root, variants, stages, fresh)
@@ -157,7 +160,7 @@ def run_plan(plan: Plan, run_root: str | Path, fresh: bool = False,
         verb = "resume" if job.status == "resume" else "run"
         print(f"  [{step}/{len(todo)}] {verb} {job.label}: deepfakemae {job.args[0]} "
               f"(RUN_DIR={job.run_dir})", flush=True)
-        if fresh and job.table == plan.name and job.stage_dir.exists():
+        if job.restart and job.stage_dir.exists():
             _set_aside(job)
         _check_free(job)
         start = time.time()
