@@ -211,7 +211,8 @@ class DeepfakeMAECLI(LightningCLI):
         )
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse, place the outputs, refuse to train over a finished run, quiet Lightning's
+        """Parse, place the outputs, refuse to train over a finished run, load ``--ckpt_path``
+        with ``weights_only=True`` unless ``--weights_only=false`` is given, quiet Lightning's
         evaluation tables unless ``--verbose`` is given (a short summary is printed instead),
         then check the checkpoints the config names before anything is loaded or built
         (LightningCLI itself would load ``--ckpt_path`` next and swap the model class)."""
@@ -222,6 +223,8 @@ class DeepfakeMAECLI(LightningCLI):
         if command == "fit":
             resolve_resume(run)
             check_not_finished(run)
+        if command and "weights_only" in run and run["weights_only"] is None:
+            run["weights_only"] = True  # --ckpt_path is loaded like every checkpoint here
         given = sys.argv[1:] if args is None else list(args)
         if command in ("validate", "test") and not any(a.startswith("--verbose") for a in given):
             run["verbose"] = False  # our summary instead of Lightning's tables

@@ -149,6 +149,22 @@ def test_default_root_dir_moves_every_output(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+def test_ckpt_path_is_loaded_weights_only_unless_told(tmp_path, monkeypatch):
+    from deepfakemae.lightning_cli import DeepfakeMAECLI
+    from deepfakemae.runstate import release_lock
+
+    class ParseOnly(DeepfakeMAECLI):  # parse and build as `deepfakemae fit` does, train nothing
+        def _run_subcommand(self, subcommand: str) -> None:
+            self.ran = subcommand
+
+    monkeypatch.setenv("RUN_DIR", str(tmp_path))
+    base = ["fit", "-c", str(EXP / "pretrain.yaml"), *MICRO, "--trainer.logger=false"]
+    for extra, want in (([], True), (["--weights_only=false"], False)):
+        cli = ParseOnly(args=[*base, *extra])
+        release_lock(tmp_path / "pretrain")
+        assert cli.ran == "fit" and cli.config.fit.weights_only is want
+
+
 def test_fit_refuses_to_train_over_a_finished_run(checkpoints, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RUN_DIR", str(tmp_path))
     last = tmp_path / "pretrain" / "checkpoints" / "last.ckpt"
