@@ -81,11 +81,13 @@ def finished_at(stage_dir: Path, command: str) -> float | None:
     """When a done stage finished (seconds since the epoch): its ``done.json``'s ``finished``
     (else the file's own time), or its results file's time for a ``test`` stage."""
     stage_dir = Path(stage_dir)
-    path = results_file(stage_dir) if command != "fit" else stage_dir / DONE_FILE
-    if command == "fit":
+    if command != "fit":
+        path = results_file(stage_dir)
+    else:
         finished = read_done(stage_dir).get("finished")
         if isinstance(finished, (int, float)):
             return float(finished)
+        path = stage_dir / DONE_FILE
     try:
         return path.stat().st_mtime
     except OSError:

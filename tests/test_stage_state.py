@@ -134,7 +134,7 @@ def test_a_fit_done_with_other_settings_runs_again_and_so_does_what_reads_it(tmp
 def test_a_record_without_a_settings_hash_is_stale_on_another_schedule(tmp_path):
     plan = load_plan("table1", demo=True)
     jobs = _finish_as_planned(plan, tmp_path, settings_hash=None)
-    planned = jobs["mapping"].schedule["max_steps"]
+    planned = int(jobs["mapping"].planned("max_steps"))
     assert isinstance(planned, int) and planned > 0  # the demo overlay's own budget
     record = json.loads((jobs["mapping"].stage_dir / "done.json").read_text())
     write_done(jobs["mapping"].stage_dir, {**record, "max_steps": planned})

@@ -77,8 +77,6 @@ class Job:
     inputs: list[Path]
     reason: str = ""  # why the status (e.g. the malformed results file)
     config_env: dict[str, str] = field(default_factory=dict)  # the plan's ``env``
-    #: the schedule the plan gives a fit ({"max_steps": .., "max_epochs": ..}, None where unset)
-    schedule: dict = field(default_factory=dict)
     #: run from scratch, the old stage folder set aside first (``--fresh`` or a stale stage)
     restart: bool = False
 
@@ -107,6 +105,14 @@ class Job:
         for path in self._config_files():
             digest.update(path.read_bytes())
         return digest.hexdigest()[:16]
+
+    def planned(self, key: str):
+        """The ``trainer.<key>`` the stage runs with: its last ``--trainer.<key>=`` flag, else
+        the last of its config files that sets it (None if none does; unresolved)."""
+        flag = f"--trainer.{key}="
+        given = [a[len(flag):] for a in self.args if a.startswith(flag)]
+        return given[-1] if given else config_value(tuple(map(str, self._config_files())),
+                                                     "trainer", key)
 
     def settings_hash(self) -> str:
         """SHA-256 (16 hex digits) of what a fit's weights follow from: the stage's command
@@ -246,15 +252,10 @@ class Resolver:
         for config in spec.configs:
             args += ["-c", _config_path(config)]
         args += flag_list(spec.args) + [f"--{k}={v}" for k, v in extra.items()]
-        schedule = {}
         if STAGE_COMMAND[stage] == "fit":
             args.append(RESUME_FLAG)
-            given = spec.args.get("trainer") or {}
-            for key in ("max_steps", "max_epochs"):
-                schedule[key] = given[key] if key in given else config_value(
-                    spec.configs, "trainer", key)
         return Job(table, variant, stage, run_dir, args, stage_output(run_dir, stage),
-                   state.status, inputs, state.reason, dict(self.plan(table).env), schedule)
+                   state.status, inputs, state.reason, dict(self.plan(table).env))
 
 
 def _as_int(value) -> int | None:
@@ -283,8 +284,9 @@ def stale_reason(job: Job, input_jobs: Sequence[Job | None]) -> str:
                 return (f"it finished with other settings (settings hash {made}; the plan now "
                         f"gives {now})")
         else:  # a record from before settings hashes were kept
-            for key, planned in job.schedule.items():
-                done, want = _as_int(record.get(key)), _as_int(planned)
+            for key in ("max_steps", "max_epochs"):
+                done = _as_int(record.get(key))
+                want = _as_int(job.planned(key)) if done is not None else None
                 if done is not None and want is not None and done != want:
                     return f"it finished a {key}={done} schedule; the plan now gives {want}"
     if job.status == "done":
