@@ -13,6 +13,12 @@ per-frame test scores (``scores_test.csv``) of all folds are pooled per test set
 reported with 95% bootstrap intervals that resample whole videos
 (:func:`deepfakemae.metrics.bootstrap_auc`).
 
+A fold can also score its validation speakers (sets named ``val-<set>``,
+:func:`validation_name`): they are unseen by that fold's networks when nothing was chosen on
+them, and fold ``i``'s validation group is fold ``i-1``'s test group, so every video is scored
+by a second training run. :func:`split_draws` separates the two draws and :func:`two_run_mean`
+averages each video's two scores (a two-run ensemble of runs that never saw its speaker).
+
 Test sets named after a demo method at an artifact strength (``FaceSwapWarp@s3``; strength 0
 keeps the plain name) group into a sensitivity curve per method: :func:`strength_groups`,
 :func:`sensitivity_markdown`, :func:`write_sensitivity_csv` and :func:`write_sensitivity_plot`.
@@ -37,6 +43,8 @@ from deepfakemae.visualize import png_bytes, sensitivity_figure
 
 Pair = tuple[str, str]
 LEVELS = ("video", "frame")
+#: the name prefix of a set scored on a fold's validation speakers (the second draw)
+VALIDATION_PREFIX = "val-"
 
 
 def make_folds(pairs: list[Pair], k: int) -> list[dict[str, list[Pair]]]:
@@ -112,8 +120,54 @@ class SetResult:
     auc: dict[tuple[str, str], Interval]
 
 
-def set_results(scored: dict[str, ScoredSet], n_boot: int = 2000, seed: int = 0
-                ) -> list[SetResult]:
+def validation_name(name: str) -> str:
+    """The name of test set ``name`` scored on a fold's validation speakers."""
+    return VALIDATION_PREFIX + name
+
+
+def split_draws(pooled: dict[str, ScoredSet]) -> tuple[dict[str, ScoredSet], dict[str, ScoredSet]]:
+    """``(test sets, validation sets)`` of pooled scores; the validation sets under their test
+    names (``val-FaceSwapWarp@s3`` -> ``FaceSwapWarp@s3``)."""
+    test = {n: s for n, s in pooled.items() if not n.startswith(VALIDATION_PREFIX)}
+    validation = {n[len(VALIDATION_PREFIX):]: s for n, s in pooled.items()
+                  if n.startswith(VALIDATION_PREFIX)}
+    return test, validation
+
+
+def two_run_mean(first: dict[str, ScoredSet], second: dict[str, ScoredSet]
+                 ) -> dict[str, ScoredSet]:
+    """Per set in both draws, each video's mean score of the two runs: one row per video and
+    draw (its mean frame score), so a video's video-level score is the mean of the two runs'.
+
+    Video-level only (the rows are video means, not frames). Raises :class:`ValueError` when a
+    set's two draws hold other videos or other labels (each draw must score every video of the
+    set once: folds whose validation groups are the test groups of other folds)."""
+    out = {}
+    for name in sorted(first.keys() & second.keys()):
+        means = []
+        for draw in (first[name], second[name]):
+            labels = dict(zip(draw.keys, draw.labels.tolist(), strict=True))
+            means.append(({branch: _video_means(draw, branch)[0] for branch in draw.scores},
+                          labels))
+        (a, labels_a), (b, labels_b) = means
+        if labels_a != labels_b:
+            missing = sorted(set(labels_a) ^ set(labels_b))
+            raise ValueError(f"two_run_mean: set {name!r} holds other videos in its two draws "
+                             f"({missing[:3]} ...) or other labels: each draw must score every "
+                             "video of the set once")
+        keys = sorted(labels_a)
+        branches = sorted(set(a) & set(b))
+        out[name] = ScoredSet(
+            keys=[k for k in keys for _ in range(2)],
+            frames=np.zeros(2 * len(keys), dtype=np.int64),
+            labels=np.array([labels_a[k] for k in keys for _ in range(2)]),
+            scores={br: np.array([v for k in keys for v in (a[br][k], b[br][k])])
+                    for br in branches})
+    return out
+
+
+def set_results(scored: dict[str, ScoredSet], n_boot: int = 2000, seed: int = 0,
+                levels: tuple[str, ...] = LEVELS) -> list[SetResult]:
     """AUC with a 95% video-resampling bootstrap interval per set, branch and level."""
     out = []
     for name, rows in scored.items():
@@ -121,7 +175,7 @@ def set_results(scored: dict[str, ScoredSet], n_boot: int = 2000, seed: int = 0
         num_fake = sum(video_labels.values())
         auc = {(branch, level): bootstrap_auc(rows.scores[branch], rows.labels, rows.keys,
                                               level=level, n_boot=n_boot, seed=seed)
-               for branch in ordered_labels(rows.scores) for level in LEVELS}
+               for branch in ordered_labels(rows.scores) for level in levels}
         out.append(SetResult(name, len(video_labels) - num_fake, num_fake, auc))
     return out
 
@@ -139,14 +193,15 @@ def results_markdown(results: list[SetResult]) -> str:
     return "\n".join(lines)
 
 
-def fold_markdown(score_files: list[Path]) -> str:
+def fold_markdown(score_files: list[Path], sets: list[str] | None = None) -> str:
     """Markdown table of each fold's own frame AUC (%) per test set and branch, and their mean.
 
     Read beside the pooled table: folds whose scores separate their own videos but sit at
     different levels would show high per-fold AUCs under a low pooled one (a calibration
-    effect), while per-fold AUCs near 50 mean no fold separates its test speakers."""
+    effect), while per-fold AUCs near 50 mean no fold separates its test speakers. ``sets``:
+    only these set names (default every set)."""
     folds = [read_scores_csv(path) for path in score_files]
-    names = sorted({name for fold in folds for name in fold})
+    names = sorted({name for fold in folds for name in fold if sets is None or name in sets})
     head = ["test set", "branch", *(f"fold {i}" for i in range(len(folds))), "mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:

@@ -129,6 +129,17 @@ def test_reduced_sensitivity_run_pools_every_method_and_strength(tmp_path, monke
         (m, k) for m in ("EyesSwap", "FaceSwapWarp", "LipsSwap", "SelfBlend") for k in "03"}
     assert {r["branch"] for r in curve} == {"fused", "F", "M"}
     assert (cv / "sensitivity.png").stat().st_size > 0
+    # the second draw (each fold's validation speakers) and the two runs' mean: every speaker
+    # once per cell, so fold k's validation videos are fold k-1's test videos, key for key
+    for draw, levels in (("second_draw", {"video", "frame"}), ("two_run_mean", {"video"})):
+        with open(cv / f"sensitivity_{draw}.csv", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        assert {(r["test_set"], r["num_real_videos"], r["num_fake_videos"]) for r in rows} == {
+            (name, "10", "10") for name in names}
+        assert {r["level"] for r in rows} == levels
+    assert (cv / "sensitivity_two_run_mean.png").stat().st_size > 0
+    assert "The mean of the two runs' scores per video" in (cv / "sensitivity.md").read_text()
+    assert "val-" not in (cv / "cv_results.csv").read_text()  # the test draw's table only
     assert "sensitivity, 3-fold identity-disjoint cross-validation" in out
     assert "artifact strength 3 (4 fake methods" in out  # the default mix: the strongest
     assert re.search(r"\| FaceSwapWarp@s3 \| fused \| \d+/10 \| [+-][0-9.]+ \| [0-9.]+–[0-9.]+ \|", out)

@@ -16,7 +16,10 @@ from deepfakemae.crossval import (
     results_markdown,
     sensitivity_markdown,
     set_results,
+    split_draws,
     strength_groups,
+    two_run_mean,
+    validation_name,
     write_results_csv,
     write_sensitivity_csv,
     write_sensitivity_plot,
@@ -111,6 +114,46 @@ def test_a_marked_name_that_is_no_demo_strength_is_refused(strength_results):
         strength_groups([*strength_results, bad])
 
 
+def _scored(keys_scores: dict[str, tuple[int, list[float]]]) -> ScoredSet:
+    keys = [k for k, (_, s) in keys_scores.items() for _ in s]
+    labels = [lab for _, (lab, s) in keys_scores.items() for _ in s]
+    s = np.array([v for _, (_, sc) in keys_scores.items() for v in sc])
+    return ScoredSet(keys=keys, frames=np.arange(len(keys)), labels=np.array(labels),
+                     scores={"fused": s, "M": 1 - s})
+
+
+def test_the_second_draw_is_split_off_and_averaged_per_video():
+    """A video's two-run score is the mean of its two runs' video means (whatever their frame
+    counts), and the ensemble can rank what neither run ranks alone."""
+    # run A: real r1 too high; run B: real r2 too high; the mean separates both fakes
+    first = _scored({"real/r1": (0, [0.9, 0.9]), "real/r2": (0, [0.1]),
+                     "Swap/f1": (1, [0.8, 0.8, 0.8]), "Swap/f2": (1, [0.7])})
+    second = _scored({"real/r1": (0, [0.1]), "real/r2": (0, [0.9, 0.9, 0.9]),
+                      "Swap/f1": (1, [0.8]), "Swap/f2": (1, [0.95, 0.95])})
+    pooled = {"Swap@s3": first, validation_name("Swap@s3"): second}
+    test, validation = split_draws(pooled)
+    assert test == {"Swap@s3": first} and validation == {"Swap@s3": second}
+    mean = two_run_mean(test, validation)["Swap@s3"]
+    (result,) = set_results({"Swap@s3": mean}, n_boot=50, levels=("video",))
+    assert set(result.auc) == {("fused", "video"), ("M", "video")}
+    assert (result.num_real, result.num_fake) == (2, 2)  # one video each, not two
+    for draw in (first, second):  # neither run alone ranks every fake above every real
+        (alone,) = set_results({"s": draw}, n_boot=50, levels=("video",))
+        assert alone.auc[("fused", "video")].value < 1.0
+    assert result.auc[("fused", "video")].value == pytest.approx(1.0)
+    video = {k: float(np.mean(mean.scores["fused"][np.asarray(mean.keys) == k]))
+             for k in dict.fromkeys(mean.keys)}
+    assert video == pytest.approx({"Swap/f1": 0.8, "Swap/f2": 0.825, "real/r1": 0.5,
+                                   "real/r2": 0.5})
+
+
+def test_draws_of_other_videos_are_refused():
+    first = _scored({"real/r1": (0, [0.2]), "Swap/f1": (1, [0.8])})
+    other = _scored({"real/r9": (0, [0.2]), "Swap/f1": (1, [0.8])})
+    with pytest.raises(ValueError, match="'Swap' holds other videos"):
+        two_run_mean({"Swap": first}, {"Swap": other})
+
+
 # ------------------------------------------------------------------------------------- plans
 def _demo_args(tmp_path, *flags):
     from deepfakemae.cli import _tool_parser
@@ -159,9 +202,13 @@ def test_sensitivity_plan_trains_on_the_strongest_level_and_tests_each(tmp_path)
         assert stages["mapping"].args["trainer"] == {"max_steps": 600,
                                                      "check_val_every_n_epoch": 40}
         assert "trainer" not in stages["pretrain"].args
-        assert detector_test_names(plan, variant) == every
+        # every set on the test speakers, then again on the validation speakers (second draw)
+        assert detector_test_names(plan, variant) == every + [f"val-{n}" for n in every]
         assert _init(stages["detector"])["test"][5] == {
             "name": "LipsSwap@s1", "cache": cache, "dataset": "ffpp", "split": "test",
+            "methods": ["real", "LipsSwap@s1"]}
+        assert _init(stages["detector"])["test"][16 + 5] == {
+            "name": "val-LipsSwap@s1", "cache": cache, "dataset": "ffpp", "split": "val",
             "methods": ["real", "LipsSwap@s1"]}
     assert sorted(map(tuple, tested)) == sorted(tuple(p) for p in
                                                 [[f"{2 * i:03d}", f"{2 * i + 1:03d}"]
@@ -178,7 +225,8 @@ def test_another_training_mix_gets_a_folder_of_its_own(tmp_path):
     every = strength_methods(DEMO_METHODS, [0, 1, 2, 3])
     for branch in ("finetune", "mapping"):
         assert _init(plan.variants["fold_1"][branch])["train"][0]["methods"] == ["real", *every]
-    assert detector_test_names(plan, "fold_1") == every  # the same test sets whatever the mix
+    # the same test sets whatever the mix
+    assert detector_test_names(plan, "fold_1") == every + [f"val-{n}" for n in every]
     same = cv_setup(_demo_args(tmp_path, "--folds", "5", "--sensitivity",
                                "--train-strengths", "3"))[2]
     assert same.name == "demo-sensitivity"  # the default spelled out: the default's folder
@@ -196,7 +244,8 @@ def test_reduced_and_scaled_sensitivity_runs_get_folders_of_their_own(tmp_path):
     stages = plan.variants["fold_0"]
     assert _init(stages["mapping"])["train"][0]["methods"] == [
         "real", *strength_methods(DEMO_METHODS, [3])]  # the strongest tested level
-    assert detector_test_names(plan, "fold_0") == strength_methods(DEMO_METHODS, [0, 3])
+    tested = strength_methods(DEMO_METHODS, [0, 3])
+    assert detector_test_names(plan, "fold_0") == tested + [f"val-{n}" for n in tested]
 
     scaled = cv_setup(_demo_args(tmp_path, "--folds", "5", "--sensitivity",
                                  "--step-scale", "10"))[2]

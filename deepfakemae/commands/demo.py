@@ -44,6 +44,8 @@ from deepfakemae.crossval import (
     results_markdown,
     sensitivity_markdown,
     set_results,
+    split_draws,
+    two_run_mean,
     write_results_csv,
     write_sensitivity_csv,
     write_sensitivity_plot,
@@ -252,6 +254,8 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     ``--sensitivity`` ``<run-root>/demo-sensitivity``, plus the curve: ``sensitivity.{md,csv,png}``,
     the plot also in W&B), then the premise of each fold's stage 1 on its test speakers, pooled:
     ``premise.{md,csv,png}`` beside them (`cv_premise`, one row per method × strength).
+    With ``--sensitivity`` each fold's detector also scores its validation speakers: the curve
+    of that second draw and of the two runs' mean per video (:func:`second_draw`).
     With ``--fold i`` only fold ``i``'s stages run, and nothing is pooled."""
     root, splits_dirs, plan = cv_setup(args)
     name = plan.name
@@ -266,7 +270,7 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
           f"({len(splits_dirs)} folds): every stage per fold -> {root}", flush=True)
     run_demo_plan(plan, args.run_root, fresh=args.fresh)
     score_files = [scores_file(root / f"fold_{i}" / DETECTOR) for i in range(args.folds)]
-    pooled = pool_scores(score_files)
+    pooled, validation = split_draws(pool_scores(score_files))
     results = set_results(pooled, n_boot=args.bootstrap)
     table = results_markdown(results)
     what = "sensitivity, " if args.sensitivity else ""
@@ -274,7 +278,7 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     header = (f"DeepfakeMAE demo, {what}{args.folds}-fold identity-disjoint cross-validation, "
               f"stage-2 fakes: {training_label(args)}: {sets}test scores of all folds pooled; "
               f"AUC % [95% bootstrap CI, {args.bootstrap} resamples of whole videos]")
-    folds_table = fold_markdown(score_files)
+    folds_table = fold_markdown(score_files, sets=list(pooled))
     folds_header = ("Each fold on its own: frame AUC % of its test speakers (2 real + 2 fake "
                     "videos per set, no interval: too few to give one)")
     folds_table += ("\n\nEach fake beside its own real (the target video it was made on; "
@@ -289,6 +293,8 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
         images["cv/sensitivity"] = write_sensitivity_plot(
             results, root / "sensitivity.png",
             f"{name}: {args.folds} folds pooled, 95% bootstrap bands")
+        if validation:
+            curve += second_draw(validation, pooled, root, name, args, images)
         atomic_write_text(root / "sensitivity.md", f"{header}\n\n{curve}")
     atomic_write_text(root / "cv_results.md",
                       f"{header}\n\n{curve}{table}\n\n{folds_header}\n\n{folds_table}\n")
@@ -311,6 +317,29 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
                          methods=demo_test_sets(args))
     print(f"\n{premise}", flush=True)
     return root
+
+
+def second_draw(validation: dict, pooled: dict, root: Path, name: str,
+                args: argparse.Namespace, images: dict) -> str:
+    """The sensitivity tables of the second draw (each fold's validation speakers) and of the
+    mean of the two runs per video, as markdown; writes ``sensitivity_second_draw.csv``,
+    ``sensitivity_two_run_mean.{csv,png}`` under ``root`` and adds the plot to ``images``."""
+    second = set_results(validation, n_boot=args.bootstrap)
+    mean = set_results(two_run_mean(pooled, validation), n_boot=args.bootstrap,
+                       levels=("video",))
+    write_sensitivity_csv(second, root / "sensitivity_second_draw.csv")
+    write_sensitivity_csv(mean, root / "sensitivity_two_run_mean.csv")
+    images["cv/sensitivity_two_run_mean"] = write_sensitivity_plot(
+        mean, root / "sensitivity_two_run_mean.png",
+        f"{name}: mean of the two runs per video, 95% bootstrap bands")
+    return ("The same videos scored by a second training run: each fold also scores its "
+            "validation speakers, which its networks never trained on and nothing was chosen "
+            "on (the detector reads the final weights); fold k's validation speakers are fold "
+            "k-1's test speakers (every branch and level: "
+            f"{root / 'sensitivity_second_draw.csv'}):\n\n{sensitivity_markdown(second)}\n\n"
+            "The mean of the two runs' scores per video (a two-run ensemble, neither run having "
+            f"seen the speaker; plot: {root / 'sensitivity_two_run_mean.png'}; every branch: "
+            f"{root / 'sensitivity_two_run_mean.csv'}):\n\n{sensitivity_markdown(mean)}\n\n")
 
 
 def print_results(run_dir: Path, n_boot: int = 2000, strengths: tuple[int, ...] = (0,)) -> None:

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from data_modules.indexes.ffpp import load_splits
-from deepfakemae.crossval import fold_plan, make_folds, write_fold_splits
+from deepfakemae.crossval import fold_plan, make_folds, validation_name, write_fold_splits
 from deepfakemae.plans import (
     BRANCH_STAGES,
     DETECTOR,
@@ -122,7 +122,10 @@ def demo_plan(args: argparse.Namespace) -> Plan:
     """The demo plan, with ``--max-steps`` / ``--step-scale`` applied to every training stage,
     ``--fake-source`` to both stage-2 branches (named after it), the strength mix of
     ``--sensitivity`` to both branches' training sources, and one detector test set per demo
-    method × tested strength (unless only strength 0 is tested: the configs' own sets). Its
+    method × tested strength (unless only strength 0 is tested: the configs' own sets); with
+    ``--sensitivity`` the same sets again on the fold's validation speakers (``val-<set>``,
+    :func:`deepfakemae.crossval.validation_name`: nothing is chosen on them, the detector reads
+    the final weights, so they are a second draw of unseen speakers). Its
     ``env`` gives the stages ``DEMO_CACHE``, the face cache under ``--data-dir``."""
     plan = load_plan(PLAN, demo=True)
     cache = (args.data_dir / "cache").resolve()
@@ -142,8 +145,11 @@ def demo_plan(args: argparse.Namespace) -> Plan:
             for name in BRANCH_STAGES:
                 stages[name] = _with_args(stages[name], mix)
         if strengths != (0,):
-            tests = {"data": {"init_args": {"test": [
-                _demo_source(name, cache, "test", [name]) for name in demo_test_sets(args)]}}}
+            sets = [_demo_source(name, cache, "test", [name]) for name in demo_test_sets(args)]
+            if args.sensitivity:  # each fold's validation speakers too: a second draw
+                sets += [_demo_source(validation_name(name), cache, "val", [name])
+                         for name in demo_test_sets(args)]
+            tests = {"data": {"init_args": {"test": sets}}}
             stages[DETECTOR] = _with_args(stages[DETECTOR], tests)
         if args.fake_source != "dataset":
             for name in BRANCH_STAGES:
