@@ -16,7 +16,7 @@
 # premise and W&B: 8.5 min at worst), so the check ends inside its budget and says which part did
 # not finish in time. Not yet run on a GPU: whether five 10x folds fit 270 s is the open question
 # (per fold 4,000 + 9,600 + 6,000 steps of tiny models, loader- and launch-bound, then 64 videos
-# of test; it writes every stage's "done in N s" to times.txt either way). Figures go to $OUT_DIR (default runs/gpu_check): gpu.txt, pretrain.txt,
+# of test and 64 of validation speakers, the second draw; it writes every stage's "done in N s" to times.txt either way). Figures go to $OUT_DIR (default runs/gpu_check): gpu.txt, pretrain.txt,
 # stage2.txt, fold_<i>.log, cv.log, times.txt; the CV itself to runs/demo-sensitivity-x10.
 # Environment: PY (default .venv/bin/python, else python3), DATA (data/demo-sensitivity), RUNS
 # (runs), FOLDS (5), SCALE (10), FOLD_LIMIT (270 s per fold, all folds at once), DEMO_ARGS (extra
