@@ -13,6 +13,7 @@ DEMO_DIR  ?= data/demo
 SENSITIVITY_DIR ?= data/demo-sensitivity
 WORKERS ?= 4
 BRANCH  ?= both
+SEED    ?= 0
 ARGS    ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_SILENT ?= true
@@ -80,9 +81,9 @@ demo-cv: setup
 demo-cv-pseudo: setup
 	$(DFM) demo --folds 5 --fake-source pseudo --data-dir $(DEMO_DIR) --run-root $(RUNS)
 
-## demo-sensitivity: 5-fold CV, stage 2 on every demo method at artifact strength 3, tested at strengths 0-3: AUC against strength per method
+## demo-sensitivity: 5-fold CV, stage 2 on every demo method at artifact strength 3, tested at strengths 0-3: AUC against strength per method (SEED=N: another training run of every stage, runs/demo-sensitivity-seedN)
 demo-sensitivity: setup
-	$(DFM) demo --folds 5 --sensitivity --data-dir $(SENSITIVITY_DIR) --run-root $(RUNS)
+	$(DFM) demo --folds 5 --sensitivity --data-dir $(SENSITIVITY_DIR) --run-root $(RUNS) --seed $(SEED)
 
 ## demo-sensitivity-cache: only the demo set at strengths 0-3 and its faces (e.g. on a CPU before bench/gpu_check.sh)
 demo-sensitivity-cache: setup

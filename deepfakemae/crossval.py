@@ -151,9 +151,10 @@ def two_run_mean(first: dict[str, ScoredSet], second: dict[str, ScoredSet]
                           labels))
         (a, labels_a), (b, labels_b) = means
         if labels_a != labels_b:
-            missing = sorted(set(labels_a) ^ set(labels_b))
+            odd = (sorted(set(labels_a) ^ set(labels_b))
+                   or sorted(k for k in labels_a if labels_a[k] != labels_b[k]))
             raise ValueError(f"two_run_mean: set {name!r} holds other videos in its two draws "
-                             f"({missing[:3]} ...) or other labels: each draw must score every "
+                             f"or other labels (e.g. {odd[:3]}): each draw must score every "
                              "video of the set once")
         keys = sorted(labels_a)
         branches = sorted(set(a) & set(b))

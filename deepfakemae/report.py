@@ -336,7 +336,7 @@ def _old_demo_command(plan: Plan) -> str:
     """``deepfakemae demo`` with the options a demo run folder's name stands for, for a
     ``plan.json`` written before the command was recorded: ``demo-cv`` / ``demo-sensitivity``
     (``--folds k``, k its fold variants), ``-s<k+k>``, ``-t<k+k>``, ``-<source>[-<m1+m2>]``,
-    ``-x<N>``."""
+    ``-seed<N>``, ``-x<N>``."""
     parts, rest = ["deepfakemae demo"], plan.name
     for base, extra in (("demo-sensitivity", ["--sensitivity"]), ("demo-cv", []), ("demo", [])):
         if rest == base or rest.startswith(base + "-"):
@@ -349,6 +349,7 @@ def _old_demo_command(plan: Plan) -> str:
         scale = tokens.pop()
     else:
         scale = None
+    seed = tokens.pop() if tokens and re.fullmatch(r"seed\d+", tokens[-1]) else None
     if tokens and re.fullmatch(r"s[\d+]+", tokens[0]):
         parts.append("--strengths " + " ".join(tokens.pop(0)[1:].split("+")))
     if tokens and re.fullmatch(r"t[\d+]+", tokens[0]):
@@ -357,6 +358,8 @@ def _old_demo_command(plan: Plan) -> str:
         parts.append(f"--fake-source {tokens.pop(0)}")
     if tokens:
         parts.append(f"--pseudo-methods {tokens.pop(0).replace('+', ',')}")
+    if seed:
+        parts.append(f"--seed {seed[4:]}")
     if scale:
         parts.append(f"--step-scale {scale[1:]}")
     return " ".join(parts)

@@ -152,6 +152,9 @@ def test_draws_of_other_videos_are_refused():
     other = _scored({"real/r9": (0, [0.2]), "Swap/f1": (1, [0.8])})
     with pytest.raises(ValueError, match="'Swap' holds other videos"):
         two_run_mean({"Swap": first}, {"Swap": other})
+    relabelled = _scored({"real/r1": (0, [0.2]), "Swap/f1": (0, [0.8])})
+    with pytest.raises(ValueError, match=r"other labels \(e\.g\. \['Swap/f1'\]\)"):
+        two_run_mean({"Swap": first}, {"Swap": relabelled})
 
 
 # ------------------------------------------------------------------------------------- plans
@@ -296,6 +299,39 @@ def test_the_demo_passes_its_cache_to_the_stages_not_through_os_environ(tmp_path
     assert plan_jobs(single, tmp_path / "runs")[0].env()["DEMO_CACHE"] == cache
 
 
+def test_another_seed_is_another_training_run_of_every_stage_in_a_folder_of_its_own(tmp_path):
+    from deepfakemae.commands.demo_plan import cv_setup, demo_plan
+    from deepfakemae.plans import flag_list
+
+    _, base_dirs, base = cv_setup(_demo_args(tmp_path, "--folds", "5", "--sensitivity"))
+    _, dirs, plan = cv_setup(_demo_args(tmp_path, "--folds", "5", "--sensitivity", "--seed", "3"))
+    assert plan.name == "demo-sensitivity-seed3" and base.name == "demo-sensitivity"
+    for a, b in zip(base_dirs, dirs, strict=True):  # the same folds, in a folder of its own
+        assert a != b and all((a / f).read_text() == (b / f).read_text()
+                              for f in ("train.json", "val.json", "test.json"))
+    unfolded = ("seed", "splits_dir")
+    for variant, stages in plan.variants.items():
+        for stage, spec in stages.items():
+            assert spec.args["seed_everything"] == 3
+            assert _init(spec).get("seed") == (None if stage == "detector" else 3)
+            assert spec.args.get("model", {}).get("init_args", {}).get("seed") == (
+                3 if stage == "mapping" else None)  # the Mapping Network's meta split
+            # nothing else moves: the same folds, training mix, budgets and test sets
+            before = base.variants[variant][stage]
+            strip = {k: v for k, v in spec.args.items() if k not in ("seed_everything", "model")}
+            strip["data"] = {"init_args": {k: v for k, v in _init(spec).items()
+                                           if k not in unfolded}}
+            kept = {k: v for k, v in before.args.items() if k != "model"}
+            kept["data"] = {"init_args": {k: v for k, v in _init(before).items()
+                                          if k not in unfolded}}
+            assert strip == kept
+            assert "--seed_everything=3" in flag_list(spec.args)
+    assert "seed_everything" not in base.variants["fold_0"]["mapping"].args
+    assert demo_plan(_demo_args(tmp_path, "--seed", "1")).name == "demo-seed1"
+    with pytest.raises(SystemExit):
+        _demo_args(tmp_path, "--seed", "-1")
+
+
 def test_each_demo_plan_records_the_command_that_reruns_it(tmp_path):
     import dataclasses
 
@@ -313,7 +349,11 @@ def test_each_demo_plan_records_the_command_that_reruns_it(tmp_path):
              ("--folds", "5", "--sensitivity", "--train-strengths", "3", "2"):
                  "deepfakemae demo --folds 5 --sensitivity --train-strengths 2 3",
              ("--fake-source", "both", "--step-scale", "2"):
-                 "deepfakemae demo --fake-source both --step-scale 2"}
+                 "deepfakemae demo --fake-source both --step-scale 2",
+             ("--folds", "5", "--sensitivity", "--seed", "1", "--step-scale", "10"):
+                 "deepfakemae demo --folds 5 --sensitivity --seed 1 --step-scale 10",
+             ("--fake-source", "pseudo", "--seed", "2"):
+                 "deepfakemae demo --fake-source pseudo --seed 2"}
     for flags, command in cases.items():
         args = _demo_args(tmp_path, *flags)
         plan = cv_setup(args)[2] if args.folds else demo_plan(args)

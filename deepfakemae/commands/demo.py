@@ -118,6 +118,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multiply every training stage's step budget and validation "
                              "interval by this (e.g. 10 on a GPU); the run folder gets -x<N> "
                              "appended")
+    parser.add_argument("--seed", type=_nonnegative_int, default=0,
+                        help="seed of every stage's training draw (seed_everything, the training "
+                             "sampler, the Mapping Network's meta split): another training run on "
+                             "the same videos and folds; other than 0, the run folder gets "
+                             "-seed<N> appended")
     parser.add_argument("--prepare-only", action="store_true",
                         help="build the demo set (at the run's strengths) and its face cache, "
                              "then stop: e.g. on a CPU before a GPU run")
@@ -131,6 +136,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 

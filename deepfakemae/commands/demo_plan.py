@@ -41,6 +41,11 @@ DEFAULT_PSEUDO = ("self_blend",)
 SENSITIVITY_STEPS = {"finetune": 2, "mapping": 4}
 
 
+def _seed(args: argparse.Namespace) -> int:
+    """``--seed`` (0 for namespaces built before the option, e.g. in tests)."""
+    return int(getattr(args, "seed", 0) or 0)
+
+
 def demo_strengths(args: argparse.Namespace) -> tuple[int, ...]:
     """The artifact strengths a run builds and tests, ascending, 0 always included."""
     if args.strengths:
@@ -78,15 +83,29 @@ def _demo_source(name: str, cache: Path, split: str, methods: list[str]) -> dict
 
 
 def run_name(base: str, fake_source: str, pseudo_methods: tuple[str, ...] = DEFAULT_PSEUDO,
-             step_scale: int = 1) -> str:
+             step_scale: int = 1, seed: int = 0) -> str:
     """Where a demo run lands under ``--run-root``: ``base``, or ``base-<source>`` for
     pseudo-fake runs (``base-<source>-<m1+m2>`` for other than self-blended pseudo-fakes), so
-    they never mix with the dataset-fake runs; ``-x<N>`` appended for ``--step-scale N``."""
-    scale = "" if step_scale == 1 else f"-x{step_scale}"
+    they never mix with the dataset-fake runs; ``-seed<N>`` appended for ``--seed N`` (N > 0),
+    then ``-x<N>`` for ``--step-scale N``."""
+    tail = ("" if seed == 0 else f"-seed{seed}") + ("" if step_scale == 1 else f"-x{step_scale}")
     if fake_source == "dataset":
-        return base + scale
+        return base + tail
     methods = "" if tuple(pseudo_methods) == DEFAULT_PSEUDO else "-" + "+".join(pseudo_methods)
-    return f"{base}-{fake_source}{methods}{scale}"
+    return f"{base}-{fake_source}{methods}{tail}"
+
+
+def seed_args(stage: str, seed: int) -> dict:
+    """The flags that make ``stage`` draw its training run from ``seed``: ``seed_everything``
+    (weights' initialisation, augmentation), the training sampler's ``data.init_args.seed``
+    (frame and video choice) and, for the Mapping Network, its meta split and shuffle
+    (``model.init_args.seed``). The detector only tests: ``seed_everything`` alone."""
+    flags: dict = {"seed_everything": seed}
+    if stage != DETECTOR:
+        flags["data"] = {"init_args": {"seed": seed}}
+    if stage == "mapping":
+        flags["model"] = {"init_args": {"seed": seed}}
+    return flags
 
 
 def cv_name(args: argparse.Namespace) -> str:
@@ -94,12 +113,14 @@ def cv_name(args: argparse.Namespace) -> str:
     ``demo-sensitivity`` (``-s<k+k>`` for other than all four strengths, ``-t<k+k>`` for other
     than the default training strengths), ``-x<N>`` last."""
     if not args.sensitivity:
-        return run_name(CV_NAME, args.fake_source, args.pseudo_methods, args.step_scale)
+        return run_name(CV_NAME, args.fake_source, args.pseudo_methods, args.step_scale,
+                        _seed(args))
     strengths, trained = demo_strengths(args), train_strengths(args)
     mark = "" if strengths == DEMO_STRENGTHS else "-s" + "+".join(map(str, strengths))
     if trained != default_train_strengths(args):
         mark += "-t" + "+".join(map(str, trained))
-    return run_name(SENSITIVITY_NAME + mark, "dataset", step_scale=args.step_scale)
+    return run_name(SENSITIVITY_NAME + mark, "dataset", step_scale=args.step_scale,
+                    seed=_seed(args))
 
 
 def _scale_steps(spec, scale: int) -> dict:
@@ -139,6 +160,9 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                 scale = args.step_scale * (SENSITIVITY_STEPS.get(name, 1) if args.sensitivity else 1)
                 if scale != 1:
                     stages[name] = _with_args(stages[name], _scale_steps(stages[name], scale))
+        if _seed(args):
+            for name in stages:
+                stages[name] = _with_args(stages[name], seed_args(name, _seed(args)))
         if train != (0,):
             mix = {"data": {"init_args": {"train": [_demo_source(
                 "demo", cache, "train", strength_methods(DEMO_METHODS, train))]}}}
@@ -157,7 +181,8 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                 if tuple(args.pseudo_methods) != DEFAULT_PSEUDO:
                     switch["data"]["init_args"]["pseudo_methods"] = list(args.pseudo_methods)
                 stages[name] = _with_args(stages[name], switch)
-    name = run_name(plan.name, args.fake_source, args.pseudo_methods, args.step_scale)
+    name = run_name(plan.name, args.fake_source, args.pseudo_methods, args.step_scale,
+                    _seed(args))
     return dataclasses.replace(plan, name=name,
                                resolved={**plan.resolved, "name": name,
                                          RERUN_KEY: demo_command(args)},
@@ -180,6 +205,8 @@ def demo_command(args: argparse.Namespace, folds: bool = False) -> str:
         parts.append(f"--fake-source {args.fake_source}")
         if tuple(args.pseudo_methods) != DEFAULT_PSEUDO:
             parts.append(f"--pseudo-methods {','.join(args.pseudo_methods)}")
+    if _seed(args):
+        parts.append(f"--seed {_seed(args)}")
     if args.step_scale != 1:
         parts.append(f"--step-scale {args.step_scale}")
     return " ".join(parts)
