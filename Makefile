@@ -81,7 +81,7 @@ demo-cv: setup
 demo-cv-pseudo: setup
 	$(DFM) demo --folds 5 --fake-source pseudo --data-dir $(DEMO_DIR) --run-root $(RUNS)
 
-## demo-sensitivity: 5-fold CV, stage 2 on every demo method at artifact strength 3, tested at strengths 0-3: AUC against strength per method (SEED=N: another training run of every stage, runs/demo-sensitivity-seedN)
+## demo-sensitivity: 5-fold CV, stage 2 on every demo method at artifact strength 3, tested at strengths 0-3: AUC against strength per method (SEED=N: another training run of every stage, runs/demo-sensitivity-seedN; SEED="0 1": each fold's two seeds as one ensemble, runs/demo-sensitivity-seed0+1)
 demo-sensitivity: setup
 	$(DFM) demo --folds 5 --sensitivity --data-dir $(SENSITIVITY_DIR) --run-root $(RUNS) --seed $(SEED)
 

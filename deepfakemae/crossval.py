@@ -16,8 +16,9 @@ reported with 95% bootstrap intervals that resample whole videos
 A fold can also score its validation speakers (sets named ``val-<set>``,
 :func:`validation_name`): they are unseen by that fold's networks when nothing was chosen on
 them, and fold ``i``'s validation group is fold ``i-1``'s test group, so every video is scored
-by a second training run. :func:`split_draws` separates the two draws and :func:`two_run_mean`
-averages each video's two scores (a two-run ensemble of runs that never saw its speaker).
+by a second training run. :func:`split_draws` separates the two draws and :func:`run_mean`
+averages each video's scores over runs (a two-run ensemble of runs that never saw its speaker;
+or the seeds of one fold, ``deepfakemae demo --seed 0 1``).
 
 Test sets named after a demo method at an artifact strength (``FaceSwapWarp@s3``; strength 0
 keeps the plain name) group into a sensitivity curve per method: :func:`strength_groups`,
@@ -134,35 +135,39 @@ def split_draws(pooled: dict[str, ScoredSet]) -> tuple[dict[str, ScoredSet], dic
     return test, validation
 
 
-def two_run_mean(first: dict[str, ScoredSet], second: dict[str, ScoredSet]
-                 ) -> dict[str, ScoredSet]:
-    """Per set in both draws, each video's mean score of the two runs: one row per video and
-    draw (its mean frame score), so a video's video-level score is the mean of the two runs'.
+def run_mean(draws: list[dict[str, ScoredSet]]) -> dict[str, ScoredSet]:
+    """Per set in every draw, each video's mean score over the runs: one row per video and run
+    (that run's mean frame score), so a video's video-level score is the mean of its runs'
+    video means (the runs: two draws of one cross-validation, or the seeds of an ensemble).
 
     Video-level only (the rows are video means, not frames). Raises :class:`ValueError` when a
-    set's two draws hold other videos or other labels (each draw must score every video of the
-    set once: folds whose validation groups are the test groups of other folds)."""
+    set's draws hold other videos or other labels (each draw must score every video of the
+    set once: folds whose validation groups are the test groups of other folds, or seeds of
+    the same folds)."""
+    if len(draws) < 2:
+        raise ValueError(f"run_mean needs two draws or more, got {len(draws)}")
     out = {}
-    for name in sorted(first.keys() & second.keys()):
+    for name in sorted(set.intersection(*(set(d) for d in draws))):
         means = []
-        for draw in (first[name], second[name]):
+        for draw in (d[name] for d in draws):
             labels = dict(zip(draw.keys, draw.labels.tolist(), strict=True))
             means.append(({branch: _video_means(draw, branch)[0] for branch in draw.scores},
                           labels))
-        (a, labels_a), (b, labels_b) = means
-        if labels_a != labels_b:
-            odd = (sorted(set(labels_a) ^ set(labels_b))
-                   or sorted(k for k in labels_a if labels_a[k] != labels_b[k]))
-            raise ValueError(f"two_run_mean: set {name!r} holds other videos in its two draws "
-                             f"or other labels (e.g. {odd[:3]}): each draw must score every "
-                             "video of the set once")
-        keys = sorted(labels_a)
-        branches = sorted(set(a) & set(b))
+        labels = means[0][1]
+        for _, other in means[1:]:
+            if other != labels:
+                odd = (sorted(set(labels) ^ set(other))
+                       or sorted(k for k in labels if labels[k] != other[k]))
+                raise ValueError(f"run_mean: set {name!r} holds other videos in its draws "
+                                 f"or other labels (e.g. {odd[:3]}): each draw must score "
+                                 "every video of the set once")
+        keys, n = sorted(labels), len(means)
+        branches = sorted(set.intersection(*(set(m) for m, _ in means)))
         out[name] = ScoredSet(
-            keys=[k for k in keys for _ in range(2)],
-            frames=np.zeros(2 * len(keys), dtype=np.int64),
-            labels=np.array([labels_a[k] for k in keys for _ in range(2)]),
-            scores={br: np.array([v for k in keys for v in (a[br][k], b[br][k])])
+            keys=[k for k in keys for _ in range(n)],
+            frames=np.zeros(n * len(keys), dtype=np.int64),
+            labels=np.array([labels[k] for k in keys for _ in range(n)]),
+            scores={br: np.array([m[br][k] for k in keys for m, _ in means])
                     for br in branches})
     return out
 

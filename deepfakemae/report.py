@@ -349,7 +349,7 @@ def _old_demo_command(plan: Plan) -> str:
         scale = tokens.pop()
     else:
         scale = None
-    seed = tokens.pop() if tokens and re.fullmatch(r"seed\d+", tokens[-1]) else None
+    seed = tokens.pop() if tokens and re.fullmatch(r"seed[\d+]+", tokens[-1]) else None
     if tokens and re.fullmatch(r"s[\d+]+", tokens[0]):
         parts.append("--strengths " + " ".join(tokens.pop(0)[1:].split("+")))
     if tokens and re.fullmatch(r"t[\d+]+", tokens[0]):
@@ -359,7 +359,7 @@ def _old_demo_command(plan: Plan) -> str:
     if tokens:
         parts.append(f"--pseudo-methods {tokens.pop(0).replace('+', ',')}")
     if seed:
-        parts.append(f"--seed {seed[4:]}")
+        parts.append("--seed " + " ".join(seed[4:].split("+")))
     if scale:
         parts.append(f"--step-scale {scale[1:]}")
     return " ".join(parts)

@@ -138,7 +138,7 @@ def test_reduced_sensitivity_run_pools_every_method_and_strength(tmp_path, monke
             (name, "10", "10") for name in names}
         assert {r["level"] for r in rows} == levels
     assert (cv / "sensitivity_two_run_mean.png").stat().st_size > 0
-    assert "The mean of the two runs' scores per video" in (cv / "sensitivity.md").read_text()
+    assert "The mean of the two draws' scores per video" in (cv / "sensitivity.md").read_text()
     assert "val-" not in (cv / "cv_results.csv").read_text()  # the test draw's table only
     assert "sensitivity, 3-fold identity-disjoint cross-validation" in out
     assert "artifact strength 3 (4 fake methods" in out  # the default mix: the strongest

@@ -14,11 +14,11 @@ import pytest
 from deepfakemae.crossval import (
     pool_scores,
     results_markdown,
+    run_mean,
     sensitivity_markdown,
     set_results,
     split_draws,
     strength_groups,
-    two_run_mean,
     validation_name,
     write_results_csv,
     write_sensitivity_csv,
@@ -133,7 +133,7 @@ def test_the_second_draw_is_split_off_and_averaged_per_video():
     pooled = {"Swap@s3": first, validation_name("Swap@s3"): second}
     test, validation = split_draws(pooled)
     assert test == {"Swap@s3": first} and validation == {"Swap@s3": second}
-    mean = two_run_mean(test, validation)["Swap@s3"]
+    mean = run_mean([test, validation])["Swap@s3"]
     (result,) = set_results({"Swap@s3": mean}, n_boot=50, levels=("video",))
     assert set(result.auc) == {("fused", "video"), ("M", "video")}
     assert (result.num_real, result.num_fake) == (2, 2)  # one video each, not two
@@ -151,10 +151,96 @@ def test_draws_of_other_videos_are_refused():
     first = _scored({"real/r1": (0, [0.2]), "Swap/f1": (1, [0.8])})
     other = _scored({"real/r9": (0, [0.2]), "Swap/f1": (1, [0.8])})
     with pytest.raises(ValueError, match="'Swap' holds other videos"):
-        two_run_mean({"Swap": first}, {"Swap": other})
+        run_mean([{"Swap": first}, {"Swap": other}])
     relabelled = _scored({"real/r1": (0, [0.2]), "Swap/f1": (0, [0.8])})
     with pytest.raises(ValueError, match=r"other labels \(e\.g\. \['Swap/f1'\]\)"):
-        two_run_mean({"Swap": first}, {"Swap": relabelled})
+        run_mean([{"Swap": first}, {"Swap": relabelled}])
+
+
+def _member_folds(root, real_scores: dict[int, float]) -> None:
+    """One seed's finished 3-fold sensitivity CV under ``root``: fold i tests speaker pair i
+    and scores pair i-1 as its validation speakers; every fake 0.8 (2 frames), each real at
+    ``real_scores[pair]`` (0.1 if not given), on the sets FaceSwapWarp and FaceSwapWarp@s3."""
+    from deepfakemae.rundir import scores_file
+
+    def videos(pair: int) -> dict:
+        real = real_scores.get(pair, 0.1)
+        return {f"ffpp/c23/real/{pair}": (0, [real, real]),
+                f"ffpp/c23/FaceSwapWarp/{pair}_x": (1, [0.8, 0.8])}
+
+    for fold in range(3):
+        sets = {}
+        for name in ("FaceSwapWarp", "FaceSwapWarp@s3"):
+            sets[name] = _scored(videos(fold))
+            sets[validation_name(name)] = _scored(videos((fold - 1) % 3))
+        path = scores_file(root / f"fold_{fold}" / "detector")
+        path.parent.mkdir(parents=True)
+        write_scores_csv(sets, path)
+
+
+def test_a_seed_ensemble_scores_each_video_by_the_mean_of_its_seeds_runs(tmp_path, monkeypatch):
+    """``--folds k --seed 0 1``: each seed's CV folder pooled into ``<cv>-seed0+1``; a video's
+    score is the mean of its two seeds' video means, so the ensemble ranks what neither seed
+    ranks alone (seed 0 scores pair 0's real above every fake, seed 1 pair 1's)."""
+    from deepfakemae.commands.demo import check_demo_arguments, seed_ensemble
+    from deepfakemae.commands.demo_plan import cv_name, demo_command, member_args
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = _demo_args(tmp_path, "--folds", "3", "--sensitivity", "--seed", "1", "0",
+                      "--bootstrap", "100")
+    assert check_demo_arguments(args) is None
+    assert cv_name(args) == "demo-sensitivity-seed0+1"
+    assert demo_command(args, folds=True) == "deepfakemae demo --folds 3 --sensitivity --seed 0 1"
+    members = [tmp_path / "runs" / cv_name(member_args(args, s)) for s in (0, 1)]
+    assert [m.name for m in members] == ["demo-sensitivity", "demo-sensitivity-seed1"]
+    _member_folds(members[0], {0: 0.9})
+    _member_folds(members[1], {1: 0.9})
+    root = seed_ensemble(args, members)
+    assert root == tmp_path / "runs" / "demo-sensitivity-seed0+1"
+
+    def fused(path):
+        with open(path, encoding="utf-8") as f:
+            return {(r["test_set"], r["level"]): (float(r["auc"]), r["num_real_videos"],
+                                                  r["num_fake_videos"])
+                    for r in csv.DictReader(f) if r["branch"] == "fused"}
+
+    # alone, each seed puts one real (0.9) above all three fakes (0.8): AUC 6/9
+    alone = set_results(split_draws(pool_scores(
+        [members[0] / f"fold_{i}" / "detector" / "scores_test.csv" for i in range(3)]))[0],
+        n_boot=20, levels=("video",))
+    assert alone[1].auc[("fused", "video")].value == pytest.approx(6 / 9)
+    # the ensemble: reals 0.5, 0.5, 0.1 against fakes 0.8
+    assert fused(root / "sensitivity.csv") == {("FaceSwapWarp", "video"): (1.0, "3", "3"),
+                                               ("FaceSwapWarp@s3", "video"): (1.0, "3", "3")}
+    assert fused(root / "cv_results.csv")[("FaceSwapWarp@s3", "video")][0] == 1.0
+    # the ensemble's second draw (validation speakers) and the mean of both draws
+    assert fused(root / "sensitivity_second_draw.csv")[("FaceSwapWarp@s3", "video")][0] == 1.0
+    assert set(fused(root / "sensitivity_two_run_mean.csv")) == {("FaceSwapWarp", "video"),
+                                                               ("FaceSwapWarp@s3", "video")}
+    text = (root / "sensitivity.md").read_text()
+    assert "ensemble of seeds 0, 1" in text and str(members[1]) in text
+    assert (root / "sensitivity.png").stat().st_size > 0
+    # the seeds must score the same videos
+    _member_folds(tmp_path / "short", {})
+    with pytest.raises(ValueError, match="holds other videos"):
+        seed_ensemble(args, [members[0], _drop_fold_videos(tmp_path / "short")])
+
+
+def _drop_fold_videos(root):
+    """``root``'s CV with fold 2's scores replaced by fold 1's: its pooled sets lack pair 2's
+    videos."""
+    (root / "fold_2" / "detector" / "scores_test.csv").write_text(
+        (root / "fold_1" / "detector" / "scores_test.csv").read_text())
+    return root
+
+
+def test_ensemble_seeds_are_refused_outside_a_cross_validation(tmp_path):
+    from deepfakemae.commands.demo import check_demo_arguments
+
+    assert "add --folds 5" in check_demo_arguments(_demo_args(tmp_path, "--seed", "0", "1"))
+    assert "each seed once" in check_demo_arguments(
+        _demo_args(tmp_path, "--folds", "5", "--seed", "1", "1"))
+    assert check_demo_arguments(_demo_args(tmp_path, "--seed", "2")) is None
 
 
 # ------------------------------------------------------------------------------------- plans

@@ -27,11 +27,14 @@ from deepfakemae.branches import BRANCHES
 from deepfakemae.commands.demo_plan import (
     DEFAULT_PSEUDO,
     PLAN,
+    cv_name,
     cv_setup,
     demo_plan,
     demo_strengths,
     demo_test_sets,
     detector_test_names,
+    member_args,
+    seeds,
     stale_tests,
     train_strengths,
 )
@@ -42,10 +45,10 @@ from deepfakemae.crossval import (
     paired_markdown,
     pool_scores,
     results_markdown,
+    run_mean,
     sensitivity_markdown,
     set_results,
     split_draws,
-    two_run_mean,
     write_results_csv,
     write_sensitivity_csv,
     write_sensitivity_plot,
@@ -118,11 +121,14 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multiply every training stage's step budget and validation "
                              "interval by this (e.g. 10 on a GPU); the run folder gets -x<N> "
                              "appended")
-    parser.add_argument("--seed", type=_nonnegative_int, default=0,
+    parser.add_argument("--seed", type=_nonnegative_int, nargs="+", default=[0], metavar="N",
                         help="seed of every stage's training draw (seed_everything, the training "
                              "sampler, the Mapping Network's meta split): another training run on "
                              "the same videos and folds; other than 0, the run folder gets "
-                             "-seed<N> appended")
+                             "-seed<N> appended. With --folds, several seeds (e.g. 0 1) make an "
+                             "ensemble: the cross-validation once per seed, then each fold's "
+                             "detector scores a video by the mean of its seeds' runs, pooled "
+                             "into <cv folder>-seed0+1")
     parser.add_argument("--prepare-only", action="store_true",
                         help="build the demo set (at the run's strengths) and its face cache, "
                              "then stop: e.g. on a CPU before a GPU run")
@@ -161,6 +167,11 @@ def check_demo_arguments(args: argparse.Namespace) -> str | None:
                 f"--strengths (now {' '.join(map(str, demo_strengths(args)))})")
     if args.step_scale != 1 and args.max_steps is not None:
         return "give --max-steps or --step-scale, not both"
+    if len(set(args.seed)) != len(args.seed):
+        return f"--seed {' '.join(map(str, args.seed))}: give each seed once"
+    if len(args.seed) > 1 and not args.folds:
+        return ("several --seed values make a per-fold ensemble of a cross-validation: add "
+                "--folds 5")
     if args.fold is not None and not (args.folds and 0 <= args.fold < args.folds):
         return f"--fold needs --folds k and 0 <= fold < k, got --fold {args.fold}"
     return None
@@ -235,7 +246,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
         print(f"demo set and faces ready: {cache} ({time.time() - start:.0f} s)", flush=True)
         return 0
     # StageFailed (interrupted or failed) ends the command: nothing after it ran, a rerun resumes
-    if args.folds:
+    if args.folds and len(seeds(args)) > 1:
+        run_seed_ensemble(args)
+    elif args.folds:
         run_cross_validation(args)
     else:
         print("[3/3] stage 1, both stage-2 branches, fused detector", flush=True)
@@ -298,13 +311,8 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     curve = ""
     images = {}
     if args.sensitivity:
-        curve = (f"Fused video AUC % against artifact strength [95% CI] (plot: "
-                 f"{root / 'sensitivity.png'}; every branch and level: "
-                 f"{root / 'sensitivity.csv'}):\n\n{sensitivity_markdown(results)}\n\n")
-        write_sensitivity_csv(results, root / "sensitivity.csv")
-        images["cv/sensitivity"] = write_sensitivity_plot(
-            results, root / "sensitivity.png",
-            f"{name}: {args.folds} folds pooled, 95% bootstrap bands")
+        curve = sensitivity_curve(results, root, images,
+                                  f"{name}: {args.folds} folds pooled, 95% bootstrap bands")
         if validation:
             curve += second_draw(validation, pooled, root, name, args, images)
         atomic_write_text(root / "sensitivity.md", f"{header}\n\n{curve}")
@@ -331,25 +339,102 @@ def run_cross_validation(args: argparse.Namespace) -> Path:
     return root
 
 
+def run_seed_ensemble(args: argparse.Namespace) -> Path | None:
+    """``--folds k --seed A B ...``: the cross-validation of each seed, in the folder ``--seed
+    A`` alone makes (:func:`run_cross_validation`; finished ones are reused, a rerun resumes),
+    then the per-fold ensemble of the seeds pooled (:func:`seed_ensemble`). With ``--fold i``
+    only fold ``i`` of each seed runs and nothing is pooled."""
+    roots = [run_cross_validation(member_args(args, seed)) for seed in seeds(args)]
+    if args.fold is not None:
+        return None
+    return seed_ensemble(args, roots)
+
+
+def seed_ensemble(args: argparse.Namespace, roots: list[Path]) -> Path:
+    """Each fold's detector as the ensemble of its seeds' runs, pooled over folds: a video's
+    score is the mean of the video means of the runs in ``roots`` (one finished
+    cross-validation folder per seed, the same folds and videos), video-level AUC with 95%
+    intervals (:func:`deepfakemae.crossval.run_mean`). Writes ``cv_results.{md,csv}`` (and with
+    ``--sensitivity`` ``sensitivity.{md,csv,png}`` and, where the folds scored their
+    validation speakers, the ensemble's second draw: :func:`second_draw`) under
+    ``<run-root>/<cv folder>-seed<A+B>``, plus a W&B summary run; returns that folder."""
+    root = args.run_root / cv_name(args)
+    root.mkdir(parents=True, exist_ok=True)
+    name = root.name
+    draws = [split_draws(pool_scores([scores_file(r / f"fold_{i}" / DETECTOR)
+                                      for i in range(args.folds)])) for r in roots]
+    test = run_mean([pooled for pooled, _ in draws])
+    results = set_results(test, n_boot=args.bootstrap, levels=("video",))
+    chosen = ", ".join(map(str, seeds(args)))
+    what = "sensitivity, " if args.sensitivity else ""
+    header = (f"DeepfakeMAE demo, {what}{args.folds}-fold identity-disjoint cross-validation, "
+              f"stage-2 fakes: {training_label(args)}; each fold's detector is the ensemble of "
+              f"seeds {chosen}: a video's score is the mean of its {len(roots)} runs' video "
+              f"means (runs: {', '.join(str(r) for r in roots)}); test scores of all folds "
+              f"pooled; video AUC % [95% bootstrap CI, {args.bootstrap} resamples of whole "
+              "videos]")
+    curve, images = "", {}
+    if args.sensitivity:
+        curve = sensitivity_curve(results, root, images, f"{name}: ensemble of seeds {chosen}, "
+                                  f"{args.folds} folds pooled, 95% bootstrap bands")
+        validation = [v for _, v in draws]
+        if all(validation):
+            curve += second_draw(run_mean(validation), test, root, name, args, images,
+                                 runs=f"ensemble of seeds {chosen}", levels=("video",))
+        atomic_write_text(root / "sensitivity.md", f"{header}\n\n{curve}")
+    table = results_markdown(results)
+    atomic_write_text(root / "cv_results.md", f"{header}\n\n{curve}{table}\n")
+    write_results_csv(results, root / "cv_results.csv")
+    wandb_dir = log_wandb_summary(results, root, f"{name}/summary",
+                                  {"folds": args.folds, "seeds": list(seeds(args)),
+                                   "members": [str(r) for r in roots],
+                                   "sensitivity": args.sensitivity,
+                                   "step_scale": args.step_scale,
+                                   "test_strengths": list(demo_strengths(args)),
+                                   "train_strengths": list(train_strengths(args))},
+                                  images=images)
+    print(f"\n{header}:\n\n{curve}{table}\n\nresults: {root / 'cv_results.md'}, "
+          f"{root / 'cv_results.csv'}", flush=True)
+    if wandb_dir is not None:
+        print(f"W&B summary run: {wandb_dir}", flush=True)
+    return root
+
+
+def sensitivity_curve(results: list, root: Path, images: dict, title: str) -> str:
+    """The fused video AUC against artifact strength as markdown; writes
+    ``sensitivity.{csv,png}`` under ``root`` (every branch and level found in ``results``) and
+    adds the plot to ``images``."""
+    write_sensitivity_csv(results, root / "sensitivity.csv")
+    images["cv/sensitivity"] = write_sensitivity_plot(results, root / "sensitivity.png", title)
+    return (f"Fused video AUC % against artifact strength [95% CI] (plot: "
+            f"{root / 'sensitivity.png'}; every branch and level: "
+            f"{root / 'sensitivity.csv'}):\n\n{sensitivity_markdown(results)}\n\n")
+
+
 def second_draw(validation: dict, pooled: dict, root: Path, name: str,
-                args: argparse.Namespace, images: dict) -> str:
-    """The sensitivity tables of the second draw (each fold's validation speakers) and of the
-    mean of the two runs per video, as markdown; writes ``sensitivity_second_draw.csv``,
-    ``sensitivity_two_run_mean.{csv,png}`` under ``root`` and adds the plot to ``images``."""
-    second = set_results(validation, n_boot=args.bootstrap)
-    mean = set_results(two_run_mean(pooled, validation), n_boot=args.bootstrap,
+                args: argparse.Namespace, images: dict, runs: str = "training run",
+                levels: tuple[str, ...] | None = None) -> str:
+    """The sensitivity tables of the second draw (each fold's validation speakers, scored by
+    ``runs``: the fold's training run, or its ensemble of seeds) and of the mean of the two
+    draws per video, as markdown; writes ``sensitivity_second_draw.csv``,
+    ``sensitivity_two_run_mean.{csv,png}`` under ``root`` and adds the plot to ``images``.
+    ``levels``: the AUC levels of the second draw (default video and frame; video only
+    where its rows are video means)."""
+    second = set_results(validation, n_boot=args.bootstrap,
+                         **({"levels": levels} if levels else {}))
+    mean = set_results(run_mean([pooled, validation]), n_boot=args.bootstrap,
                        levels=("video",))
     write_sensitivity_csv(second, root / "sensitivity_second_draw.csv")
     write_sensitivity_csv(mean, root / "sensitivity_two_run_mean.csv")
     images["cv/sensitivity_two_run_mean"] = write_sensitivity_plot(
         mean, root / "sensitivity_two_run_mean.png",
         f"{name}: mean of the two runs per video, 95% bootstrap bands")
-    return ("The same videos scored by a second training run: each fold also scores its "
+    return (f"The same videos scored by a second {runs}: each fold also scores its "
             "validation speakers, which its networks never trained on and nothing was chosen "
             "on (the detector reads the final weights); fold k's validation speakers are fold "
             "k-1's test speakers (every branch and level: "
             f"{root / 'sensitivity_second_draw.csv'}):\n\n{sensitivity_markdown(second)}\n\n"
-            "The mean of the two runs' scores per video (a two-run ensemble, neither run having "
+            f"The mean of the two draws' scores per video (each draw a {runs}, neither having "
             f"seen the speaker; plot: {root / 'sensitivity_two_run_mean.png'}; every branch: "
             f"{root / 'sensitivity_two_run_mean.csv'}):\n\n{sensitivity_markdown(mean)}\n\n")
 

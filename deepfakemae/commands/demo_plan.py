@@ -41,9 +41,33 @@ DEFAULT_PSEUDO = ("self_blend",)
 SENSITIVITY_STEPS = {"finetune": 2, "mapping": 4}
 
 
+def seeds(args: argparse.Namespace) -> tuple[int, ...]:
+    """``--seed``, ascending and once each ((0,) for namespaces built before the option)."""
+    given = getattr(args, "seed", None)
+    if given is None:
+        return (0,)
+    return tuple(sorted({int(s) for s in ([given] if isinstance(given, int) else given)}))
+
+
+def seed_tag(args: argparse.Namespace) -> str:
+    """What ``--seed`` adds to a run folder's name after ``-seed``: "" for seed 0 alone,
+    ``1`` for ``--seed 1``, ``0+1`` for the ensemble of seeds 0 and 1."""
+    chosen = seeds(args)
+    return "" if chosen == (0,) else "+".join(map(str, chosen))
+
+
+def member_args(args: argparse.Namespace, seed: int) -> argparse.Namespace:
+    """``args`` for one seed of an ensemble (``--seed A B``): the run ``--seed <seed>`` makes."""
+    return argparse.Namespace(**{**vars(args), "seed": [seed]})
+
+
 def _seed(args: argparse.Namespace) -> int:
-    """``--seed`` (0 for namespaces built before the option, e.g. in tests)."""
-    return int(getattr(args, "seed", 0) or 0)
+    """The one seed a plan trains (:func:`member_args` splits an ensemble into its seeds)."""
+    chosen = seeds(args)
+    if len(chosen) != 1:
+        raise ValueError(f"a plan trains one seed, got {chosen}: build each seed's plan from "
+                         "member_args(args, seed)")
+    return chosen[0]
 
 
 def demo_strengths(args: argparse.Namespace) -> tuple[int, ...]:
@@ -83,12 +107,13 @@ def _demo_source(name: str, cache: Path, split: str, methods: list[str]) -> dict
 
 
 def run_name(base: str, fake_source: str, pseudo_methods: tuple[str, ...] = DEFAULT_PSEUDO,
-             step_scale: int = 1, seed: int = 0) -> str:
+             step_scale: int = 1, seed: str = "") -> str:
     """Where a demo run lands under ``--run-root``: ``base``, or ``base-<source>`` for
     pseudo-fake runs (``base-<source>-<m1+m2>`` for other than self-blended pseudo-fakes), so
-    they never mix with the dataset-fake runs; ``-seed<N>`` appended for ``--seed N`` (N > 0),
-    then ``-x<N>`` for ``--step-scale N``."""
-    tail = ("" if seed == 0 else f"-seed{seed}") + ("" if step_scale == 1 else f"-x{step_scale}")
+    they never mix with the dataset-fake runs; ``-seed<tag>`` appended for ``seed``
+    (:func:`seed_tag`: ``--seed N``, N > 0, or an ensemble ``--seed 0 1``), then ``-x<N>``
+    for ``--step-scale N``."""
+    tail = (f"-seed{seed}" if seed else "") + ("" if step_scale == 1 else f"-x{step_scale}")
     if fake_source == "dataset":
         return base + tail
     methods = "" if tuple(pseudo_methods) == DEFAULT_PSEUDO else "-" + "+".join(pseudo_methods)
@@ -114,13 +139,13 @@ def cv_name(args: argparse.Namespace) -> str:
     than the default training strengths), ``-x<N>`` last."""
     if not args.sensitivity:
         return run_name(CV_NAME, args.fake_source, args.pseudo_methods, args.step_scale,
-                        _seed(args))
+                        seed_tag(args))
     strengths, trained = demo_strengths(args), train_strengths(args)
     mark = "" if strengths == DEMO_STRENGTHS else "-s" + "+".join(map(str, strengths))
     if trained != default_train_strengths(args):
         mark += "-t" + "+".join(map(str, trained))
     return run_name(SENSITIVITY_NAME + mark, "dataset", step_scale=args.step_scale,
-                    seed=_seed(args))
+                    seed=seed_tag(args))
 
 
 def _scale_steps(spec, scale: int) -> dict:
@@ -182,7 +207,7 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                     switch["data"]["init_args"]["pseudo_methods"] = list(args.pseudo_methods)
                 stages[name] = _with_args(stages[name], switch)
     name = run_name(plan.name, args.fake_source, args.pseudo_methods, args.step_scale,
-                    _seed(args))
+                    seed_tag(args))
     return dataclasses.replace(plan, name=name,
                                resolved={**plan.resolved, "name": name,
                                          RERUN_KEY: demo_command(args)},
@@ -205,8 +230,8 @@ def demo_command(args: argparse.Namespace, folds: bool = False) -> str:
         parts.append(f"--fake-source {args.fake_source}")
         if tuple(args.pseudo_methods) != DEFAULT_PSEUDO:
             parts.append(f"--pseudo-methods {','.join(args.pseudo_methods)}")
-    if _seed(args):
-        parts.append(f"--seed {_seed(args)}")
+    if seed_tag(args):
+        parts.append("--seed " + " ".join(map(str, seeds(args))))
     if args.step_scale != 1:
         parts.append(f"--step-scale {args.step_scale}")
     return " ".join(parts)
